@@ -1,0 +1,10 @@
+//! `vfio-migrate serve` (placeholder until its issue lands).
+
+/// Arguments of `vfio-migrate serve`.
+#[derive(clap::Args)]
+pub struct Args {}
+
+/// Runs the command; returns the process exit code.
+pub fn run(_args: Args) -> anyhow::Result<i32> {
+    anyhow::bail!("'vfio-migrate serve' is not built yet")
+}
