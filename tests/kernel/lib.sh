@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shared definitions for tests/kernel/setup.sh and tests/kernel/run-guest.sh.
 # Sourced, not executed.
+# shellcheck disable=SC2034  # variables are used by the scripts that source this
 
 KERNEL_SERIES=6.12
 KERNEL_FLAVOUR=amd64

@@ -42,7 +42,9 @@ MEM=${VFIO_GUEST_MEM:-1G}
 SMP=${VFIO_GUEST_SMP:-1}
 
 [ -d "$KCACHE" ] || die "no kernel cache at $KCACHE: run tests/kernel/setup.sh first"
-exec 9<>"$KCACHE/.lock" 2>/dev/null || exec 9<"$KCACHE/.lock" || die "cannot open $KCACHE/.lock: run tests/kernel/setup.sh"
+# Shared lock: setup.sh (exclusive) must not swap the kernel while we boot it.
+{ exec 9<>"$KCACHE/.lock"; } 2>/dev/null || { exec 9<"$KCACHE/.lock"; } 2>/dev/null \
+    || die "cannot open $KCACHE/.lock: run tests/kernel/setup.sh first"
 flock -s -w 900 9 || die "timed out waiting for setup.sh to release $KCACHE/.lock"
 KD=$KCACHE/current
 [ -f "$KD/.complete" ] && [ -f "$KD/vmlinuz" ] && [ -f "$KD/modules/load-order" ] \
@@ -53,7 +55,11 @@ done
 BUSYBOX=$(command -v busybox)
 is_static_elf "$BUSYBOX" || die "$BUSYBOX is not static (install busybox-static)"
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/vfio-guest.XXXXXX")
+# Work dir on tmpfs when possible: file creation on these VMs' disk is slow.
+WBASE=${TMPDIR:-/dev/shm}
+free_kb=$(df -Pk "$WBASE" 2>/dev/null | awk 'NR==2 {print $4}' || true)
+[ "${free_kb:-0}" -ge 262144 ] || WBASE=/tmp
+WORK=$(mktemp -d "$WBASE/vfio-guest.XXXXXX" 2>/dev/null || mktemp -d /tmp/vfio-guest.XXXXXX)
 cleanup() { rm -rf "$WORK"; }
 trap cleanup EXIT
 R=$WORK/root
@@ -141,22 +147,21 @@ APPEND="console=ttyS0 panic=-1 rdinit=/init"
 LOG=$WORK/console.log
 log "kernel $(basename "$(readlink -f "$KD")"), initramfs $(du -h "$WORK/initramfs.cpio" | cut -f1), timeout ${TIMEOUT}s"
 T0=$(date +%s%N)
-set +e
 # -nic none: no network device at all. stdin is /dev/null (CI has none anyway).
-# qemu's serial output has CRLF line ends and the odd escape sequence: clean it.
+# shellcheck disable=SC2054  # the commas belong to qemu options
+QEMU=(timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg -m "$MEM" -smp "$SMP"
+      -nographic -no-reboot -nic none
+      -kernel "$KD/vmlinuz" -initrd "$WORK/initramfs.cpio" -append "$APPEND"
+      -device isa-debug-exit,iobase=0xf4,iosize=0x04)
+# qemu's serial output has CRLF line ends and SeaBIOS's terminal resets: clean
+# them (sed -u: unbuffered, so the console streams live).
+clean_console() { sed -u 's/\r//g; s/\x1bc/\n/g; s/\x1b\[[0-9;?]*[a-zA-Z]//g'; }
+set +e
 if [ "${VFIO_GUEST_QUIET:-0}" = 1 ]; then
-    timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg -m "$MEM" -smp "$SMP" \
-        -nographic -no-reboot -nic none \
-        -kernel "$KD/vmlinuz" -initrd "$WORK/initramfs.cpio" -append "$APPEND" \
-        -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-        </dev/null 2>&1 | tr -d '\r' | sed -u 's/\x1b[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' >"$LOG"
+    "${QEMU[@]}" </dev/null 2>&1 | clean_console >"$LOG"
     RC=${PIPESTATUS[0]}
 else
-    timeout -k 10 "$TIMEOUT" qemu-system-x86_64 -accel tcg -m "$MEM" -smp "$SMP" \
-        -nographic -no-reboot -nic none \
-        -kernel "$KD/vmlinuz" -initrd "$WORK/initramfs.cpio" -append "$APPEND" \
-        -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-        </dev/null 2>&1 | tr -d '\r' | sed -u 's/\x1b[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g' | tee "$LOG"
+    "${QEMU[@]}" </dev/null 2>&1 | clean_console | tee "$LOG"
     RC=${PIPESTATUS[0]}
 fi
 set -e

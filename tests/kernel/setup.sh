@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Prepare everything needed to boot a Debian 6.12 kernel under QEMU (TCG) with
-# the VFIO modules and the kernel's `mtty` sample mdev driver.
-#
-# Idempotent: when everything is already in place it finishes in about a second.
-# Never touches the host's /boot or /lib/modules: the kernel packages are
-# fetched with `apt-get download` and unpacked with `dpkg-deb -x` into
-#   ${VFIO_KERNEL_CACHE:-/var/cache/vfio-migrate-kernel}/<abi>/
-# and  <cache>/current  points at the ready one.
+# the VFIO modules and the kernel's `mtty` sample mdev driver:
+#   - apt-get install the host tools (qemu-system-x86, busybox-static, ...)
+#   - resolve the newest linux-image-6.12.*-amd64-unsigned known to apt-cache
+#   - apt-get download image, headers, kbuild and linux-source packages and
+#     unpack them with dpkg-deb -x in scratch space (never touching the host's
+#     /boot or /lib/modules)
+#   - build mtty.ko from the source's samples/vfio-mdev/mtty.c
+#   - keep vmlinuz + the decompressed modules (dependencies first) in
+#       ${VFIO_KERNEL_CACHE:-/var/cache/vfio-migrate-kernel}/<abi>/
+#     with <cache>/current -> <abi>, and the static guest helpers in <cache>/tools.
+# Idempotent: when everything is already in place it takes about a second.
 #
 # Environment:
 #   VFIO_KERNEL_CACHE      cache directory (default /var/cache/vfio-migrate-kernel)
 #   VFIO_KERNEL_ABI        pin the kernel ABI, e.g. 6.12.117+deb12 (default: newest
 #                          linux-image-6.12.*-amd64-unsigned known to apt-cache)
-#   VFIO_KERNEL_KEEP_DEBS  1 = keep the downloaded .deb files (default: delete)
-#   VFIO_KERNEL_KEEP_OLD   1 = keep cache dirs of other ABIs (default: delete)
+#   VFIO_KERNEL_SCRATCH    scratch dir for the unpacked packages (default /dev/shm)
+#   VFIO_KERNEL_KEEP_DEBS  1 = keep the downloaded .deb files in <cache>/<abi>/debs
+#   VFIO_KERNEL_KEEP_OLD   1 = keep cache dirs of other ABIs (default: delete them)
 #   VFIO_KERNEL_NO_APT     1 = never run apt-get update/install (fail instead)
 set -euo pipefail
 export LC_ALL=C DEBIAN_FRONTEND=noninteractive
@@ -73,10 +78,15 @@ exec 9>"$KCACHE/.lock"
 flock -w 900 9 || die "timed out waiting for the lock on $KCACHE/.lock"
 
 # ---------------------------------------------------------------- resolve kernel
+# (set -o pipefail is on: the `|| true` keep a failing apt-cache from ending
+# the script silently; callers check for an empty result.)
 resolve_abi() {
-    apt-cache pkgnames "linux-image-$KERNEL_SERIES." 2>/dev/null \
+    { apt-cache pkgnames "linux-image-$KERNEL_SERIES." 2>/dev/null || true; } \
         | sed -nE "s/^linux-image-(${KERNEL_SERIES//./\\.}\.[0-9]+\+deb[0-9]+)-${KERNEL_FLAVOUR}-unsigned\$/\1/p" \
         | sort -V | tail -n 1
+}
+pkg_version() {
+    { apt-cache show --no-all-versions "$1" 2>/dev/null || true; } | awk '/^Version: /{print $2; exit}'
 }
 ABI=${VFIO_KERNEL_ABI:-}
 if [ -z "$ABI" ]; then
@@ -112,13 +122,26 @@ if complete_ok; then
     log "kernel $KREL already prepared"
 else
     [ -e "$D" ] && { log "removing incomplete $D"; rm -rf "$D"; }
-    mkdir -p "$D/debs" "$D/root"
+    mkdir -p "$D/mtty" "$D/modules"
+
+    # Scratch space for the packages and unpacked trees (~600 MB, discarded at
+    # the end). tmpfs by default: creating the ~22000 files of the image and
+    # headers packages costs ~0.8 ms each on these VMs' disks (~20 s) and
+    # nearly nothing on tmpfs. Only the results are kept in the cache (~13 MB).
+    SCRATCH_BASE=${VFIO_KERNEL_SCRATCH:-/dev/shm}
+    free_kb=$(df -Pk "$SCRATCH_BASE" 2>/dev/null | awk 'NR==2 {print $4}' || true)
+    if [ "${free_kb:-0}" -lt 1048576 ] || ! S=$(mktemp -d "$SCRATCH_BASE/vfio-kernel.XXXXXX" 2>/dev/null); then
+        warn "$SCRATCH_BASE is unusable or has < 1 GiB free for scratch space; using $KCACHE (slower)"
+        S=$(mktemp -d "$KCACHE/scratch.XXXXXX")
+    fi
+    trap 'rm -rf "$S"' EXIT
+    mkdir -p "$S/debs" "$S/root" "$S/src" "$S/mtty"
 
     # -------------------------------------------------------- download
-    PKGVER=$(apt-cache show --no-all-versions "linux-image-$KREL-unsigned" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+    PKGVER=$(pkg_version "linux-image-$KREL-unsigned")
     if [ -z "$PKGVER" ]; then
         apt_update_once
-        PKGVER=$(apt-cache show --no-all-versions "linux-image-$KREL-unsigned" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+        PKGVER=$(pkg_version "linux-image-$KREL-unsigned")
     fi
     [ -n "$PKGVER" ] || die "apt-cache has no package linux-image-$KREL-unsigned"
     SRCPKG="linux-source-$KERNEL_SERIES=$PKGVER"
@@ -129,71 +152,83 @@ else
     PKGS=("linux-image-$KREL-unsigned" "linux-headers-$KREL" "linux-headers-$ABI-common"
           "linux-kbuild-$ABI" "$SRCPKG")
     download() {
-        (cd "$D/debs" && apt-get -q -o APT::Sandbox::User=root -o Acquire::Retries=3 download "${PKGS[@]}" \
+        # APT::Sandbox::User=root: the _apt user cannot write to our directory.
+        (cd "$S/debs" && apt-get -q -o APT::Sandbox::User=root -o Acquire::Retries=3 download "${PKGS[@]}" \
             </dev/null >"$D/download.log" 2>&1)
     }
-    log "apt-get download ${PKGS[*]} (~280 MB)"
+    log "apt-get download ${PKGS[*]} (~265 MB)"
     if ! download; then
         if [ "$APT_UPDATED" = 0 ] && [ "${VFIO_KERNEL_NO_APT:-0}" != 1 ]; then
             warn "download failed; refreshing apt lists and retrying"
             apt_update_once
-            rm -f "$D/debs"/*.deb
+            rm -f "$S/debs"/*.deb
             download || { tail -n 20 "$D/download.log" >&2; die "apt-get download failed (log: $D/download.log)"; }
         else
             tail -n 20 "$D/download.log" >&2; die "apt-get download failed (log: $D/download.log)"
         fi
     fi
-    log "downloaded $(du -sh "$D/debs" | cut -f1) at $(elapsed)"
+    log "downloaded $(du -sh "$S/debs" | cut -f1) at $(elapsed)"
+    if [ "${VFIO_KERNEL_KEEP_DEBS:-0}" = 1 ]; then
+        mkdir -p "$D/debs" && cp "$S"/debs/*.deb "$D/debs/"
+    fi
 
     # -------------------------------------------------------- unpack
-    for deb in "$D"/debs/linux-image-*.deb "$D"/debs/linux-headers-*.deb "$D"/debs/linux-kbuild-*.deb; do
+    for deb in "$S"/debs/linux-image-*.deb "$S"/debs/linux-headers-*.deb "$S"/debs/linux-kbuild-*.deb; do
         [ -f "$deb" ] || die "missing downloaded package matching $deb"
-        dpkg-deb -x "$deb" "$D/root"
+        dpkg-deb -x "$deb" "$S/root"
     done
-    mkdir -p "$D/src"
-    dpkg-deb -x "$D"/debs/linux-source-*.deb "$D/src"
-    tarball=$(ls "$D"/src/usr/src/linux-source-*.tar.* 2>/dev/null | head -n 1)
-    [ -n "$tarball" ] || die "no linux-source tarball in $(ls "$D"/debs/linux-source-*.deb)"
-    mkdir -p "$D/mtty"
+    dpkg-deb -x "$S"/debs/linux-source-*.deb "$S/src"
+    rm -rf "$S/debs"
+    log "unpacked packages at $(elapsed)"
+    tarball=$(ls "$S"/src/usr/src/linux-source-*.tar.* 2>/dev/null | head -n 1 || true)
+    [ -n "$tarball" ] || die "no linux-source tarball in the linux-source package"
     top=$(basename "${tarball%.tar.*}")
-    tar -xf "$tarball" -C "$D/src" "$top/samples/vfio-mdev/mtty.c" \
-        || die "samples/vfio-mdev/mtty.c not found in $tarball"
-    cp "$D/src/$top/samples/vfio-mdev/mtty.c" "$D/mtty/mtty.c"
-    rm -rf "$D/src"
-    [ "${VFIO_KERNEL_KEEP_DEBS:-0}" = 1 ] || rm -rf "$D/debs"
-    log "unpacked at $(elapsed)"
+    member=$top/samples/vfio-mdev/mtty.c
+    case $tarball in
+        # multi-threaded xz (the tarball has many blocks) and stop at the
+        # member: ~4 s instead of ~8 s. xz then dies of SIGPIPE: ignore that.
+        *.xz) (set +o pipefail; xz -T0 -dc "$tarball" | tar -x -C "$S/src" --occurrence=1 "$member") 2>/dev/null || true ;;
+        *)    tar -xf "$tarball" -C "$S/src" "$member" || true ;;
+    esac
+    [ -f "$S/src/$member" ] || die "$member not found in $tarball"
+    cp "$S/src/$member" "$D/mtty/mtty.c"
+    rm -rf "$S/src"
+    log "extracted $member at $(elapsed)"
 
-    cp "$D/root/boot/vmlinuz-$KREL" "$D/vmlinuz" || die "no /boot/vmlinuz-$KREL in the image package"
-    cp "$D/root/boot/config-$KREL" "$D/config" 2>/dev/null || true
+    cp "$S/root/boot/vmlinuz-$KREL" "$D/vmlinuz" || die "no /boot/vmlinuz-$KREL in the image package"
+    cp "$S/root/boot/config-$KREL" "$D/config" || die "no /boot/config-$KREL in the image package"
     for opt in CONFIG_VFIO CONFIG_VFIO_IOMMU_TYPE1 CONFIG_VFIO_MDEV; do
         grep -qE "^$opt=[ym]\$" "$D/config" || die "$opt is not enabled in the $KREL config"
     done
-fi
 
-# ---------------------------------------------------------------- headers fix
-# The unpacked headers Makefile is `include /usr/src/linux-headers-<abi>-common/Makefile`:
-# point it at our copy (re-done every run, so a moved cache still works).
-HDR=$D/root/usr/src/linux-headers-$KREL
-[ -f "$HDR/Makefile" ] || die "headers not unpacked: $HDR/Makefile missing"
-sed -i -E "s|^include .*/usr/src/(linux-headers-[^/]+-common/Makefile)\$|include $D/root/usr/src/\1|" "$HDR/Makefile"
-grep -q "^include $D/root/usr/src/" "$HDR/Makefile" || die "could not rewrite $HDR/Makefile: $(cat "$HDR/Makefile")"
+    # -------------------------------------------------------- headers fix
+    # The unpacked headers Makefile is `include /usr/src/linux-headers-<abi>-common/Makefile`
+    # (absolute): point it at the unpacked copy.
+    HDR=$S/root/usr/src/linux-headers-$KREL
+    [ -f "$HDR/Makefile" ] || die "headers not unpacked: $HDR/Makefile missing"
+    sed -i -E "s|^include .*/usr/src/(linux-headers-[^/]+-common/Makefile)\$|include $S/root/usr/src/\1|" "$HDR/Makefile"
+    grep -q "^include $S/root/usr/src/" "$HDR/Makefile" || die "could not rewrite $HDR/Makefile: $(cat "$HDR/Makefile")"
 
-if ! complete_ok; then
-    # ---------------------------------------------------------- build mtty.ko
-    printf 'obj-m := mtty.o\n' >"$D/mtty/Kbuild"
-    log "building mtty.ko against $HDR"
-    if ! make -C "$HDR" M="$D/mtty" modules >"$D/mtty/build.log" 2>&1 </dev/null; then
+    # -------------------------------------------------------- build mtty.ko
+    cp "$D/mtty/mtty.c" "$S/mtty/mtty.c"
+    printf 'obj-m := mtty.o\n' | tee "$S/mtty/Kbuild" >"$D/mtty/Kbuild"
+    log "building mtty.ko (make -C linux-headers-$KREL M=... modules)"
+    if ! make -C "$HDR" M="$S/mtty" modules >"$D/mtty/build.log" 2>&1 </dev/null; then
         tail -n 40 "$D/mtty/build.log" >&2
         die "building mtty.ko failed (log: $D/mtty/build.log)"
     fi
-    [ -f "$D/mtty/mtty.ko" ] || die "make succeeded but $D/mtty/mtty.ko is missing"
+    [ -f "$S/mtty/mtty.ko" ] || die "make succeeded but mtty.ko is missing (log: $D/mtty/build.log)"
+    cp "$S/mtty/mtty.ko" "$D/mtty/mtty.ko"
+    log "built mtty.ko at $(elapsed)"
 
-    # ---------------------------------------------------------- modules
-    MODROOT=$D/root/lib/modules/$KREL
-    [ -d "$MODROOT" ] || die "no $MODROOT in the image package"
+    # -------------------------------------------------------- modules
+    # No modules.dep is shipped: resolve dependencies with modinfo, load order
+    # is dependencies first.
+    MODROOT=$S/root/lib/modules/$KREL
+    [ -d "$MODROOT" ] || die "no /lib/modules/$KREL in the image package"
     declare -A MODFILE=()
     while IFS= read -r -d '' f; do
-        b=$(basename "$f"); b=${b%.ko*}; MODFILE[${b//-/_}]=$f
+        b=${f##*/}; b=${b%.ko*}; MODFILE[${b//-/_}]=$f
     done < <(find "$MODROOT" -name '*.ko*' -print0)
     MODFILE[mtty]=$D/mtty/mtty.ko
     declare -A SEEN=()
@@ -214,7 +249,7 @@ if ! complete_ok; then
         ORDER+=("$name")
     }
     for m in vfio vfio_iommu_type1 mdev mtty; do add_module "$m"; done
-    rm -rf "$D/modules"; mkdir -p "$D/modules"
+    : >"$D/modules/load-order.tmp"
     for name in "${ORDER[@]}"; do
         f=${MODFILE[$name]}
         case $f in
@@ -224,12 +259,15 @@ if ! complete_ok; then
             *.ko)     cp "$f" "$D/modules/$name.ko" ;;
             *) die "unknown module file type: $f" ;;
         esac
-        echo "$name.ko" >>"$D/modules/load-order"
+        echo "$name.ko" >>"$D/modules/load-order.tmp"
     done
+    mv "$D/modules/load-order.tmp" "$D/modules/load-order"
     log "modules (load order): ${ORDER[*]}"
+    rm -rf "$S"
     {
         echo "abi=$ABI"
         echo "krel=$KREL"
+        echo "package_version=$PKGVER"
         echo "modules=${ORDER[*]}"
         echo "prepared=$(date -u +%FT%TZ)"
     } >"$D/.complete"
@@ -248,4 +286,4 @@ fi
 # ---------------------------------------------------------------- guest helpers
 build_helpers "$KCACHE/tools"
 log "helpers: $KCACHE/tools/vfio_probe $KCACHE/tools/guest_exit"
-log "ready: $KCACHE/current -> $ABI (vmlinuz, modules: $(tr '\n' ' ' <"$D/modules/load-order")) in $(elapsed)"
+log "ready: $KCACHE/current -> $ABI (vmlinuz, modules: $(tr '\n' ' ' <"$D/modules/load-order" | sed 's/ $//')) in $(elapsed)"
