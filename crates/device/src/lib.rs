@@ -24,6 +24,7 @@ pub mod dma;
 pub mod error;
 pub mod fsm;
 pub mod local;
+pub mod region;
 
 pub use crate::core::DeviceCore;
 pub use device::{Device, DeviceIdentity, IrqDesc, Region, RegionMmap};
