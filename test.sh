@@ -1,7 +1,26 @@
 #!/usr/bin/env bash
-# The project's test command: installs what the tests need, then runs every
-# test (unit, integration with real server processes over UNIX sockets and
-# TCP loopback).
+# The project's test command. Installs what the tests need (Debian packages
+# and kernel for the real-kernel test), then runs:
+#   1. the real-kernel test: a static vfio-migrate migrates the kernel's mtty
+#      device inside a Debian 6.12 guest under QEMU TCG (tests/kernel/);
+#   2. every Rust test of the workspace (unit, and integration tests that run
+#      real `vfio-migrate serve` processes over UNIX sockets and TCP loopback).
+# Set VFIO_SKIP_KERNEL=1 to skip step 1 (e.g. on a machine without apt).
 set -euo pipefail
 cd "$(dirname "$0")"
-cargo test --workspace --release
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+if [ "${VFIO_SKIP_KERNEL:-0}" != 1 ]; then
+    echo "== real-kernel test: setup (packages, kernel, mtty.ko)"
+    tests/kernel/setup.sh
+    echo "== real-kernel test: static vfio-migrate"
+    target=x86_64-unknown-linux-gnu
+    RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --release --locked --target "$target" -p vfio-migrate
+    echo "== real-kernel test: migrate mtty inside the guest"
+    VFIO_GUEST_QUIET=${VFIO_GUEST_QUIET:-0} \
+        tests/kernel/run-guest.sh "target/$target/release/vfio-migrate" tests/kernel/migrate.sh
+fi
+
+echo "== cargo test"
+cargo test --workspace --release --locked

@@ -184,8 +184,7 @@ impl Capabilities {
             )));
         }
         let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-        let text =
-            std::str::from_utf8(&b[..end]).map_err(|e| WireError::Json(e.to_string()))?;
+        let text = std::str::from_utf8(&b[..end]).map_err(|e| WireError::Json(e.to_string()))?;
         if text.trim().is_empty() {
             return Ok(Self::default());
         }

@@ -15,13 +15,25 @@ fn vfio_user_layouts() {
     assert_eq!(vu::Header::SIZE, 16);
     assert_eq!(
         offsets(vu::Header::fields()),
-        vec![("msg_id", 0), ("cmd", 2), ("msg_size", 4), ("flags", 8), ("error_no", 12)]
+        vec![
+            ("msg_id", 0),
+            ("cmd", 2),
+            ("msg_size", 4),
+            ("flags", 8),
+            ("error_no", 12)
+        ]
     );
     assert_eq!(vu::Version::SIZE, 4);
     assert_eq!(vu::DmaMap::SIZE, 32);
     assert_eq!(
         offsets(vu::DmaMap::fields()),
-        vec![("argsz", 0), ("flags", 4), ("offset", 8), ("addr", 16), ("size", 24)]
+        vec![
+            ("argsz", 0),
+            ("flags", 4),
+            ("offset", 8),
+            ("addr", 16),
+            ("size", 24)
+        ]
     );
     assert_eq!(vu::DmaUnmap::SIZE, 24);
     assert_eq!(
@@ -32,7 +44,14 @@ fn vfio_user_layouts() {
     assert_eq!(vu::RegionInfo::SIZE, 32);
     assert_eq!(
         offsets(vu::RegionInfo::fields()),
-        vec![("argsz", 0), ("flags", 4), ("index", 8), ("cap_offset", 12), ("size", 16), ("offset", 24)]
+        vec![
+            ("argsz", 0),
+            ("flags", 4),
+            ("index", 8),
+            ("cap_offset", 12),
+            ("size", 16),
+            ("offset", 24)
+        ]
     );
     assert_eq!(vu::CapHeader::SIZE, 8);
     assert_eq!(vu::CapType::SIZE, 8);
@@ -53,7 +72,10 @@ fn vfio_user_layouts() {
 fn vfio_user_structs_match_kernel_bindings() {
     // vfio-user's DEVICE_GET_INFO carries the kernel struct without the later
     // `cap_offset` extension.
-    assert_eq!(vu::DeviceInfo::SIZE, offset_of!(vb::vfio_device_info, cap_offset));
+    assert_eq!(
+        vu::DeviceInfo::SIZE,
+        offset_of!(vb::vfio_device_info, cap_offset)
+    );
     assert_eq!(vu::RegionInfo::SIZE, size_of::<vb::vfio_region_info>());
     for (name, off) in offsets(vu::RegionInfo::fields()) {
         let theirs = match name {
@@ -73,42 +95,84 @@ fn vfio_user_structs_match_kernel_bindings() {
         vu::CapHeader::SIZE + vu::CapType::SIZE,
         size_of::<vb::vfio_region_info_cap_type>()
     );
-    assert_eq!(offset_of!(vb::vfio_region_info_cap_type, type_), vu::CapHeader::SIZE);
-    assert_eq!(vu::SparseMmapArea::SIZE, size_of::<vb::vfio_region_sparse_mmap_area>());
+    assert_eq!(
+        offset_of!(vb::vfio_region_info_cap_type, type_),
+        vu::CapHeader::SIZE
+    );
+    assert_eq!(
+        vu::SparseMmapArea::SIZE,
+        size_of::<vb::vfio_region_sparse_mmap_area>()
+    );
     assert_eq!(vu::IrqInfo::SIZE, size_of::<vb::vfio_irq_info>());
     assert_eq!(vu::IrqSet::SIZE, offset_of!(vb::vfio_irq_set, data));
-    assert_eq!(vu::REGION_INFO_CAP_SPARSE_MMAP as u32, vb::VFIO_REGION_INFO_CAP_SPARSE_MMAP);
-    assert_eq!(vu::REGION_INFO_CAP_TYPE as u32, vb::VFIO_REGION_INFO_CAP_TYPE);
-    assert_eq!(vu::PCI_CONFIG_REGION_INDEX, vb::VFIO_PCI_CONFIG_REGION_INDEX);
+    assert_eq!(
+        vu::REGION_INFO_CAP_SPARSE_MMAP as u32,
+        vb::VFIO_REGION_INFO_CAP_SPARSE_MMAP
+    );
+    assert_eq!(
+        vu::REGION_INFO_CAP_TYPE as u32,
+        vb::VFIO_REGION_INFO_CAP_TYPE
+    );
+    assert_eq!(
+        vu::PCI_CONFIG_REGION_INDEX,
+        vb::VFIO_PCI_CONFIG_REGION_INDEX
+    );
     assert_eq!(vu::PCI_NUM_REGIONS, vb::VFIO_PCI_NUM_REGIONS);
 }
 
 #[test]
 fn kernel_v2_layouts_match_bindings() {
     assert_eq!(kernel::DeviceFeature::SIZE, 8);
-    assert_eq!(kernel::DeviceFeature::SIZE, size_of::<vb::vfio_device_feature>());
-    assert_eq!(kernel::FeatureMigration::SIZE, size_of::<vb::vfio_device_feature_migration>());
+    assert_eq!(
+        kernel::DeviceFeature::SIZE,
+        size_of::<vb::vfio_device_feature>()
+    );
+    assert_eq!(
+        kernel::FeatureMigration::SIZE,
+        size_of::<vb::vfio_device_feature_migration>()
+    );
     assert_eq!(kernel::FeatureMigState::SIZE, 8);
-    assert_eq!(kernel::FeatureMigState::SIZE, size_of::<vb::vfio_device_feature_mig_state>());
+    assert_eq!(
+        kernel::FeatureMigState::SIZE,
+        size_of::<vb::vfio_device_feature_mig_state>()
+    );
     assert_eq!(
         offsets(kernel::FeatureMigState::fields()),
         vec![
-            ("device_state", offset_of!(vb::vfio_device_feature_mig_state, device_state)),
-            ("data_fd", offset_of!(vb::vfio_device_feature_mig_state, data_fd)),
+            (
+                "device_state",
+                offset_of!(vb::vfio_device_feature_mig_state, device_state)
+            ),
+            (
+                "data_fd",
+                offset_of!(vb::vfio_device_feature_mig_state, data_fd)
+            ),
         ]
     );
     assert_eq!(kernel::PrecopyInfo::SIZE, 24);
-    assert_eq!(kernel::PrecopyInfo::SIZE, size_of::<vb::vfio_precopy_info>());
+    assert_eq!(
+        kernel::PrecopyInfo::SIZE,
+        size_of::<vb::vfio_precopy_info>()
+    );
     assert_eq!(
         offsets(kernel::PrecopyInfo::fields()),
         vec![
             ("argsz", offset_of!(vb::vfio_precopy_info, argsz)),
             ("flags", offset_of!(vb::vfio_precopy_info, flags)),
-            ("initial_bytes", offset_of!(vb::vfio_precopy_info, initial_bytes)),
-            ("dirty_bytes", offset_of!(vb::vfio_precopy_info, dirty_bytes)),
+            (
+                "initial_bytes",
+                offset_of!(vb::vfio_precopy_info, initial_bytes)
+            ),
+            (
+                "dirty_bytes",
+                offset_of!(vb::vfio_precopy_info, dirty_bytes)
+            ),
         ]
     );
-    assert_eq!(kernel::FeatureMigDataSize::SIZE, size_of::<vb::vfio_device_feature_mig_data_size>());
+    assert_eq!(
+        kernel::FeatureMigDataSize::SIZE,
+        size_of::<vb::vfio_device_feature_mig_data_size>()
+    );
     assert_eq!(kernel::DmaLoggingControl::SIZE, 24);
     assert_eq!(
         kernel::DmaLoggingControl::SIZE,
@@ -117,33 +181,75 @@ fn kernel_v2_layouts_match_bindings() {
     assert_eq!(
         offsets(kernel::DmaLoggingControl::fields()),
         vec![
-            ("page_size", offset_of!(vb::vfio_device_feature_dma_logging_control, page_size)),
-            ("num_ranges", offset_of!(vb::vfio_device_feature_dma_logging_control, num_ranges)),
-            ("rsvd", offset_of!(vb::vfio_device_feature_dma_logging_control, __reserved)),
-            ("ranges", offset_of!(vb::vfio_device_feature_dma_logging_control, ranges)),
+            (
+                "page_size",
+                offset_of!(vb::vfio_device_feature_dma_logging_control, page_size)
+            ),
+            (
+                "num_ranges",
+                offset_of!(vb::vfio_device_feature_dma_logging_control, num_ranges)
+            ),
+            (
+                "rsvd",
+                offset_of!(vb::vfio_device_feature_dma_logging_control, __reserved)
+            ),
+            (
+                "ranges",
+                offset_of!(vb::vfio_device_feature_dma_logging_control, ranges)
+            ),
         ]
     );
-    assert_eq!(kernel::DmaLoggingRange::SIZE, size_of::<vb::vfio_device_feature_dma_logging_range>());
+    assert_eq!(
+        kernel::DmaLoggingRange::SIZE,
+        size_of::<vb::vfio_device_feature_dma_logging_range>()
+    );
     assert_eq!(kernel::DmaLoggingReport::SIZE, 32);
     assert_eq!(
         kernel::DmaLoggingReport::SIZE,
         size_of::<vb::vfio_device_feature_dma_logging_report>()
     );
-    assert_eq!(kernel::IommuDmaMap::SIZE, size_of::<vb::vfio_iommu_type1_dma_map>());
-    assert_eq!(kernel::GroupStatus::SIZE, size_of::<vb::vfio_group_status>());
+    assert_eq!(
+        kernel::IommuDmaMap::SIZE,
+        size_of::<vb::vfio_iommu_type1_dma_map>()
+    );
+    assert_eq!(
+        kernel::GroupStatus::SIZE,
+        size_of::<vb::vfio_group_status>()
+    );
 
     assert_eq!(kernel::FEATURE_GET, vb::VFIO_DEVICE_FEATURE_GET);
     assert_eq!(kernel::FEATURE_SET, vb::VFIO_DEVICE_FEATURE_SET);
     assert_eq!(kernel::FEATURE_PROBE, vb::VFIO_DEVICE_FEATURE_PROBE);
     assert_eq!(kernel::FEATURE_MIGRATION, vb::VFIO_DEVICE_FEATURE_MIGRATION);
-    assert_eq!(kernel::FEATURE_MIG_DEVICE_STATE, vb::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE);
-    assert_eq!(kernel::FEATURE_DMA_LOGGING_START, vb::VFIO_DEVICE_FEATURE_DMA_LOGGING_START);
-    assert_eq!(kernel::FEATURE_DMA_LOGGING_STOP, vb::VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP);
-    assert_eq!(kernel::FEATURE_DMA_LOGGING_REPORT, vb::VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT);
-    assert_eq!(kernel::FEATURE_MIG_DATA_SIZE, vb::VFIO_DEVICE_FEATURE_MIG_DATA_SIZE);
-    assert_eq!(kernel::MIGRATION_STOP_COPY, vb::VFIO_MIGRATION_STOP_COPY as u64);
+    assert_eq!(
+        kernel::FEATURE_MIG_DEVICE_STATE,
+        vb::VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE
+    );
+    assert_eq!(
+        kernel::FEATURE_DMA_LOGGING_START,
+        vb::VFIO_DEVICE_FEATURE_DMA_LOGGING_START
+    );
+    assert_eq!(
+        kernel::FEATURE_DMA_LOGGING_STOP,
+        vb::VFIO_DEVICE_FEATURE_DMA_LOGGING_STOP
+    );
+    assert_eq!(
+        kernel::FEATURE_DMA_LOGGING_REPORT,
+        vb::VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT
+    );
+    assert_eq!(
+        kernel::FEATURE_MIG_DATA_SIZE,
+        vb::VFIO_DEVICE_FEATURE_MIG_DATA_SIZE
+    );
+    assert_eq!(
+        kernel::MIGRATION_STOP_COPY,
+        vb::VFIO_MIGRATION_STOP_COPY as u64
+    );
     assert_eq!(kernel::MIGRATION_P2P, vb::VFIO_MIGRATION_P2P as u64);
-    assert_eq!(kernel::MIGRATION_PRE_COPY, vb::VFIO_MIGRATION_PRE_COPY as u64);
+    assert_eq!(
+        kernel::MIGRATION_PRE_COPY,
+        vb::VFIO_MIGRATION_PRE_COPY as u64
+    );
     for s in kernel::MigState::ALL {
         let theirs = match s {
             kernel::MigState::Error => vb::vfio_device_mig_state_VFIO_DEVICE_STATE_ERROR,
@@ -153,7 +259,9 @@ fn kernel_v2_layouts_match_bindings() {
             kernel::MigState::Resuming => vb::vfio_device_mig_state_VFIO_DEVICE_STATE_RESUMING,
             kernel::MigState::RunningP2p => vb::vfio_device_mig_state_VFIO_DEVICE_STATE_RUNNING_P2P,
             kernel::MigState::PreCopy => vb::vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY,
-            kernel::MigState::PreCopyP2p => vb::vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY_P2P,
+            kernel::MigState::PreCopyP2p => {
+                vb::vfio_device_mig_state_VFIO_DEVICE_STATE_PRE_COPY_P2P
+            }
         };
         assert_eq!(s as u32, theirs, "{s}");
         assert_eq!(kernel::MigState::from_u32(s as u32).unwrap(), s);
@@ -172,24 +280,51 @@ fn ioctl_numbers() {
 #[test]
 fn v1_region_layout() {
     assert_eq!(v1::MigrationInfo::SIZE, 32);
-    assert_eq!(v1::MigrationInfo::SIZE, size_of::<vb::vfio_device_migration_info>());
+    assert_eq!(
+        v1::MigrationInfo::SIZE,
+        size_of::<vb::vfio_device_migration_info>()
+    );
     let ours = offsets(v1::MigrationInfo::fields());
     assert_eq!(
         ours,
         vec![
-            ("device_state", offset_of!(vb::vfio_device_migration_info, device_state)),
-            ("reserved", offset_of!(vb::vfio_device_migration_info, reserved)),
-            ("pending_bytes", offset_of!(vb::vfio_device_migration_info, pending_bytes)),
-            ("data_offset", offset_of!(vb::vfio_device_migration_info, data_offset)),
-            ("data_size", offset_of!(vb::vfio_device_migration_info, data_size)),
+            (
+                "device_state",
+                offset_of!(vb::vfio_device_migration_info, device_state)
+            ),
+            (
+                "reserved",
+                offset_of!(vb::vfio_device_migration_info, reserved)
+            ),
+            (
+                "pending_bytes",
+                offset_of!(vb::vfio_device_migration_info, pending_bytes)
+            ),
+            (
+                "data_offset",
+                offset_of!(vb::vfio_device_migration_info, data_offset)
+            ),
+            (
+                "data_size",
+                offset_of!(vb::vfio_device_migration_info, data_size)
+            ),
         ]
     );
     assert_eq!(
-        [v1::OFF_DEVICE_STATE, v1::OFF_RESERVED, v1::OFF_PENDING_BYTES, v1::OFF_DATA_OFFSET, v1::OFF_DATA_SIZE],
+        [
+            v1::OFF_DEVICE_STATE,
+            v1::OFF_RESERVED,
+            v1::OFF_PENDING_BYTES,
+            v1::OFF_DATA_OFFSET,
+            v1::OFF_DATA_SIZE
+        ],
         [0, 4, 8, 16, 24]
     );
     assert_eq!(v1::REGION_TYPE, vb::VFIO_REGION_TYPE_MIGRATION_DEPRECATED);
-    assert_eq!(v1::REGION_SUBTYPE, vb::VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED);
+    assert_eq!(
+        v1::REGION_SUBTYPE,
+        vb::VFIO_REGION_SUBTYPE_MIGRATION_DEPRECATED
+    );
     assert_eq!(v1::STATE_RUNNING, vb::VFIO_DEVICE_STATE_V1_RUNNING);
     assert_eq!(v1::STATE_SAVING, vb::VFIO_DEVICE_STATE_V1_SAVING);
     assert_eq!(v1::STATE_RESUMING, vb::VFIO_DEVICE_STATE_V1_RESUMING);
@@ -206,7 +341,11 @@ fn seed_region_layout_is_packed() {
         ("pending_precopy_only", seed::OFF_PENDING_PRECOPY_ONLY, 4),
         ("pending_compatible", seed::OFF_PENDING_COMPATIBLE, 12),
         ("pending_postcopy_only", seed::OFF_PENDING_POSTCOPY_ONLY, 20),
-        ("pending_threshold_size", seed::OFF_PENDING_THRESHOLD_SIZE, 28),
+        (
+            "pending_threshold_size",
+            seed::OFF_PENDING_THRESHOLD_SIZE,
+            28,
+        ),
         ("data_offset", seed::OFF_DATA_OFFSET, 36),
         ("data_size", seed::OFF_DATA_SIZE, 44),
         ("dirty_pfns_start_addr", seed::OFF_DIRTY_START_ADDR, 52),
@@ -251,7 +390,10 @@ fn decode_never_panics_on_short_input() {
     for n in 0..seed::MigrationInfo::SIZE {
         assert!(seed::MigrationInfo::decode(&vec![0xff; n]).is_err());
     }
-    let h = vu::Header { msg_size: 3, ..Default::default() };
+    let h = vu::Header {
+        msg_size: 3,
+        ..Default::default()
+    };
     assert!(h.payload_len().is_err());
     let mut r = vfio_migrate_abi::Reader::new(&[1, 2, 3], "t");
     assert!(r.int::<u64>().is_err());
@@ -269,7 +411,10 @@ fn capabilities_json() {
     assert_eq!(c.migration.as_ref().unwrap().pgsize, 4096);
     let round = vu::Capabilities::from_json_bytes(&c.to_json_bytes()).unwrap();
     assert_eq!(round, c);
-    assert_eq!(vu::Capabilities::from_json_bytes(b"\0").unwrap(), vu::Capabilities::default());
+    assert_eq!(
+        vu::Capabilities::from_json_bytes(b"\0").unwrap(),
+        vu::Capabilities::default()
+    );
     assert!(vu::Capabilities::from_json_bytes(b"{not json").is_err());
     assert!(vu::Capabilities::from_json_bytes(&[0xff, 0xfe]).is_err());
     assert!(vu::Capabilities::from_json_bytes(&vec![b' '; 5000]).is_err());

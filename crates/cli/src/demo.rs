@@ -1,10 +1,397 @@
-//! `vfio-migrate demo` (placeholder until its issue lands).
+//! `vfio-migrate demo`: the main job with no arguments. Starts a source and
+//! a destination `serve --device vgpu` process, a source guest (memfd RAM
+//! shared with the device by DMA_MAP, a vCPU thread dirtying it), turns on
+//! the vgpu's render and DMA engines, live-migrates guest RAM and device
+//! over loopback TCP with pre-copy, resumes at the destination, verifies
+//! that destination RAM and device equal the source at the moment it
+//! stopped, and reports.
+
+use crate::digest::{read_digest, sample_verifier};
+use crate::migrate::{OnOff, Tuning};
+use crate::progress::Style;
+use crate::report::{bytes, print_human, print_json};
+use crate::serve::parse_size;
+use anyhow::{anyhow, bail, Context};
+use serde::Serialize;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use vfio_migrate_engine::{
+    migrate_in, migrate_out, DestLink, DestOptions, GuestRam, Link, MemfdRam, MigrationReport,
+    SimGuest, VcpuConfig,
+};
+use vfio_migrate_handle::{DmaWindow, MigrationDevice};
+use vfio_migrate_vfio_user::Client;
+
+/// vgpu BAR0 registers the demo programs.
+mod reg {
+    pub const CONTROL: u64 = 0x08;
+    pub const RENDER_RATE: u64 = 0x10;
+    pub const DMA_RATE: u64 = 0x18;
+    pub const DMA_IOVA: u64 = 0x20;
+    pub const DMA_SIZE: u64 = 0x28;
+    pub const SEED: u64 = 0x30;
+    pub const FRAME: u64 = 0x40;
+    pub const DMA_COUNT: u64 = 0x48;
+    /// CONTROL: render engine | DMA engine.
+    pub const ENGINES_ON: u64 = 0b11;
+}
 
 /// Arguments of `vfio-migrate demo`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Print one JSON object instead of the human report.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Stop and copy everything at once (no pre-copy), for comparison.
+    #[arg(long)]
+    pub(crate) no_precopy: bool,
+    /// vgpu device memory (power of two; K/M/G suffix).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    pub(crate) device_mem: u64,
+    /// Guest RAM (K/M/G suffix).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    pub(crate) guest_mem: u64,
+    /// Switch over once the expected downtime is at most this many ms.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    pub(crate) downtime_limit: u64,
+    /// Switch over after this many pre-copy rounds whatever the estimate.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub(crate) max_iterations: u32,
+    /// Bytes per second the vCPU dirties in guest RAM.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    pub(crate) vcpu_rate: u64,
+    /// Bytes per second the vgpu render engine writes into device memory.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "64M")]
+    pub(crate) render_rate: u64,
+    /// Bytes per second the vgpu DMA engine writes into guest RAM.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "32M")]
+    pub(crate) dma_rate: u64,
+    /// Compare digests and RAM hashes (always, from the command line; the
+    /// benchmark also measures without, to show what verification costs).
+    #[arg(skip = true)]
+    pub(crate) verify: bool,
+}
+
+/// The workload, as reported.
+#[derive(Serialize)]
+struct Workload {
+    pub(crate) device_mem: u64,
+    pub(crate) guest_mem: u64,
+    pub(crate) vcpu_rate: u64,
+    pub(crate) render_rate: u64,
+    pub(crate) dma_rate: u64,
+    dma_window: (u64, u64),
+}
+
+#[derive(Serialize)]
+pub(crate) struct DemoReport {
+    #[serde(flatten)]
+    pub(crate) migration: MigrationReport,
+    /// The destination device runs after the migration: its engines
+    /// advanced (frames and DMA writes counted up).
+    pub(crate) dest_running: bool,
+    workload: Workload,
+}
+
+/// What one demo run gave.
+pub(crate) struct Outcome {
+    pub(crate) report: DemoReport,
+    /// Why it failed, when it did.
+    pub(crate) failure: Option<String>,
+}
+
+/// A `vfio-migrate serve` child process, stopped and reaped on drop.
+struct ServerProcess {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl ServerProcess {
+    fn spawn(device_mem: u64, socket: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding this executable")?;
+        let mut child = Command::new(exe)
+            .args(["serve", "--device", "vgpu", "--device-mem"])
+            .arg(device_mem.to_string())
+            .arg("--socket")
+            .arg(socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            // Own process group: Ctrl-C reaches the demo, which rolls back
+            // and stops the servers itself.
+            .process_group(0)
+            .spawn()
+            .context("starting `vfio-migrate serve`")?;
+        let out = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            // Keep draining so the server never sees a closed stdout.
+            for _ in lines {}
+        });
+        let server = Self {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Some(Ok(line))) if line.contains("listening on") => Ok(server),
+            Ok(Some(Ok(line))) => {
+                bail!("`vfio-migrate serve` said '{line}' instead of 'listening on ...'")
+            }
+            Ok(_) => bail!("`vfio-migrate serve` exited before listening (see its error above)"),
+            Err(_) => bail!("`vfio-migrate serve` did not start listening within 20 s"),
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A private directory for the sockets, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> anyhow::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let p =
+            std::env::temp_dir().join(format!("vfio-migrate-demo-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write_reg(c: &mut Client, off: u64, v: u64) -> anyhow::Result<()> {
+    MigrationDevice::region_write(c, 0, off, &v.to_le_bytes())
+        .with_context(|| format!("vgpu register {off:#x}"))
+}
+
+fn read_reg(c: &mut Client, off: u64) -> anyhow::Result<u64> {
+    read_digest(c, off).with_context(|| format!("vgpu register {off:#x}"))
+}
+
+fn map_guest(c: &mut Client, ram: &MemfdRam) -> anyhow::Result<()> {
+    c.dma_map(DmaWindow {
+        iova: 0,
+        size: ram.len(),
+        fd: Some(ram.fd()),
+        offset: 0,
+        readable: true,
+        writable: true,
+    })
+    .with_context(|| format!("mapping guest RAM into {}", c.name()))
+}
 
 /// Runs the command; returns the process exit code.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("'vfio-migrate demo' is not built yet")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let style = Style::detect(args.json);
+    let out = execute(&args, style)?;
+    let title = format!(
+        "vfio-migrate demo: live migration of a running vgpu ({} device memory) and {} of guest RAM over loopback TCP",
+        bytes(args.device_mem),
+        bytes(args.guest_mem)
+    );
+    if args.json {
+        print_json(&out.report);
+    } else if out.failure.is_none() {
+        print_human(&title, &out.report.migration);
+        println!(
+            "  destination  {}",
+            if out.report.dest_running {
+                "running: render and DMA engines advance"
+            } else {
+                "NOT RUNNING: its engines did not advance"
+            }
+        );
+    }
+    if let Some(f) = &out.failure {
+        eprintln!("error: {f}");
+        return Ok(if crate::interrupt::interrupted() {
+            130
+        } else {
+            1
+        });
+    }
+    if !(out.report.migration.verified && out.report.dest_running) {
+        eprintln!("error: the demo migration was not verified");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// Sets up the servers, guest and workload, migrates, and checks the
+/// destination runs.
+pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
+    if args.guest_mem < (1 << 20) {
+        bail!(
+            "--guest-mem {}: the demo guest needs at least 1M of RAM",
+            args.guest_mem
+        );
+    }
+    let cancel = crate::interrupt::install()?;
+    let dir = TempDir::new()?;
+    let (src_sock, dst_sock) = (dir.0.join("source.sock"), dir.0.join("dest.sock"));
+    let src_server = ServerProcess::spawn(args.device_mem, &src_sock)?;
+    let dst_server = ServerProcess::spawn(args.device_mem, &dst_sock)?;
+    let mut src = Client::connect(&src_sock).context("connecting to the source vgpu")?;
+    let mut dst = Client::connect(&dst_sock).context("connecting to the destination vgpu")?;
+
+    // Guests: the source runs, the destination's RAM waits empty. Both are
+    // mapped for their device's DMA, as a VMM does at setup.
+    let mut guest = SimGuest::new(args.guest_mem).context("source guest RAM")?;
+    let dst_ram = MemfdRam::new("vfio-migrate-dest-guest", args.guest_mem)
+        .context("destination guest RAM")?;
+    map_guest(&mut src, guest.ram())?;
+    map_guest(&mut dst, &dst_ram)?;
+
+    // The vCPU dirties the lower half of RAM; the vgpu DMAs into a window
+    // in the upper half and renders into its own memory.
+    let half = guest.size() / 2 / 4096 * 4096;
+    let window = (half, (guest.size() / 8).max(4096) / 4096 * 4096);
+    write_reg(&mut src, reg::SEED, 0x5eed_cafe)?;
+    write_reg(&mut src, reg::RENDER_RATE, args.render_rate)?;
+    write_reg(&mut src, reg::DMA_IOVA, window.0)?;
+    write_reg(&mut src, reg::DMA_SIZE, window.1)?;
+    write_reg(&mut src, reg::DMA_RATE, args.dma_rate)?;
+    write_reg(&mut src, reg::CONTROL, reg::ENGINES_ON)?;
+    guest
+        .start_vcpu(VcpuConfig {
+            rate: args.vcpu_rate,
+            offset: 0,
+            length: half.max(4096),
+            seed: 0x00c0_ffee,
+        })
+        .context("starting the vCPU")?;
+    std::thread::sleep(Duration::from_millis(200));
+    if read_reg(&mut src, reg::FRAME)? == 0 {
+        bail!("the source vgpu's render engine did not start");
+    }
+
+    let tuning = Tuning {
+        precopy: if args.no_precopy {
+            OnOff::Off
+        } else {
+            OnOff::On
+        },
+        downtime_limit: args.downtime_limit,
+        max_iterations: args.max_iterations,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").context("listening on 127.0.0.1")?;
+    let addr = listener.local_addr()?;
+    let dest_name = format!("tcp:{addr} → {}", dst.name());
+    let mut opts = tuning.source_options(src.name(), cancel.clone(), style);
+    let verifier = args.verify.then(sample_verifier);
+    opts.verifier = verifier.clone();
+
+    let (result, dest_result, mut dst) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let dst_ram = &dst_ram;
+        let receiver = s.spawn(move || {
+            let r = (|| {
+                let (stream, peer) = listener.accept().context("accepting the migration")?;
+                let link = DestLink::tcp(stream, format!("tcp:{peer}"))?;
+                migrate_in(
+                    std::slice::from_mut(&mut dst),
+                    Some(dst_ram as &dyn GuestRam),
+                    link,
+                    DestOptions {
+                        verifier,
+                        hash_ram: args.verify,
+                        cancel,
+                        ..Default::default()
+                    },
+                )
+                .map_err(anyhow::Error::from)
+            })();
+            (r, dst)
+        });
+        let stream = TcpStream::connect(addr).context("connecting to the receiver")?;
+        let link = Link::tcp(stream, dest_name.clone())?;
+        let r = migrate_out(
+            std::slice::from_mut(&mut src),
+            Some(&guest as &dyn GuestRam),
+            link,
+            opts,
+        );
+        let (d, dst) = receiver
+            .join()
+            .map_err(|_| anyhow!("the receiver thread panicked"))?;
+        Ok((r, d, dst))
+    })?;
+
+    let workload = Workload {
+        device_mem: args.device_mem,
+        guest_mem: args.guest_mem,
+        vcpu_rate: args.vcpu_rate,
+        render_rate: args.render_rate,
+        dma_rate: args.dma_rate,
+        dma_window: window,
+    };
+    let rep = match result {
+        Ok(r) => r,
+        Err(f) => {
+            let mut failure = f.to_string();
+            if let Err(e) = dest_result {
+                failure += &format!("\ndestination: {e:#}");
+            }
+            return Ok(Outcome {
+                report: DemoReport {
+                    migration: *f.report,
+                    dest_running: false,
+                    workload,
+                },
+                failure: Some(failure),
+            });
+        }
+    };
+    if let Err(e) = dest_result {
+        bail!("the source finished but the destination reports: {e:#}");
+    }
+
+    // The destination runs on: its engines advance.
+    let (f0, d0) = (
+        read_reg(&mut dst, reg::FRAME)?,
+        read_reg(&mut dst, reg::DMA_COUNT)?,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let dest_running =
+        read_reg(&mut dst, reg::FRAME)? > f0 && read_reg(&mut dst, reg::DMA_COUNT)? > d0;
+    drop((src, dst, src_server, dst_server));
+    Ok(Outcome {
+        report: DemoReport {
+            migration: rep,
+            dest_running,
+            workload,
+        },
+        failure: None,
+    })
 }

@@ -5,11 +5,26 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
+mod digest;
+mod endpoint;
 mod inspect;
+mod interrupt;
 mod migrate;
+mod progress;
 mod receive;
+mod report;
 mod serve;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+static VERBOSITY: AtomicU8 = AtomicU8::new(0);
+
+/// How many `-v` were given.
+pub fn verbosity() -> u8 {
+    VERBOSITY.load(Ordering::Relaxed)
+}
 
 /// Live migration of VFIO devices: vfio-user servers, kernel VFIO devices
 /// and snapshots, over the seed, v1 and v2 migration protocols.
@@ -37,6 +52,9 @@ enum Cmd {
     Receive(receive::Args),
     /// Show what a snapshot file holds and check every checksum.
     Inspect(inspect::Args),
+    /// Measure downtime, throughput and memory against the limits.
+    #[command(hide = true)]
+    Bench(bench::Args),
 }
 
 fn init_logging(verbose: u8) {
@@ -57,12 +75,14 @@ fn init_logging(verbose: u8) {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    VERBOSITY.store(cli.verbose, Ordering::Relaxed);
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Serve(a) => serve::run(a),
         Cmd::Migrate(a) => migrate::run(a),
         Cmd::Receive(a) => receive::run(a),
         Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Bench(a) => bench::run(a),
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -1,10 +1,290 @@
-//! `vfio-migrate migrate` (placeholder until its issue lands).
+//! `vfio-migrate migrate`: moves a device's state from `--source` to
+//! `--dest`: device to device on this host (`unix:` → `unix:`), to another
+//! host (`unix:` → `tcp:`, where `vfio-migrate receive` listens), to a
+//! snapshot (`unix:` → `file:`) or from one (`file:` → `unix:`).
+
+use crate::digest::sample_verifier;
+use crate::endpoint::Endpoint;
+use crate::progress::{Printer, Style};
+use crate::report::{print_human, print_json};
+use anyhow::{bail, Context};
+use std::fs::File;
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+use vfio_migrate_engine::snapshot;
+use vfio_migrate_engine::{
+    migrate_in, migrate_out, Cancel, DestLink, DestOptions, EngineError, Link, MigrationReport,
+    SourceFailure, SourceOptions,
+};
+use vfio_migrate_handle::MigrationDevice;
+
+/// `on` / `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// How the source side migrates (shared with `demo`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Tuning {
+    /// Pre-copy: send state while the device runs, stop only for the rest.
+    #[arg(long, value_enum, default_value = "on")]
+    pub precopy: OnOff,
+    /// Switch over once the expected downtime is at most this many ms.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    pub downtime_limit: u64,
+    /// Switch over after this many pre-copy rounds whatever the estimate.
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub max_iterations: u32,
+}
+
+impl Tuning {
+    /// Engine options for these settings.
+    pub fn source_options(
+        &self,
+        source_name: String,
+        cancel: Cancel,
+        progress: Style,
+    ) -> SourceOptions {
+        SourceOptions {
+            precopy: self.precopy == OnOff::On,
+            downtime_limit: Duration::from_millis(self.downtime_limit),
+            max_iterations: self.max_iterations,
+            verifier: Some(sample_verifier()),
+            cancel,
+            progress: (progress != Style::Off).then(|| Printer::new(progress).callback()),
+            source_name,
+            ..Default::default()
+        }
+    }
+}
 
 /// Arguments of `vfio-migrate migrate`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Where the state comes from: unix:PATH (a vfio-user device server),
+    /// kernel:DEVICE, or file:PATH (restore a snapshot).
+    #[arg(long, value_name = "ENDPOINT")]
+    source: String,
+    /// Where it goes: unix:PATH or kernel:DEVICE (a device on this host),
+    /// tcp:HOST:PORT (a `vfio-migrate receive` on another host), or
+    /// file:PATH (write a snapshot; the source keeps running).
+    #[arg(long, value_name = "ENDPOINT")]
+    dest: String,
+    #[command(flatten)]
+    tuning: Tuning,
+    /// Print one JSON object instead of the human report.
+    #[arg(long)]
+    json: bool,
+}
 
 /// Runs the command; returns the process exit code.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("'vfio-migrate migrate' is not built yet")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let src = Endpoint::parse(&args.source).context("--source")?;
+    let dst = Endpoint::parse(&args.dest).context("--dest")?;
+    let cancel = crate::interrupt::install()?;
+    let style = Style::detect(args.json);
+    let title = format!("vfio-migrate: {src} → {dst}");
+    let result = match (&src, &dst) {
+        (s, d) if s.is_device() && d.is_device() => device_to_device(&src, &dst, &args.tuning, cancel, style)?,
+        (s, Endpoint::Tcp { .. }) if s.is_device() => {
+            let mut dev = src.open_device()?;
+            let addr = dst.socket_addr().expect("tcp");
+            let stream = TcpStream::connect(&addr)
+                .with_context(|| format!("cannot connect to {dst} (is `vfio-migrate receive` listening there?)"))?;
+            let link = Link::tcp(stream, dst.to_string()).context("setting up the TCP connection")?;
+            let opts = args.tuning.source_options(src.to_string(), cancel, style);
+            migrate_out(std::slice::from_mut(&mut dev), None, link, opts)
+        }
+        (s, Endpoint::File(path)) if s.is_device() => {
+            let mut dev = src.open_device()?;
+            let f = File::options().write(true).create_new(true).open(path).with_context(|| {
+                format!("cannot create the snapshot {dst} (an existing file is never overwritten: remove it or pick another path)")
+            })?;
+            let sync = f.try_clone().context("snapshot file")?;
+            let opts = args.tuning.source_options(src.to_string(), cancel, style);
+            let r = migrate_out(std::slice::from_mut(&mut dev), None, Link::file(f, dst.to_string()), opts);
+            match r.as_ref().map(|_| sync.sync_all()) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = std::fs::remove_file(path);
+                    bail!("writing the snapshot {dst}: {e} (the partial file was removed)");
+                }
+                Err(_) => {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            r
+        }
+        (Endpoint::File(path), d) if d.is_device() => return restore(path, &src, &dst, args.json, cancel),
+        (Endpoint::Tcp { .. }, _) => {
+            bail!("--source {src}: a tcp endpoint can only be a destination; on the receiving host run `vfio-migrate receive --listen {src} --dest unix:PATH`")
+        }
+        _ => bail!("migrating from {src} to {dst} is not supported: the source must be a device or a snapshot file, the destination a device, tcp:HOST:PORT or file:PATH, and at least one of them a device"),
+    };
+    Ok(finish(&title, result, args.json))
+}
+
+/// Prints the outcome; returns the exit code.
+pub fn finish(title: &str, r: Result<MigrationReport, SourceFailure>, json: bool) -> i32 {
+    match r {
+        Ok(mut rep) => {
+            rep.peak_rss_bytes = peak_rss();
+            if json {
+                print_json(&rep);
+            } else {
+                print_human(title, &rep);
+            }
+            0
+        }
+        Err(f) => {
+            if json {
+                print_json(&f.report);
+            }
+            eprintln!("error: {f}");
+            exit_code(&f.error)
+        }
+    }
+}
+
+/// This process's peak resident memory (VmHWM), from /proc.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn exit_code(e: &EngineError) -> i32 {
+    match e {
+        EngineError::Cancelled { .. } => 130,
+        _ => 1,
+    }
+}
+
+/// Both ends are devices on this host: the destination loads on another
+/// thread, over a UNIX socket pair.
+fn device_to_device(
+    src: &Endpoint,
+    dst: &Endpoint,
+    tuning: &Tuning,
+    cancel: Cancel,
+    style: Style,
+) -> anyhow::Result<Result<MigrationReport, SourceFailure>> {
+    if src == dst {
+        bail!("--source and --dest are the same device ({src})");
+    }
+    let mut sdev = src.open_device()?;
+    let ddev = dst.open_device()?;
+    let (a, b) = UnixStream::pair().context("creating the socket pair")?;
+    let dlink = DestLink::unix(b, src.to_string())?;
+    let slink = Link::unix(a, dst.to_string())?;
+    let dcancel = cancel.clone();
+    let dest = std::thread::Builder::new()
+        .name("migrate-dest".into())
+        .spawn(move || {
+            let mut ddev = ddev;
+            migrate_in(
+                std::slice::from_mut(&mut ddev),
+                None,
+                dlink,
+                DestOptions {
+                    verifier: Some(sample_verifier()),
+                    cancel: dcancel,
+                    ..Default::default()
+                },
+            )
+        })
+        .context("starting the destination thread")?;
+    let opts = tuning.source_options(src.to_string(), cancel, style);
+    let r = migrate_out(std::slice::from_mut(&mut sdev), None, slink, opts);
+    let d = dest
+        .join()
+        .map_err(|_| anyhow::anyhow!("the destination thread panicked"))?;
+    if let (Ok(_), Err(e)) = (&r, &d) {
+        bail!("the source finished but the destination reports: {e}");
+    }
+    Ok(r)
+}
+
+/// `file:` → device: the whole snapshot is checked before the device is
+/// touched, then loaded, validated, verified and started.
+fn restore(
+    path: &std::path::Path,
+    src: &Endpoint,
+    dst: &Endpoint,
+    json: bool,
+    cancel: Cancel,
+) -> anyhow::Result<i32> {
+    let t0 = std::time::Instant::now();
+    let f = File::open(path).with_context(|| format!("cannot open the snapshot {src}"))?;
+    let sum = snapshot::check(f, &src.to_string());
+    if !sum.ok {
+        bail!(
+            "the snapshot {src} is damaged, nothing was loaded into {dst}: {}",
+            sum.problems.join("; ")
+        );
+    }
+    let mut dev: Box<dyn MigrationDevice> = dst.open_device()?;
+    let f = File::open(path).with_context(|| format!("cannot open the snapshot {src}"))?;
+    let r = migrate_in(
+        std::slice::from_mut(&mut dev),
+        None,
+        DestLink::file(f, src.to_string()),
+        DestOptions {
+            verifier: Some(sample_verifier()),
+            cancel,
+            ..Default::default()
+        },
+    );
+    let mut rep = MigrationReport::new(src.to_string(), dst.to_string());
+    rep.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    rep.downtime_ms = rep.total_ms;
+    rep.transferred_bytes = sum.bytes;
+    rep.device_bytes = sum
+        .devices
+        .iter()
+        .map(|d| d.precopy.bytes + d.stopcopy.bytes)
+        .sum();
+    rep.throughput_mbps = sum.bytes as f64 * 8.0 / 1e6 / t0.elapsed().as_secs_f64().max(1e-9);
+    match r {
+        Ok(d) => {
+            rep.verified = d.verified;
+            rep.devices = sum
+                .devices
+                .iter()
+                .zip(&d.devices)
+                .map(|(s, x)| {
+                    let mut dr = vfio_migrate_engine::DeviceReport::new(
+                        dst.to_string(),
+                        dev.protocol(),
+                        &s.descriptor,
+                    );
+                    dr.precopy_bytes = s.precopy.bytes;
+                    dr.stopcopy_bytes = s.stopcopy.bytes;
+                    dr.digest_source = x.digest_source.clone();
+                    dr.digest_dest = x.digest_dest.clone();
+                    dr.verified = x.verified;
+                    dr
+                })
+                .collect();
+            if json {
+                print_json(&rep);
+            } else {
+                print_human(&format!("vfio-migrate: restored {src} into {dst}"), &rep);
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            rep.status = "failed".into();
+            rep.error = Some(e.to_string());
+            if json {
+                print_json(&rep);
+            }
+            eprintln!("error: restoring {src} into {dst}: {e}; the device was not started");
+            Ok(exit_code(&e))
+        }
+    }
 }

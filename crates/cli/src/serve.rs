@@ -1,10 +1,112 @@
-//! `vfio-migrate serve` (placeholder until its issue lands).
+//! `vfio-migrate serve`: serves one sample device over vfio-user on a UNIX
+//! socket (mode 0600), client after client, until SIGTERM or SIGINT.
+//! Prints `listening on unix:PATH` on stdout once clients can connect.
+
+use anyhow::Context;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use vfio_migrate_device::samples::serial::Serial;
+use vfio_migrate_device::samples::vgpu::{Vgpu, VgpuConfig, DEFAULT_MEM_SIZE};
+use vfio_migrate_device::{Device, DeviceCore, DmaSpace};
+use vfio_migrate_vfio_user::{Listener, Server, Shutdown};
+
+/// Which sample device to serve.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum DeviceKind {
+    /// GPU-like device: registers, mmap-able device memory, render and DMA
+    /// engines, pre-copy.
+    Vgpu,
+    /// 16550-like UART with a loopback FIFO, stop-copy only.
+    Serial,
+}
 
 /// Arguments of `vfio-migrate serve`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The device to serve.
+    #[arg(long, value_enum)]
+    device: DeviceKind,
+    /// vgpu device memory (BAR2) size: a power of two, with an optional
+    /// K/M/G suffix (e.g. 64M, 1G). Default 256M.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    device_mem: Option<u64>,
+    /// UNIX socket path to listen on (created with mode 0600).
+    #[arg(long, value_name = "PATH")]
+    socket: PathBuf,
+}
+
+/// Parses `4096`, `64K`, `64M`, `1G` (binary units, optional `iB`/`B`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let upper = t.to_ascii_uppercase();
+    let body = upper
+        .strip_suffix("IB")
+        .or_else(|| upper.strip_suffix('B'))
+        .unwrap_or(&upper);
+    let (num, shift) = match body.chars().last() {
+        Some('K') => (&body[..body.len() - 1], 10),
+        Some('M') => (&body[..body.len() - 1], 20),
+        Some('G') => (&body[..body.len() - 1], 30),
+        Some('T') => (&body[..body.len() - 1], 40),
+        _ => (body, 0),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| {
+        format!("'{s}' is not a size: use a number with an optional K, M, G or T suffix, e.g. 64M")
+    })?;
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
 
 /// Runs the command; returns the process exit code.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("'vfio-migrate serve' is not built yet")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let dma = Arc::new(DmaSpace::new());
+    match args.device {
+        DeviceKind::Vgpu => {
+            let mem_size = args.device_mem.unwrap_or(DEFAULT_MEM_SIZE);
+            let dev = Vgpu::new(VgpuConfig { mem_size }, dma.clone())
+                .map_err(|e| anyhow::anyhow!("--device-mem {mem_size}: {}", e.message))?;
+            serve(DeviceCore::new(dev, dma), &args.socket)
+        }
+        DeviceKind::Serial => {
+            if args.device_mem.is_some() {
+                anyhow::bail!("--device-mem applies to --device vgpu only: the serial device has no device memory");
+            }
+            serve(DeviceCore::new(Serial::new(), dma), &args.socket)
+        }
+    }
+}
+
+fn serve<D: Device>(core: DeviceCore<D>, socket: &std::path::Path) -> anyhow::Result<i32> {
+    let shutdown = Shutdown::new().context("creating the shutdown pipe")?;
+    shutdown
+        .on_signals()
+        .context("installing SIGTERM/SIGINT handlers")?;
+    let listener = Listener::bind(socket)?;
+    let mut server = Server::new(core);
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on unix:{}", listener.path().display())?;
+        out.flush()?;
+    }
+    server.serve(&listener, &shutdown).context("serving")?;
+    tracing::info!("shut down");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("16KiB"), Ok(16 << 10));
+        assert!(parse_size("12Q").unwrap_err().contains("not a size"));
+        assert!(parse_size("99999999999T")
+            .unwrap_err()
+            .contains("too large"));
+    }
 }

@@ -102,7 +102,10 @@ impl<D: Device> DeviceCore<D> {
         )?;
         let n = self.dev.save(buf)?;
         if n > buf.len() {
-            return Err(DeviceError::new(libc::EIO, "device returned more data than asked"));
+            return Err(DeviceError::new(
+                libc::EIO,
+                "device returned more data than asked",
+            ));
         }
         Ok(n)
     }

@@ -86,7 +86,9 @@ pub trait Device: Send {
     /// with `count == 0` tears them down).
     fn set_irqs(&mut self, index: u32, start: u32, fds: Vec<OwnedFd>) -> DeviceResult<()> {
         let _ = (start, fds);
-        Err(DeviceError::unsupported(format!("IRQ index {index} is not offered")))
+        Err(DeviceError::unsupported(format!(
+            "IRQ index {index} is not offered"
+        )))
     }
 
     /// Device reset: back to power-on state. The SDK then sets RUNNING.

@@ -33,7 +33,8 @@ unsafe impl Sync for Mmap {}
 
 impl Mmap {
     fn new(fd: &OwnedFd, offset: u64, len: u64, writable: bool) -> DeviceResult<Self> {
-        let len_us = usize::try_from(len).map_err(|_| DeviceError::inval("DMA window too large"))?;
+        let len_us =
+            usize::try_from(len).map_err(|_| DeviceError::inval("DMA window too large"))?;
         let off = libc::off_t::try_from(offset)
             .map_err(|_| DeviceError::inval("DMA map offset too large"))?;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
@@ -109,7 +110,9 @@ impl DirtyLog {
             let first_page = (s - r.iova) / ps;
             let last_page = (e - r.iova) / ps;
             for p in first_page..=last_page {
-                r.bits[(p / 64) as usize].fetch_or(1 << (p % 64), Ordering::Relaxed);
+                // Release: a reader that takes the bit (AcqRel) sees the
+                // data this DMA wrote before marking.
+                r.bits[(p / 64) as usize].fetch_or(1 << (p % 64), Ordering::Release);
             }
         }
     }
@@ -209,7 +212,10 @@ impl DmaSpace {
         let g = self.inner.read().unwrap();
         g.windows
             .iter()
-            .map(|(&iova, w)| IovaRange { iova, length: w.size })
+            .map(|(&iova, w)| IovaRange {
+                iova,
+                length: w.size,
+            })
             .collect()
     }
 
@@ -223,33 +229,42 @@ impl DmaSpace {
         mut f: impl FnMut(*mut u8, usize, usize),
     ) -> DeviceResult<()> {
         let end = end_of(iova, len)?;
-        let mut at = iova;
-        while at < end {
-            let (&a, w) = g
-                .windows
-                .range(..=at)
-                .next_back()
-                .filter(|(&a, w)| at < a + w.size)
-                .ok_or_else(|| DeviceError::fault(format!("DMA to unmapped address {at:#x}")))?;
-            if (write && !w.writable) || (!write && !w.readable) {
-                return Err(DeviceError::new(
-                    libc::EPERM,
-                    format!(
-                        "DMA {} at {at:#x}: window not {}",
-                        if write { "write" } else { "read" },
-                        if write { "writable" } else { "readable" }
-                    ),
-                ));
+        // Two passes: check every byte first, so that an access that runs
+        // into an unmapped or read-only window changes nothing (a write
+        // that partly landed would also go unlogged).
+        for copy in [false, true] {
+            let mut at = iova;
+            while at < end {
+                let (&a, w) = g
+                    .windows
+                    .range(..=at)
+                    .next_back()
+                    .filter(|(&a, w)| at < a + w.size)
+                    .ok_or_else(|| {
+                        DeviceError::fault(format!("DMA to unmapped address {at:#x}"))
+                    })?;
+                if (write && !w.writable) || (!write && !w.readable) {
+                    return Err(DeviceError::new(
+                        libc::EPERM,
+                        format!(
+                            "DMA {} at {at:#x}: window not {}",
+                            if write { "write" } else { "read" },
+                            if write { "writable" } else { "readable" }
+                        ),
+                    ));
+                }
+                let mem = w.mem.as_ref().ok_or_else(|| {
+                    DeviceError::fault(format!("DMA window at {a:#x} has no memory fd"))
+                })?;
+                let off = (at - a) as usize;
+                let n = ((a + w.size).min(end) - at) as usize;
+                debug_assert!(off + n <= mem.len);
+                if copy {
+                    // f receives the window base and an in-bounds range.
+                    f(mem.ptr, off, n);
+                }
+                at += n as u64;
             }
-            let mem = w.mem.as_ref().ok_or_else(|| {
-                DeviceError::fault(format!("DMA window at {a:#x} has no memory fd"))
-            })?;
-            let off = (at - a) as usize;
-            let n = ((a + w.size).min(end) - at) as usize;
-            // SAFETY-free: f receives the window base and an in-bounds range.
-            debug_assert!(off + n <= mem.len);
-            f(mem.ptr, off, n);
-            at += n as u64;
         }
         Ok(())
     }
@@ -292,8 +307,9 @@ impl DmaSpace {
     }
 
     /// Starts DMA dirty logging at `page_size` over `ranges` (empty = every
-    /// mapped window). Page size must be a power of two ≥ 4096; ranges must
-    /// be page-aligned, non-empty and disjoint. Already logging: EBUSY.
+    /// mapped window, widened to whole pages). Page size must be a power of
+    /// two between 4 KiB and 1 GiB; ranges must start on a page boundary, be
+    /// non-empty and disjoint. Already logging: EBUSY.
     pub fn logging_start(&self, page_size: u64, ranges: &[IovaRange]) -> DeviceResult<()> {
         if !page_size.is_power_of_two() || !(4096..=(1 << 30)).contains(&page_size) {
             return Err(DeviceError::inval(format!(
@@ -303,7 +319,10 @@ impl DmaSpace {
         if ranges.len() > MAX_LOG_RANGES {
             return Err(DeviceError::new(
                 libc::E2BIG,
-                format!("{} DMA logging ranges, at most {MAX_LOG_RANGES}", ranges.len()),
+                format!(
+                    "{} DMA logging ranges, at most {MAX_LOG_RANGES}",
+                    ranges.len()
+                ),
             ));
         }
         let mut g = self.inner.write().unwrap();
@@ -311,22 +330,49 @@ impl DmaSpace {
             return Err(DeviceError::new(libc::EBUSY, "DMA logging is already on"));
         }
         let mut rs: Vec<IovaRange> = if ranges.is_empty() {
-            g.windows
-                .iter()
-                .map(|(&iova, w)| IovaRange { iova, length: w.size })
-                .collect()
+            // Every mapped window, widened to whole pages and merged where
+            // the widened windows touch.
+            let mut v: Vec<IovaRange> = Vec::new();
+            for (&iova, w) in &g.windows {
+                let start = iova & !(page_size - 1);
+                let end = end_of(iova, w.size)?
+                    .checked_next_multiple_of(page_size)
+                    .unwrap_or(!(page_size - 1));
+                match v.last_mut() {
+                    Some(last) if last.iova + last.length >= start => {
+                        last.length = end.max(last.iova + last.length) - last.iova;
+                    }
+                    _ => v.push(IovaRange {
+                        iova: start,
+                        length: end - start,
+                    }),
+                }
+            }
+            v
         } else {
+            if let Some(r) = ranges.iter().find(|r| !r.iova.is_multiple_of(page_size)) {
+                return Err(DeviceError::inval(format!(
+                    "DMA logging range {:#x}+{:#x} does not start on a {page_size}-byte page \
+                     boundary",
+                    r.iova, r.length
+                )));
+            }
             ranges.to_vec()
         };
         if rs.is_empty() {
-            return Err(DeviceError::inval("DMA logging over nothing: no ranges and no mapped windows"));
+            return Err(DeviceError::inval(
+                "DMA logging over nothing: no ranges and no mapped windows",
+            ));
         }
         rs.sort_by_key(|r| r.iova);
         let mut pages_total = 0u64;
         let mut prev_end = 0u64;
         for (i, r) in rs.iter().enumerate() {
             if r.length == 0 {
-                return Err(DeviceError::inval(format!("DMA logging range {:#x} is empty", r.iova)));
+                return Err(DeviceError::inval(format!(
+                    "DMA logging range {:#x} is empty",
+                    r.iova
+                )));
             }
             let end = end_of(r.iova, r.length)?;
             if i > 0 && r.iova < prev_end {
@@ -385,7 +431,7 @@ impl DmaSpace {
                 log.page_size
             )));
         }
-        if length == 0 || iova % page_size != 0 {
+        if length == 0 || !iova.is_multiple_of(page_size) {
             return Err(DeviceError::inval(format!(
                 "report range {iova:#x}+{length:#x} is empty or not page-aligned"
             )));
@@ -399,32 +445,45 @@ impl DmaSpace {
                 bitmap.len()
             )));
         }
-        // Every page must lie in a logged range.
+        // Every page must lie in a logged range (ranges are sorted and
+        // disjoint).
+        let find = |at: u64| {
+            let i = log.ranges.partition_point(|r| r.iova <= at);
+            i.checked_sub(1)
+                .map(|i| &log.ranges[i])
+                .filter(|r| at < r.iova + r.length)
+                .ok_or_else(|| {
+                    DeviceError::inval(format!(
+                        "report range {iova:#x}+{length:#x} includes {at:#x}, which is not logged"
+                    ))
+                })
+        };
         let mut at = iova;
         while at < end {
-            let r = log
-                .ranges
-                .iter()
-                .find(|r| at >= r.iova && at < r.iova + r.length)
-                .ok_or_else(|| {
-                    DeviceError::inval(format!("report range includes {at:#x}, which is not logged"))
-                })?;
-            at = r.iova + r.length;
+            at = find(at).map(|r| r.iova + r.length)?;
         }
         bitmap[..need as usize].fill(0);
-        for p in 0..pages {
-            let a = iova + p * page_size;
-            let r = log
-                .ranges
-                .iter()
-                .find(|r| a >= r.iova && a < r.iova + r.length)
-                .expect("checked above");
-            let rp = (a - r.iova) / page_size;
-            let word = &r.bits[(rp / 64) as usize];
-            let mask = 1u64 << (rp % 64);
-            if word.load(Ordering::Relaxed) & mask != 0 && word.fetch_and(!mask, Ordering::Relaxed) & mask != 0 {
-                bitmap[(p / 8) as usize] |= 1 << (p % 8);
+        let mut at = iova;
+        while at < end {
+            let r = find(at)?;
+            let stop = end.min(r.iova + r.length);
+            // Both `at` and `r.iova` are page-aligned, so report page p and
+            // range page rp cover the same bytes.
+            let mut rp = (at - r.iova) / page_size;
+            let mut p = (at - iova) / page_size;
+            while r.iova + rp * page_size < stop {
+                let word = &r.bits[(rp / 64) as usize];
+                let mask = 1u64 << (rp % 64);
+                // AcqRel: pairs with the Release of the marking DMA write.
+                if word.load(Ordering::Relaxed) & mask != 0
+                    && word.fetch_and(!mask, Ordering::AcqRel) & mask != 0
+                {
+                    bitmap[(p / 8) as usize] |= 1 << (p % 8);
+                }
+                rp += 1;
+                p += 1;
             }
+            at = r.iova + rp * page_size;
         }
         Ok(())
     }

@@ -160,9 +160,15 @@ mod tests {
         );
         assert_eq!(
             path(ALL_FLAGS, StopCopy, PreCopy),
-            Err(FsmError::NoPath { from: StopCopy, to: PreCopy })
+            Err(FsmError::NoPath {
+                from: StopCopy,
+                to: PreCopy
+            })
         );
-        assert_eq!(path(ALL_FLAGS, Running, Error), Err(FsmError::ErrorRequested));
+        assert_eq!(
+            path(ALL_FLAGS, Running, Error),
+            Err(FsmError::ErrorRequested)
+        );
     }
 
     /// Every flag set × current state × target: either a path whose every
@@ -199,7 +205,10 @@ mod tests {
                     assert_eq!(*p.last().unwrap(), new);
                     let mut at = cur;
                     for &hop in &p {
-                        assert!(state_supported(flags, hop), "{flags} {cur}->{new} via {hop}");
+                        assert!(
+                            state_supported(flags, hop),
+                            "{flags} {cur}->{new} via {hop}"
+                        );
                         assert_ne!(hop, Error);
                         // Each arc is the table's next hop after skipping
                         // unsupported states.
@@ -226,15 +235,40 @@ mod tests {
     #[test]
     fn table_matches_protocol_facts() {
         // Rows of the kernel table (cur x new), new in this column order.
-        let cols = [Running, Stop, StopCopy, Resuming, RunningP2p, PreCopy, PreCopyP2p];
+        let cols = [
+            Running, Stop, StopCopy, Resuming, RunningP2p, PreCopy, PreCopyP2p,
+        ];
         let rows: [(MigState, [MigState; 7]); 7] = [
-            (Running, [Running, RunningP2p, RunningP2p, RunningP2p, RunningP2p, PreCopy, RunningP2p]),
-            (Stop, [RunningP2p, Stop, StopCopy, Resuming, RunningP2p, RunningP2p, RunningP2p]),
+            (
+                Running,
+                [
+                    Running, RunningP2p, RunningP2p, RunningP2p, RunningP2p, PreCopy, RunningP2p,
+                ],
+            ),
+            (
+                Stop,
+                [
+                    RunningP2p, Stop, StopCopy, Resuming, RunningP2p, RunningP2p, RunningP2p,
+                ],
+            ),
             (StopCopy, [Stop, Stop, StopCopy, Stop, Stop, Error, Error]),
             (Resuming, [Stop, Stop, Stop, Resuming, Stop, Stop, Stop]),
-            (RunningP2p, [Running, Stop, Stop, Stop, RunningP2p, Running, PreCopyP2p]),
-            (PreCopy, [Running, Running, PreCopyP2p, Running, Running, PreCopy, PreCopyP2p]),
-            (PreCopyP2p, [RunningP2p, RunningP2p, StopCopy, RunningP2p, RunningP2p, PreCopy, PreCopyP2p]),
+            (
+                RunningP2p,
+                [Running, Stop, Stop, Stop, RunningP2p, Running, PreCopyP2p],
+            ),
+            (
+                PreCopy,
+                [
+                    Running, Running, PreCopyP2p, Running, Running, PreCopy, PreCopyP2p,
+                ],
+            ),
+            (
+                PreCopyP2p,
+                [
+                    RunningP2p, RunningP2p, StopCopy, RunningP2p, RunningP2p, PreCopy, PreCopyP2p,
+                ],
+            ),
         ];
         for (cur, row) in rows {
             for (new, want) in cols.iter().zip(row) {

@@ -14,17 +14,23 @@
 //!   every write.
 //! - [`LocalDevice`]: an in-process [`vfio_migrate_handle::MigrationDevice`]
 //!   over a `DeviceCore`, for tests and embedding.
+//! - [`dirty`]: an atomic dirty-page bitmap for a device's own memory.
+//! - [`pci`]: a type-0 PCI config space with write masks and BAR sizing.
+//! - [`samples`]: the `vgpu` and `serial` sample devices.
 //!
 //! The SDK knows nothing of how bytes reach the device: the vfio-user
 //! server and the in-process handle both drive a `DeviceCore`.
 
 pub mod core;
 pub mod device;
+pub mod dirty;
 pub mod dma;
 pub mod error;
 pub mod fsm;
 pub mod local;
+pub mod pci;
 pub mod region;
+pub mod samples;
 
 pub use crate::core::DeviceCore;
 pub use device::{Device, DeviceIdentity, IrqDesc, Region, RegionMmap};

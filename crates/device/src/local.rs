@@ -7,7 +7,7 @@ use crate::error::DeviceError;
 use std::sync::{Arc, Mutex};
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_handle::{
-    DeviceDescriptor, HandleError, IovaRange, MigrationDevice, PrecopyInfo, Result,
+    DeviceDescriptor, DmaWindow, HandleError, IovaRange, MigrationDevice, PrecopyInfo, Result,
 };
 
 /// A handle to a device in this process.
@@ -28,6 +28,15 @@ impl<D: Device> LocalDevice<D> {
     /// The shared core.
     pub fn core(&self) -> &Arc<Mutex<DeviceCore<D>>> {
         &self.core
+    }
+
+    /// Device reset: back to power-on state, RUNNING, DMA logging off.
+    pub fn reset(&mut self) -> Result<()> {
+        self.core
+            .lock()
+            .unwrap()
+            .reset()
+            .map_err(|e| err("device reset", e))
     }
 }
 
@@ -137,6 +146,32 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
         Ok(())
     }
 
+    fn dma_map(&mut self, window: DmaWindow<'_>) -> Result<()> {
+        let fd = match window.fd {
+            Some(fd) => Some(
+                fd.try_clone_to_owned()
+                    .map_err(|e| HandleError::io("DMA map: duplicating the memory fd", e))?,
+            ),
+            None => None,
+        };
+        let c = self.core.lock().unwrap();
+        c.dma()
+            .map(
+                window.iova,
+                window.size,
+                fd,
+                window.offset,
+                window.readable,
+                window.writable,
+            )
+            .map_err(|e| err("DMA map", e))
+    }
+
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
+        let c = self.core.lock().unwrap();
+        c.dma().unmap(iova, size).map_err(|e| err("DMA unmap", e))
+    }
+
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut c = self.core.lock().unwrap();
         check_region(&*c, index, offset, buf.len())?;
@@ -160,13 +195,18 @@ fn check_region<D: Device>(c: &DeviceCore<D>, index: u32, offset: u64, len: usiz
         .regions()
         .into_iter()
         .find(|r| r.index == index)
-        .ok_or_else(|| HandleError::refused("region access", libc::EINVAL, format!("no region {index}")))?;
+        .ok_or_else(|| {
+            HandleError::refused("region access", libc::EINVAL, format!("no region {index}"))
+        })?;
     match offset.checked_add(len as u64) {
         Some(end) if end <= r.size => Ok(()),
         _ => Err(HandleError::refused(
             "region access",
             libc::EINVAL,
-            format!("{offset:#x}+{len} is outside region {index} ({} bytes)", r.size),
+            format!(
+                "{offset:#x}+{len} is outside region {index} ({} bytes)",
+                r.size
+            ),
         )),
     }
 }

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use std::os::fd::BorrowedFd;
 use thiserror::Error;
 
-pub use vfio_migrate_abi::kernel::{MigState, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY};
+pub use vfio_migrate_abi::kernel::{
+    MigState, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
+};
 
 /// A failure reported by a device backend.
 #[derive(Debug, Error)]
@@ -187,7 +189,9 @@ impl DeviceDescriptor {
     ) -> Self {
         Self {
             model: format!("pci {vendor_id:04x}:{device_id:04x}"),
-            version: format!("subsys {subsystem_vendor_id:04x}:{subsystem_id:04x} rev {revision:02x}"),
+            version: format!(
+                "subsys {subsystem_vendor_id:04x}:{subsystem_id:04x} rev {revision:02x}"
+            ),
             vendor_id,
             device_id,
             subsystem_vendor_id,
@@ -213,7 +217,10 @@ impl DeviceDescriptor {
         {
             why.push(format!(
                 "subsystem id {:04x}:{:04x} at the source, {:04x}:{:04x} at the destination",
-                self.subsystem_vendor_id, self.subsystem_id, dest.subsystem_vendor_id, dest.subsystem_id
+                self.subsystem_vendor_id,
+                self.subsystem_id,
+                dest.subsystem_vendor_id,
+                dest.subsystem_id
             ));
         }
         if self.revision != dest.revision {
@@ -306,7 +313,10 @@ pub trait MigrationDevice: Send {
     /// Starts DMA dirty logging over `ranges` (empty = everything mapped).
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let _ = (page_size, ranges);
-        Err(HandleError::unsupported("DMA logging start", "no DMA dirty logging"))
+        Err(HandleError::unsupported(
+            "DMA logging start",
+            "no DMA dirty logging",
+        ))
     }
 
     /// Reads and clears the dirty bitmap of `[iova, iova+length)`; bit n of
@@ -319,24 +329,36 @@ pub trait MigrationDevice: Send {
         bitmap: &mut [u8],
     ) -> Result<()> {
         let _ = (iova, length, page_size, bitmap);
-        Err(HandleError::unsupported("DMA logging report", "no DMA dirty logging"))
+        Err(HandleError::unsupported(
+            "DMA logging report",
+            "no DMA dirty logging",
+        ))
     }
 
     /// Stops DMA dirty logging.
     fn dma_logging_stop(&mut self) -> Result<()> {
-        Err(HandleError::unsupported("DMA logging stop", "no DMA dirty logging"))
+        Err(HandleError::unsupported(
+            "DMA logging stop",
+            "no DMA dirty logging",
+        ))
     }
 
     /// Maps guest memory for the device's DMA.
     fn dma_map(&mut self, window: DmaWindow<'_>) -> Result<()> {
         let _ = window;
-        Err(HandleError::unsupported("DMA map", "this backend does not map guest memory"))
+        Err(HandleError::unsupported(
+            "DMA map",
+            "this backend does not map guest memory",
+        ))
     }
 
     /// Unmaps a DMA window.
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
         let _ = (iova, size);
-        Err(HandleError::unsupported("DMA unmap", "this backend does not map guest memory"))
+        Err(HandleError::unsupported(
+            "DMA unmap",
+            "this backend does not map guest memory",
+        ))
     }
 
     /// Reads device region `index` at `offset`.
@@ -451,13 +473,19 @@ mod tests {
         let mut d = desc();
         d.region_sizes[1] = 1 << 27;
         let e = desc().check_compatible(&d).unwrap_err();
-        assert!(e.contains("region 1 is 268435456 bytes at the source, 134217728"), "{e}");
+        assert!(
+            e.contains("region 1 is 268435456 bytes at the source, 134217728"),
+            "{e}"
+        );
     }
 
     #[test]
     fn errors_name_errno() {
         let e = HandleError::refused("set state STOP_COPY", libc::EINVAL, "bad arc");
-        assert_eq!(e.to_string(), "set state STOP_COPY: device refused: EINVAL (errno 22): bad arc");
+        assert_eq!(
+            e.to_string(),
+            "set state STOP_COPY: device refused: EINVAL (errno 22): bad arc"
+        );
         assert_eq!(e.errno(), Some(libc::EINVAL));
     }
 }

@@ -302,7 +302,7 @@ impl SeedRegion {
                 "no dirty page log: logging runs from MIGRATION_SETUP until SAVE_COMPLETED, FAILED or CANCELLED",
             ));
         }
-        if self.dirty_start % SEED_PAGE_SIZE != 0 {
+        if !self.dirty_start.is_multiple_of(SEED_PAGE_SIZE) {
             return Err(DeviceError::inval(format!(
                 "dirty_pfns.start_addr {:#x} is not {SEED_PAGE_SIZE}-byte aligned",
                 self.dirty_start

@@ -164,38 +164,41 @@ impl V1Region {
             return section_access(&mut self.section, offset, Some(buf), None);
         }
         let f = field_at(&FIELDS, offset, buf.len(), "v1 migration region")?;
-        let v: u64 =
-            match f {
-                0 => self.state_bits(core) as u64,
-                1 => 0,
-                2 => self.pending(core)?,
-                3 => match core.state() {
-                    MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy => {
-                        let (n, end) = stage(core, &mut self.section, u64::MAX)?;
-                        self.staged = n;
-                        if end && core.state() == MigState::StopCopy {
-                            self.end_seen = true;
-                        }
-                        DATA_SECTION_OFFSET
+        let v: u64 = match f {
+            0 => self.state_bits(core) as u64,
+            1 => 0,
+            2 => self.pending(core)?,
+            3 => match core.state() {
+                MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy => {
+                    let (n, end) = stage(core, &mut self.section, u64::MAX)?;
+                    self.staged = n;
+                    if end && core.state() == MigState::StopCopy {
+                        self.end_seen = true;
                     }
-                    MigState::Running if self.saving_running => {
-                        self.staged = 0;
-                        DATA_SECTION_OFFSET
-                    }
-                    MigState::Resuming => DATA_SECTION_OFFSET,
-                    s => return Err(DeviceError::inval(format!(
+                    DATA_SECTION_OFFSET
+                }
+                MigState::Running if self.saving_running => {
+                    self.staged = 0;
+                    DATA_SECTION_OFFSET
+                }
+                MigState::Resuming => DATA_SECTION_OFFSET,
+                s => {
+                    return Err(DeviceError::inval(format!(
                         "data_offset is only valid while saving or resuming; the device is in {s}"
-                    ))),
-                },
-                _ => match core.state() {
-                    MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy => self.staged,
-                    MigState::Running if self.saving_running => 0,
-                    MigState::Resuming => 0,
-                    s => return Err(DeviceError::inval(format!(
+                    )))
+                }
+            },
+            _ => match core.state() {
+                MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy => self.staged,
+                MigState::Running if self.saving_running => 0,
+                MigState::Resuming => 0,
+                s => {
+                    return Err(DeviceError::inval(format!(
                         "data_size is only valid while saving or resuming; the device is in {s}"
-                    ))),
-                },
-            };
+                    )))
+                }
+            },
+        };
         buf.copy_from_slice(&v.to_le_bytes()[..buf.len()]);
         Ok(())
     }

@@ -1,0 +1,119 @@
+//! The final report: a short human summary on stdout, or one JSON object
+//! with `--json`.
+
+use serde::Serialize;
+use vfio_migrate_engine::MigrationReport;
+
+/// `1.5 GiB`, `12.0 MiB`, `512 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A byte rate: `1.2 GiB/s`.
+pub fn rate(bps: f64) -> String {
+    if bps <= 0.0 || !bps.is_finite() {
+        return "-".into();
+    }
+    format!("{}/s", bytes(bps as u64))
+}
+
+/// Prints `value` as one JSON object on stdout.
+pub fn print_json(value: &impl Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("report serializes")
+    );
+}
+
+/// The human summary of a migration.
+pub fn print_human(title: &str, r: &MigrationReport) {
+    println!("{title}");
+    let verdict = if r.status != "ok" {
+        format!("FAILED: {}", r.error.as_deref().unwrap_or("unknown error"))
+    } else if r.verified {
+        "ok, verified (destination equals the source at the moment it stopped)".into()
+    } else if r.dest.starts_with("file:") {
+        "ok, snapshot written (its digests are checked when it is restored)".into()
+    } else {
+        "ok (not verified: nothing to compare)".into()
+    };
+    println!("  status       {verdict}");
+    let digests = if r.dest_digest_ms > 0.0 {
+        format!(" incl. {:.1} reading digests", r.dest_digest_ms)
+    } else {
+        String::new()
+    };
+    println!(
+        "  downtime     {:.1} ms   (limit {:.0} ms; stop {:.1}, final transfer {:.1}, resume {:.1}{digests})",
+        r.downtime_ms, r.downtime_limit_ms, r.stop_ms, r.final_transfer_ms, r.resume_ms
+    );
+    let pre = if r.precopy {
+        format!(
+            "pre-copy {:.0} ms in {} round(s){}",
+            r.precopy_ms,
+            r.precopy_iterations,
+            if r.converged { ", converged" } else { "" }
+        )
+    } else {
+        "no pre-copy".into()
+    };
+    println!(
+        "  total        {:.0} ms   (setup {:.0} ms, {pre})",
+        r.total_ms, r.setup_ms
+    );
+    println!(
+        "  transferred  {}   (guest RAM {}, device state {}; while stopped: {} + {}) at {:.0} Mbit/s",
+        bytes(r.transferred_bytes),
+        bytes(r.ram_bytes),
+        bytes(r.device_bytes),
+        bytes(r.ram_bytes_stopped),
+        bytes(r.device_bytes_stopped),
+        r.throughput_mbps
+    );
+    if let (Some(a), Some(b)) = (&r.ram_hash_source, &r.ram_hash_dest) {
+        println!(
+            "  guest RAM    {}, hash {a} at the source, {b} at the destination",
+            bytes(r.ram_size)
+        );
+    }
+    for d in &r.devices {
+        let digest = match (&d.digest_source, &d.digest_dest) {
+            (Some(a), Some(b)) => format!("digest {a} → {b}"),
+            (Some(a), None) => format!("digest {a}"),
+            _ => "no digest".into(),
+        };
+        println!(
+            "  device       {} ({}, {}, {}): pre-copy {}, stop-copy {}, {digest}",
+            d.source,
+            d.model,
+            d.version,
+            d.protocol,
+            bytes(d.precopy_bytes),
+            bytes(d.stopcopy_bytes)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(1 << 30), "1.0 GiB");
+        assert_eq!(rate(0.0), "-");
+    }
+}

@@ -1,0 +1,215 @@
+//! Shared by the engine/migrate/demo CLI tests: device servers as real
+//! `vfio-migrate serve` processes on UNIX sockets, a vfio-user client to
+//! program and inspect them between migrations (a server takes one client
+//! at a time), and running the CLI with a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use vfio_migrate_handle::{MigState, MigrationDevice};
+use vfio_migrate_vfio_user::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vfio-migrate");
+
+/// vgpu registers.
+pub mod vgpu {
+    pub const CONTROL: u64 = 0x08;
+    pub const RENDER_RATE: u64 = 0x10;
+    pub const SEED: u64 = 0x30;
+    pub const DIGEST: u64 = 0x38;
+    pub const FRAME: u64 = 0x40;
+    pub const SCRATCH: u64 = 0x60;
+}
+
+/// serial registers.
+pub mod serial {
+    pub const DATA: u64 = 0x00;
+    pub const SCR: u64 = 0x07;
+    pub const DIGEST: u64 = 0x10;
+}
+
+/// A private directory, removed on drop.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    pub fn new(tag: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p = std::env::temp_dir().join(format!("vm-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A `vfio-migrate serve` process.
+pub struct Server {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl Server {
+    /// Starts `serve --device KIND [--device-mem MEM]` on `socket`.
+    pub fn start(kind: &str, mem: Option<&str>, socket: &Path) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--device", kind, "--socket"])
+            .arg(socket);
+        if let Some(m) = mem {
+            cmd.args(["--device-mem", m]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening on"), "serve said: {line:?}");
+        Self {
+            child,
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// `unix:PATH`.
+    pub fn uri(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    /// Connects, runs `f`, disconnects.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Client) -> T) -> T {
+        let mut c = Client::connect(&self.socket).expect("connect to the device server");
+        f(&mut c)
+    }
+
+    /// Kills the server at once.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn write(c: &mut Client, off: u64, v: u64) {
+    MigrationDevice::region_write(c, 0, off, &v.to_le_bytes()).unwrap();
+}
+
+pub fn read(c: &mut Client, off: u64) -> u64 {
+    let mut b = [0u8; 8];
+    MigrationDevice::region_read(c, 0, off, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+pub fn state(c: &mut Client) -> MigState {
+    MigrationDevice::state(c).unwrap()
+}
+
+/// Moves the device to STOP, reads the digest at `off`, and back to
+/// RUNNING (a digest is only stable while stopped).
+pub fn stopped_digest(c: &mut Client, off: u64) -> u64 {
+    MigrationDevice::set_state(c, MigState::Stop).unwrap();
+    let d = read(c, off);
+    MigrationDevice::set_state(c, MigState::Running).unwrap();
+    d
+}
+
+/// Runs the CLI to completion within `secs`.
+pub fn run(args: &[&str], secs: u64) -> Output {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait(child, secs)
+}
+
+/// Waits for `child` within `secs` (killed and failed otherwise).
+pub fn wait(mut child: Child, secs: u64) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "vfio-migrate did not finish within {secs} s; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Parses stdout as one JSON object.
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// Reads `stderr` until a line contains `needle` (returns what was read
+/// so far); the thread keeps reading and returns all of stderr when it
+/// closes.
+pub fn wait_for_line(
+    stderr: ChildStderr,
+    needle: &str,
+    secs: u64,
+) -> (String, std::thread::JoinHandle<String>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let needle = needle.to_string();
+    let t = std::thread::spawn(move || {
+        let mut r = BufReader::new(stderr);
+        let mut seen = String::new();
+        let mut line = String::new();
+        let mut sent = false;
+        while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            seen.push_str(&line);
+            if !sent && line.contains(&needle) {
+                let _ = tx.send(seen.clone());
+                sent = true;
+            }
+            line.clear();
+        }
+        if !sent {
+            let _ = tx.send(seen.clone());
+        }
+        let mut rest = String::new();
+        let _ = r.read_to_string(&mut rest);
+        seen + &rest
+    });
+    (
+        rx.recv_timeout(Duration::from_secs(secs))
+            .expect("no output in time"),
+        t,
+    )
+}
+
+pub fn write_byte(c: &mut Client, off: u64, v: u8) {
+    MigrationDevice::region_write(c, 0, off, &[v]).unwrap();
+}

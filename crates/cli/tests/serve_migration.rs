@@ -1,0 +1,481 @@
+//! End to end through `vfio-migrate serve` processes and the vfio-user
+//! client: live migration of a running vgpu (pre-copy, DMA logging into a
+//! shared memfd guest memory) and of the serial device, digests compared;
+//! plus the server's lifecycle (state survives clients, DMA maps do not,
+//! SIGTERM, socket mode, busy and stale sockets).
+
+mod serve_support;
+
+use serve_support::*;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use vfio_migrate_abi::kernel::MigState;
+use vfio_migrate_handle::{DmaWindow, IovaRange, MigrationDevice};
+use vfio_migrate_vfio_user::Client;
+
+const GUEST_IOVA: u64 = 0x1_0000_0000;
+const GUEST_SIZE: u64 = 8 << 20;
+const PAGE: u64 = 4096;
+
+mod vgpu_reg {
+    pub const ID: u64 = 0x00;
+    pub const CONTROL: u64 = 0x08;
+    pub const RENDER_RATE: u64 = 0x10;
+    pub const DMA_RATE: u64 = 0x18;
+    pub const DMA_IOVA: u64 = 0x20;
+    pub const DMA_SIZE: u64 = 0x28;
+    pub const SEED: u64 = 0x30;
+    pub const DIGEST: u64 = 0x38;
+    pub const FRAME: u64 = 0x40;
+    pub const DMA_COUNT: u64 = 0x48;
+    pub const DMA_ERRORS: u64 = 0x50;
+}
+
+fn reg(c: &mut Client, off: u64) -> u64 {
+    let mut b = [0u8; 8];
+    MigrationDevice::region_read(c, 0, off, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+fn set_reg(c: &mut Client, off: u64, v: u64) {
+    MigrationDevice::region_write(c, 0, off, &v.to_le_bytes()).unwrap();
+}
+
+fn map_guest(c: &mut Client, ram: &std::os::fd::OwnedFd) {
+    c.dma_map(DmaWindow {
+        iova: GUEST_IOVA,
+        size: GUEST_SIZE,
+        fd: Some(ram.as_fd()),
+        offset: 0,
+        readable: true,
+        writable: true,
+    })
+    .unwrap();
+}
+
+/// Moves everything the source has right now to the destination; returns
+/// the bytes moved.
+fn pump(src: &mut Client, dst: &mut Client, buf: &mut [u8]) -> usize {
+    let mut moved = 0;
+    loop {
+        let n = src.read_data(buf).unwrap();
+        if n == 0 {
+            return moved;
+        }
+        dst.write_data(&buf[..n]).unwrap();
+        moved += n;
+    }
+}
+
+fn dirty_pages(c: &mut Client, seen: &mut [bool]) -> usize {
+    let mut bm = vec![0u8; (GUEST_SIZE / PAGE / 8) as usize];
+    c.dma_logging_report(GUEST_IOVA, GUEST_SIZE, PAGE, &mut bm)
+        .unwrap();
+    let mut n = 0;
+    for (p, s) in seen.iter_mut().enumerate() {
+        if bm[p / 8] & (1 << (p % 8)) != 0 {
+            *s = true;
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn vgpu_live_migration_with_precopy_and_dma_logging() {
+    let src_p = ServerProc::start("vgpu", Some("16M"));
+    let dst_p = ServerProc::start("vgpu", Some("16M"));
+    let mut src = src_p.client();
+    let mut dst = dst_p.client();
+    assert!(src.peer_is_vfio_migrate());
+    assert_eq!(reg(&mut src, vgpu_reg::ID), 0x5647_5055_0000_0001);
+
+    // Compatibility is checked before anything moves.
+    let d_src = src.descriptor().unwrap();
+    let d_dst = dst.descriptor().unwrap();
+    assert_eq!((d_src.vendor_id, d_src.device_id), (0x1b36, 0x00f0));
+    assert_eq!(
+        (
+            d_src.subsystem_vendor_id,
+            d_src.subsystem_id,
+            d_src.revision
+        ),
+        (0x1b36, 0x0001, 1)
+    );
+    assert_eq!(d_src.region_sizes[2], 16 << 20);
+    assert_eq!(d_src.migration_flags, 7);
+    d_src.check_compatible(&d_dst).unwrap();
+
+    // Shared guest memory, mapped into both servers.
+    let ram = memfd(GUEST_SIZE);
+    map_guest(&mut src, &ram);
+    map_guest(&mut dst, &ram);
+
+    // A busy device: render engine and DMA engine on.
+    set_reg(&mut src, vgpu_reg::SEED, 0x5eed);
+    set_reg(&mut src, vgpu_reg::DMA_IOVA, GUEST_IOVA);
+    set_reg(&mut src, vgpu_reg::DMA_SIZE, GUEST_SIZE);
+    set_reg(&mut src, vgpu_reg::RENDER_RATE, 32 << 20);
+    set_reg(&mut src, vgpu_reg::DMA_RATE, 16 << 20);
+    set_reg(&mut src, vgpu_reg::CONTROL, 3);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+
+    assert!(src.dma_logging_supported());
+    src.dma_logging_start(
+        PAGE,
+        &[IovaRange {
+            iova: GUEST_IOVA,
+            length: GUEST_SIZE,
+        }],
+    )
+    .unwrap();
+    // Snapshot after logging started: every later change must be logged.
+    let before = pread(&ram, 0, GUEST_SIZE as usize);
+    let mut logged = vec![false; (GUEST_SIZE / PAGE) as usize];
+
+    src.set_state(MigState::PreCopy).unwrap();
+    dst.set_state(MigState::Resuming).unwrap();
+    assert_eq!(dst.state().unwrap(), MigState::Resuming);
+    let info = src.precopy_info().unwrap();
+    assert!(info.initial_bytes >= 16 << 20, "{info:?}");
+    let mut buf = vec![0u8; src.preferred_chunk()];
+    let mut total = 0;
+    let mut dma_dirty = 0;
+    for _ in 0..4 {
+        total += pump(&mut src, &mut dst, &mut buf);
+        dma_dirty += dirty_pages(&mut src, &mut logged);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        total >= 16 << 20,
+        "initial data moved in pre-copy ({total} bytes)"
+    );
+    assert!(dma_dirty > 0, "the running DMA engine dirtied guest pages");
+    let stop_copy = src
+        .stop_copy_size()
+        .unwrap()
+        .expect("our server offers MIG_DATA_SIZE");
+    assert!(stop_copy > 0);
+
+    // Stop and copy.
+    src.set_state(MigState::StopCopy).unwrap();
+    dirty_pages(&mut src, &mut logged);
+    let last = pump(&mut src, &mut dst, &mut buf);
+    assert!(last > 0, "stop-copy carries registers and the end record");
+    assert_eq!(src.read_data(&mut buf).unwrap(), 0, "end of state stays 0");
+    src.dma_logging_stop().unwrap();
+    dst.set_state(MigState::Stop).unwrap();
+
+    // Every guest page the DMA engine changed was reported dirty.
+    let after = pread(&ram, 0, GUEST_SIZE as usize);
+    let mut changed = 0;
+    let pages = before
+        .chunks(PAGE as usize)
+        .zip(after.chunks(PAGE as usize));
+    for (p, ((b, a), was_logged)) in pages.zip(&logged).enumerate() {
+        if b != a {
+            changed += 1;
+            assert!(*was_logged, "page {p} changed but was never reported dirty");
+        }
+    }
+    assert!(changed > 0);
+
+    // Same state on both sides.
+    let a = reg(&mut src, vgpu_reg::DIGEST);
+    let b = reg(&mut dst, vgpu_reg::DIGEST);
+    assert_eq!(a, b, "digests differ after migration");
+    for r in [
+        vgpu_reg::FRAME,
+        vgpu_reg::DMA_COUNT,
+        vgpu_reg::CONTROL,
+        vgpu_reg::SEED,
+    ] {
+        assert_eq!(reg(&mut src, r), reg(&mut dst, r), "register {r:#x}");
+    }
+    assert!(reg(&mut src, vgpu_reg::FRAME) > 0);
+    assert_eq!(reg(&mut src, vgpu_reg::DMA_ERRORS), 0);
+
+    // The destination runs on; its engines go on from where the source was.
+    dst.set_state(MigState::Running).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    dst.set_state(MigState::Stop).unwrap();
+    assert!(reg(&mut dst, vgpu_reg::FRAME) > reg(&mut src, vgpu_reg::FRAME));
+    drop((src, dst));
+    assert_eq!(src_p.stop(), Some(0));
+    assert_eq!(dst_p.stop(), Some(0));
+}
+
+#[test]
+fn serial_migration_stop_copy_only() {
+    let src_p = ServerProc::start("serial", None);
+    let dst_p = ServerProc::start("serial", None);
+    let mut src = src_p.client();
+    let mut dst = dst_p.client();
+    assert_eq!(src.migration_flags().unwrap(), 1);
+    assert_eq!(src.descriptor().unwrap().device_id, 0x00f1);
+    for b in b"hello, world" {
+        MigrationDevice::region_write(&mut src, 0, 0, &[*b]).unwrap();
+    }
+    MigrationDevice::region_write(&mut src, 0, 7, &[0x5a]).unwrap(); // SCR
+    let e = src.set_state(MigState::PreCopy).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EINVAL), "serial has no pre-copy: {e}");
+    let e = src.set_state(MigState::RunningP2p).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EINVAL), "serial has no P2P: {e}");
+    assert!(src.precopy_info().is_err());
+
+    src.set_state(MigState::StopCopy).unwrap();
+    dst.set_state(MigState::Resuming).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut state = Vec::new();
+    loop {
+        let n = src.read_data(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        state.extend_from_slice(&buf[..n]);
+    }
+    assert!(!state.is_empty());
+    dst.write_data(&state).unwrap();
+    dst.set_state(MigState::Stop).unwrap();
+    let digest = |c: &mut Client| {
+        let mut d = [0u8; 8];
+        MigrationDevice::region_read(c, 0, 0x10, &mut d).unwrap();
+        u64::from_le_bytes(d)
+    };
+    assert_eq!(digest(&mut src), digest(&mut dst));
+    dst.set_state(MigState::Running).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..12 {
+        let mut b = [0u8; 1];
+        MigrationDevice::region_read(&mut dst, 0, 0, &mut b).unwrap();
+        got.push(b[0]);
+    }
+    assert_eq!(&got, b"hello, world", "the FIFO contents moved");
+}
+
+#[test]
+fn corrupted_state_is_refused_and_destination_never_runs() {
+    let src_p = ServerProc::start("serial", None);
+    let dst_p = ServerProc::start("serial", None);
+    let mut src = src_p.client();
+    let mut dst = dst_p.client();
+    MigrationDevice::region_write(&mut src, 0, 0, b"x").unwrap();
+    src.set_state(MigState::StopCopy).unwrap();
+    dst.set_state(MigState::Resuming).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = src.read_data(&mut buf).unwrap();
+    buf[n / 2] ^= 0x40;
+    dst.write_data(&buf[..n]).ok();
+    let e = dst.set_state(MigState::Running).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EINVAL), "{e}");
+    assert_ne!(dst.state().unwrap(), MigState::Running);
+}
+
+#[test]
+fn device_state_survives_clients_dma_maps_do_not() {
+    let p = ServerProc::start("vgpu", Some("1M"));
+    let ram = memfd(GUEST_SIZE);
+    {
+        let mut c = p.client();
+        set_reg(&mut c, vgpu_reg::SEED, 77);
+        map_guest(&mut c, &ram);
+        c.set_state(MigState::Stop).unwrap();
+        // The same window again on the same connection overlaps.
+        let e = c
+            .dma_map(DmaWindow {
+                iova: GUEST_IOVA,
+                size: 4096,
+                fd: Some(ram.as_fd()),
+                offset: 0,
+                readable: true,
+                writable: true,
+            })
+            .unwrap_err();
+        assert_eq!(e.errno(), Some(libc::EEXIST));
+    }
+    let mut c = p.client();
+    assert_eq!(
+        c.state().unwrap(),
+        MigState::Stop,
+        "state kept across clients"
+    );
+    assert_eq!(reg(&mut c, vgpu_reg::SEED), 77);
+    // The window went with the old client: mapping it again works.
+    map_guest(&mut c, &ram);
+    c.dma_unmap(GUEST_IOVA, GUEST_SIZE).unwrap();
+}
+
+#[test]
+fn socket_mode_sigterm_busy_and_stale_socket() {
+    let p = ServerProc::start("serial", None);
+    let mode = std::fs::metadata(&p.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A second client while one is connected is refused with EBUSY.
+    let first = p.client();
+    let e = match Client::connect(&p.path) {
+        Err(e) => e,
+        Ok(_) => panic!("second client accepted"),
+    };
+    assert_eq!(e.errno(), Some(libc::EBUSY), "{e}");
+    drop(first);
+    let _again = p.client();
+    drop(_again);
+    // Another server on the same live path is refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
+        .args(["serve", "--device", "serial", "--socket"])
+        .arg(&p.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already listening"),
+        "{out:?}"
+    );
+    let path = p.path.clone();
+    assert_eq!(p.stop(), Some(0));
+    assert!(!exists(&path), "socket removed on SIGTERM");
+
+    // A stale socket file (nobody listening) is replaced.
+    let dir = temp_dir("stale");
+    let stale = dir.join("s.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(exists(&stale));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
+        .args(["serve", "--device", "serial", "--socket"])
+        .arg(&stale)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("listening on unix:"), "{line}");
+    Client::connect(&stale).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // A regular file at the path is never deleted.
+    std::fs::write(&stale, b"keep me").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
+        .args(["serve", "--device", "serial", "--socket"])
+        .arg(&stale)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a socket"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read(&stale).unwrap(), b"keep me");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn region_info_caps_and_mmap_fd() {
+    let p = ServerProc::start("vgpu", Some("1M"));
+    let mut c = p.client();
+    let info = c.device_info().unwrap();
+    assert!(info.num_regions >= 9);
+    let bar2 = c.region_info(2).unwrap();
+    assert_eq!(bar2.size, 1 << 20);
+    assert_ne!(
+        bar2.flags & vfio_migrate_abi::vfio_user::REGION_FLAG_MMAP,
+        0
+    );
+    assert_eq!(bar2.sparse_areas, vec![(0, 1 << 20)]);
+    let fd = bar2.fd.expect("BAR2 comes with its fd");
+    // Device memory written through the region shows through the fd.
+    MigrationDevice::region_write(&mut c, 2, 8192, b"through the region").unwrap();
+    assert_eq!(pread(&fd, 8192, 18), b"through the region");
+    let bar0 = c.region_info(0).unwrap();
+    assert!(bar0.fd.is_none());
+    assert_eq!(bar0.size, 4096);
+}
+
+#[test]
+fn forwarding_between_servers_spliced_and_buffered() {
+    use vfio_migrate_vfio_user::{forward_mig_data, ClientConfig};
+    for robust in [true, false] {
+        let src_p = ServerProc::start("vgpu", Some("4M"));
+        let dst_p = ServerProc::start("vgpu", Some("4M"));
+        let mut src = src_p.client();
+        let cfg = ClientConfig {
+            propose_extension: robust,
+            ..Default::default()
+        };
+        let mut dst = Client::connect_with(&dst_p.path, cfg).unwrap();
+        assert_eq!(dst.peer_is_vfio_migrate(), robust);
+        assert_eq!(dst.write_chunk(), if robust { 8 << 20 } else { 32 << 10 });
+        set_reg(&mut src, vgpu_reg::SEED, 99);
+        set_reg(&mut src, vgpu_reg::RENDER_RATE, 256 << 20);
+        set_reg(&mut src, vgpu_reg::CONTROL, 1);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        src.set_state(MigState::StopCopy).unwrap();
+        dst.set_state(MigState::Resuming).unwrap();
+        let n = forward_mig_data(&mut src, &mut dst, 1 << 20).unwrap();
+        assert!(n > 4 << 20, "{n} bytes");
+        dst.set_state(MigState::Stop).unwrap();
+        assert_eq!(
+            reg(&mut src, vgpu_reg::DIGEST),
+            reg(&mut dst, vgpu_reg::DIGEST),
+            "robust={robust}"
+        );
+        // A destination that refuses the data is reported, and both
+        // connections stay usable.
+        src.set_state(MigState::Stop).unwrap();
+        src.set_state(MigState::StopCopy).unwrap();
+        let e = forward_mig_data(&mut src, &mut dst, 1 << 20).unwrap_err();
+        assert_eq!(
+            e.errno(),
+            Some(libc::EINVAL),
+            "destination not RESUMING: {e}"
+        );
+        assert_eq!(src.state().unwrap(), MigState::StopCopy);
+        assert_eq!(dst.state().unwrap(), MigState::Stop);
+    }
+}
+
+#[test]
+fn dma_log_reports_split_to_fit_small_transfer_limits() {
+    use vfio_migrate_vfio_user::ClientConfig;
+    let p = ServerProc::start("vgpu", Some("64K"));
+    // 256-byte replies: an 8 MiB report (256 bytes of bitmap) needs pieces.
+    let cfg = ClientConfig {
+        max_data_xfer_size: 256,
+        ..Default::default()
+    };
+    let mut c = Client::connect_with(&p.path, cfg).unwrap();
+    let ram = memfd(GUEST_SIZE);
+    map_guest(&mut c, &ram);
+    c.dma_logging_start(PAGE, &[]).unwrap();
+    let before = pread(&ram, 0, GUEST_SIZE as usize);
+    set_reg(&mut c, vgpu_reg::SEED, 3);
+    set_reg(&mut c, vgpu_reg::DMA_IOVA, GUEST_IOVA);
+    set_reg(&mut c, vgpu_reg::DMA_SIZE, GUEST_SIZE);
+    set_reg(&mut c, vgpu_reg::DMA_RATE, 64 << 20);
+    set_reg(&mut c, vgpu_reg::CONTROL, 2);
+    std::thread::sleep(std::time::Duration::from_millis(60));
+    c.set_state(MigState::Stop).unwrap();
+    let mut bm = vec![0u8; (GUEST_SIZE / PAGE / 8) as usize];
+    c.dma_logging_report(GUEST_IOVA, GUEST_SIZE, PAGE, &mut bm)
+        .unwrap();
+    let after = pread(&ram, 0, GUEST_SIZE as usize);
+    let mut changed = 0;
+    for (p, (b, a)) in before
+        .chunks(PAGE as usize)
+        .zip(after.chunks(PAGE as usize))
+        .enumerate()
+    {
+        let dirty = bm[p / 8] & (1 << (p % 8)) != 0;
+        if b != a {
+            changed += 1;
+            assert!(dirty, "page {p} changed but is not in the report");
+        }
+    }
+    assert!(changed > 0, "the DMA engine wrote guest memory");
+}

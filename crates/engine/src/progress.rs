@@ -1,0 +1,67 @@
+//! Phases of a migration and the progress figures reported while it runs.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// Where a migration is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Connecting, probing, compatibility check, DMA logging on.
+    Setup,
+    /// Pre-copy rounds while everything runs.
+    PreCopy,
+    /// Guest and devices stopped; final data moving.
+    StopCopy,
+    /// The destination validates, verifies and starts.
+    Resume,
+    /// Logging off, source devices parked.
+    Cleanup,
+    /// Finished.
+    Done,
+}
+
+impl Phase {
+    /// Name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Setup => "setup",
+            Phase::PreCopy => "pre-copy",
+            Phase::StopCopy => "stop-copy",
+            Phase::Resume => "resume",
+            Phase::Cleanup => "cleanup",
+            Phase::Done => "done",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A progress report, emitted at least once per pre-copy round and at
+/// every phase change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub phase: Phase,
+    /// Pre-copy rounds completed.
+    pub iteration: u32,
+    /// Bytes still to send: dirty RAM plus the devices' pending data.
+    pub remaining_bytes: u64,
+    /// Bytes sent so far (stream bytes).
+    pub transferred_bytes: u64,
+    /// Bytes dirtied per second (RAM and devices) in the last round.
+    pub dirty_rate: f64,
+    /// Measured stream bandwidth, bytes per second (0 = not measured yet).
+    pub bandwidth: f64,
+    /// Expected downtime if the switchover happened now, ms.
+    pub expected_downtime_ms: f64,
+    /// Time since the migration started.
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// A progress callback.
+pub type ProgressFn = Box<dyn FnMut(&Progress) + Send>;

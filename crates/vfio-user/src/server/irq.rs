@@ -1,0 +1,155 @@
+//! DEVICE_GET_IRQ_INFO and DEVICE_SET_IRQS: interrupt indices the device
+//! offers, eventfds attached for triggers (and torn down again).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use vfio_migrate_abi::vfio_user::{
+    IrqInfo, IrqSet, IRQ_SET_ACTION_MASK, IRQ_SET_ACTION_TRIGGER, IRQ_SET_ACTION_UNMASK,
+    IRQ_SET_DATA_BOOL, IRQ_SET_DATA_EVENTFD, IRQ_SET_DATA_NONE,
+};
+use vfio_migrate_device::{Device, DeviceError, DeviceResult};
+
+use super::dispatch::{check_argsz, decode, no_fds, num_irqs};
+use super::session::{Reply, Session};
+
+/// DEVICE_GET_IRQ_INFO: an index inside the range but not offered by the
+/// device reads as count 0, flags 0.
+pub(crate) fn info<D: Device>(
+    s: &mut Session<'_, D>,
+    payload: &[u8],
+    fds: &[OwnedFd],
+    reply: &mut Reply,
+) -> DeviceResult<()> {
+    no_fds("DEVICE_GET_IRQ_INFO", fds)?;
+    let req = decode(
+        payload,
+        "DEVICE_GET_IRQ_INFO",
+        IrqInfo::SIZE,
+        IrqInfo::decode,
+    )?;
+    check_argsz("DEVICE_GET_IRQ_INFO", req.argsz, IrqInfo::SIZE)?;
+    let mut core = s.lock();
+    let n = num_irqs(core.device());
+    if req.index >= n {
+        return Err(DeviceError::inval(format!(
+            "IRQ index {} is out of range: the device has {n} IRQ indices",
+            req.index
+        )));
+    }
+    let d = core
+        .device()
+        .irqs()
+        .into_iter()
+        .find(|i| i.index == req.index);
+    reply.put(
+        &IrqInfo {
+            argsz: IrqInfo::SIZE as u32,
+            flags: d.map(|d| d.flags).unwrap_or(0),
+            index: req.index,
+            count: d.map(|d| d.count).unwrap_or(0),
+        }
+        .to_bytes(),
+    );
+    Ok(())
+}
+
+/// True when `fd` is an eventfd.
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map(|p| p.as_os_str() == "anon_inode:[eventfd]")
+        .unwrap_or(false)
+}
+
+/// DEVICE_SET_IRQS: eventfd triggers (attach `count` fds from `start`, or
+/// none to detach) and the `DATA_NONE` + `count 0` tear-down. Other
+/// actions are ENOTSUP: the sample devices have no maskable interrupts.
+pub(crate) fn set<D: Device>(
+    s: &mut Session<'_, D>,
+    payload: &[u8],
+    fds: Vec<OwnedFd>,
+) -> DeviceResult<()> {
+    let req = decode(payload, "DEVICE_SET_IRQS", IrqSet::SIZE, IrqSet::decode)?;
+    check_argsz("DEVICE_SET_IRQS", req.argsz, IrqSet::SIZE)?;
+    let data = req.flags & (IRQ_SET_DATA_NONE | IRQ_SET_DATA_BOOL | IRQ_SET_DATA_EVENTFD);
+    let action = req.flags & (IRQ_SET_ACTION_MASK | IRQ_SET_ACTION_UNMASK | IRQ_SET_ACTION_TRIGGER);
+    if req.flags & !(data | action) != 0 || data.count_ones() != 1 || action.count_ones() != 1 {
+        return Err(DeviceError::inval(format!(
+            "DEVICE_SET_IRQS flags {:#x}: exactly one DATA and one ACTION flag are needed",
+            req.flags
+        )));
+    }
+    let mut core = s.lock();
+    let n = num_irqs(core.device());
+    if req.index >= n {
+        return Err(DeviceError::inval(format!(
+            "IRQ index {} is out of range: the device has {n} IRQ indices",
+            req.index
+        )));
+    }
+    let desc = core
+        .device()
+        .irqs()
+        .into_iter()
+        .find(|i| i.index == req.index);
+    if action != IRQ_SET_ACTION_TRIGGER {
+        return Err(DeviceError::new(
+            libc::ENOTSUP,
+            format!(
+                "IRQ index {}: mask/unmask actions are not offered",
+                req.index
+            ),
+        ));
+    }
+    if data == IRQ_SET_DATA_EVENTFD {
+        if let Some(i) = fds.iter().position(|f| !is_eventfd(f)) {
+            return Err(DeviceError::new(
+                libc::EBADF,
+                format!("fd #{i} is not an eventfd"),
+            ));
+        }
+        if !fds.is_empty() && fds.len() != req.count as usize {
+            return Err(DeviceError::inval(format!(
+                "DEVICE_SET_IRQS count is {} but {} eventfds were sent",
+                req.count,
+                fds.len()
+            )));
+        }
+    }
+    let Some(desc) = desc else {
+        return Err(DeviceError::inval(format!(
+            "IRQ index {} is not offered by the device",
+            req.index
+        )));
+    };
+    match data {
+        IRQ_SET_DATA_NONE if req.count == 0 => {
+            no_fds("DEVICE_SET_IRQS with DATA_NONE", &fds)?;
+            core.device().set_irqs(req.index, 0, Vec::new())?;
+            s.irqs.remove(&req.index);
+            Ok(())
+        }
+        IRQ_SET_DATA_EVENTFD => {
+            match req.start.checked_add(req.count) {
+                Some(end) if end <= desc.count => {}
+                _ => {
+                    return Err(DeviceError::inval(format!(
+                        "IRQ vectors {}+{} are outside index {} ({} vectors)",
+                        req.start, req.count, req.index, desc.count
+                    )))
+                }
+            }
+            let attach = !fds.is_empty();
+            core.device().set_irqs(req.index, req.start, fds)?;
+            if attach {
+                s.irqs.insert(req.index);
+            }
+            Ok(())
+        }
+        _ => Err(DeviceError::new(
+            libc::ENOTSUP,
+            format!(
+                "IRQ index {}: client-triggered interrupts are not offered",
+                req.index
+            ),
+        )),
+    }
+}

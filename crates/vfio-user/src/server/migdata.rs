@@ -1,0 +1,83 @@
+//! MIG_DATA_READ and MIG_DATA_WRITE: the migration data stream, read
+//! straight into the reply buffer and written straight from the request.
+
+use std::os::fd::OwnedFd;
+use vfio_migrate_abi::vfio_user::MigData;
+use vfio_migrate_device::{Device, DeviceError, DeviceResult};
+
+use super::dispatch::{decode, no_fds};
+use super::session::{Reply, Session};
+
+/// MIG_DATA_READ: fills up to `size` bytes (asking the device until it has
+/// nothing more right now), so a short reply in STOP_COPY means the end of
+/// the state, as the spec says.
+pub(crate) fn read<D: Device>(
+    s: &mut Session<'_, D>,
+    payload: &[u8],
+    fds: &[OwnedFd],
+    reply: &mut Reply,
+) -> DeviceResult<()> {
+    no_fds("MIG_DATA_READ", fds)?;
+    let req = decode(payload, "MIG_DATA_READ", MigData::SIZE, MigData::decode)?;
+    let limit = s.max_out();
+    if req.size as usize > limit {
+        return Err(DeviceError::new(
+            libc::E2BIG,
+            format!(
+                "MIG_DATA_READ of {} bytes exceeds max_data_xfer_size {limit}",
+                req.size
+            ),
+        ));
+    }
+    let need = MigData::SIZE as u64 + req.size as u64;
+    if (req.argsz as u64) < need {
+        return Err(DeviceError::inval(format!(
+            "MIG_DATA_READ argsz {} is smaller than the {need}-byte reply",
+            req.argsz
+        )));
+    }
+    let mut core = s.lock();
+    reply.grow(MigData::SIZE);
+    let buf = reply.grow(req.size as usize);
+    let mut got = 0usize;
+    while got < buf.len() {
+        match core.read_data(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            // Keep what was read; the next read reports the error.
+            Err(e) if got > 0 => {
+                tracing::debug!(error = %e, got, "device save stopped mid-reply");
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    reply.truncate(MigData::SIZE + got);
+    reply.payload_mut()[..MigData::SIZE].copy_from_slice(
+        &MigData {
+            argsz: (MigData::SIZE + got) as u32,
+            size: got as u32,
+        }
+        .to_bytes(),
+    );
+    Ok(())
+}
+
+/// MIG_DATA_WRITE: exactly `size` data bytes must follow the head.
+pub(crate) fn write<D: Device>(
+    s: &mut Session<'_, D>,
+    payload: &[u8],
+    fds: &[OwnedFd],
+) -> DeviceResult<()> {
+    no_fds("MIG_DATA_WRITE", fds)?;
+    let req = decode(payload, "MIG_DATA_WRITE", MigData::SIZE, MigData::decode)?;
+    let data = &payload[MigData::SIZE..];
+    if data.len() != req.size as usize {
+        return Err(DeviceError::inval(format!(
+            "MIG_DATA_WRITE size is {} but {} data bytes follow",
+            req.size,
+            data.len()
+        )));
+    }
+    s.lock().write_data(data)
+}
