@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod device;
 mod digest;
 mod endpoint;
 mod inspect;
@@ -44,6 +45,9 @@ enum Cmd {
     /// Run a full live migration of a running vgpu and its guest memory,
     /// verify it and print a report (no arguments needed).
     Demo(demo::Args),
+    /// Look at or poke one device: descriptor, state, state changes,
+    /// region reads and writes.
+    Device(device::Args),
     /// Serve one emulated device over vfio-user on a UNIX socket.
     Serve(serve::Args),
     /// Migrate a device: unix:PATH, tcp:HOST:PORT, file:PATH or kernel:DEV.
@@ -79,6 +83,7 @@ fn main() {
     let r = match cli.cmd {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Serve(a) => serve::run(a),
+        Cmd::Device(a) => device::run(a),
         Cmd::Migrate(a) => migrate::run(a),
         Cmd::Receive(a) => receive::run(a),
         Cmd::Inspect(a) => inspect::run(a),

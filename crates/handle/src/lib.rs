@@ -250,6 +250,11 @@ impl DeviceDescriptor {
         }
         if why.is_empty() {
             Ok(())
+        } else if self.region_sizes != dest.region_sizes {
+            Err(format!(
+                "{} (the devices are configured differently, e.g. another port count or memory size: create the destination with the source's configuration)",
+                why.join("; ")
+            ))
         } else {
             Err(why.join("; "))
         }
