@@ -80,7 +80,7 @@ fn parse_state(s: &str) -> anyhow::Result<MigState> {
 
 fn parse_hex(s: &str) -> anyhow::Result<Vec<u8>> {
     let s = s.strip_prefix("0x").unwrap_or(s);
-    if s.is_empty() || s.len() % 2 != 0 {
+    if s.is_empty() || !s.len().is_multiple_of(2) {
         bail!("'{s}' is not an even number of hex digits (e.g. 68656c6c6f)");
     }
     (0..s.len())
