@@ -23,4 +23,9 @@ if [ "${VFIO_SKIP_KERNEL:-0}" != 1 ]; then
 fi
 
 echo "== cargo test"
-cargo test --workspace --release --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --release --locked 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; s += $8 }
+     END { printf "all tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
