@@ -135,3 +135,27 @@ impl<D: Device> DeviceCore<D> {
         Ok(())
     }
 }
+
+/// A guard for [`Device::transition`] implementations: checks that the arc
+/// starts in the state the device believes it is in (`tracked`) and is a
+/// single arc of the state machine for `flags`. [`DeviceCore`] only ever
+/// hands out such arcs; the guard catches a device driven by other code.
+pub fn check_arc(
+    flags: u64,
+    tracked: MigState,
+    from: MigState,
+    to: MigState,
+    device: &str,
+) -> DeviceResult<()> {
+    if from != tracked {
+        return Err(DeviceError::inval(format!(
+            "arc {from} -> {to} requested, but the {device} is in {tracked}"
+        )));
+    }
+    if !fsm::is_valid_arc(flags, from, to) {
+        return Err(DeviceError::inval(format!(
+            "{from} -> {to} is not a single arc of the migration state machine"
+        )));
+    }
+    Ok(())
+}

@@ -23,7 +23,6 @@ use super::stream::{
 use super::{CONFIG_REGION, SAMPLE_VENDOR_ID};
 use crate::device::{Device, DeviceIdentity, Region};
 use crate::error::{DeviceError, DeviceResult};
-use crate::fsm;
 use crate::pci::{Bar, BarKind, PciConfig, CONFIG_SIZE};
 use std::collections::VecDeque;
 use vfio_migrate_abi::kernel::{MigState, MIGRATION_STOP_COPY};
@@ -517,17 +516,7 @@ impl Device for Serial {
 
     fn transition(&mut self, from: MigState, to: MigState) -> DeviceResult<()> {
         use MigState::*;
-        if from != self.state {
-            return Err(DeviceError::inval(format!(
-                "arc {from} -> {to} requested, but the serial device is in {}",
-                self.state
-            )));
-        }
-        if !fsm::is_valid_arc(FLAGS, from, to) {
-            return Err(DeviceError::inval(format!(
-                "{from} -> {to} is not a single arc of the migration state machine"
-            )));
-        }
+        crate::core::check_arc(FLAGS, self.state, from, to, "serial device")?;
         match (from, to) {
             (Stop, StopCopy) => {
                 let mut o = Outbox::default();

@@ -38,7 +38,6 @@ use crate::device::{Device, DeviceIdentity, Region, RegionMmap};
 use crate::dirty::DirtyBitmap;
 use crate::dma::DmaSpace;
 use crate::error::{DeviceError, DeviceResult};
-use crate::fsm;
 use crate::pci::{Bar, BarKind, PciConfig, CONFIG_SIZE};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -483,17 +482,7 @@ impl Device for Vgpu {
 
     fn transition(&mut self, from: MigState, to: MigState) -> DeviceResult<()> {
         use MigState::*;
-        if from != self.state {
-            return Err(DeviceError::inval(format!(
-                "arc {from} -> {to} requested, but the vgpu is in {}",
-                self.state
-            )));
-        }
-        if !fsm::is_valid_arc(FLAGS, from, to) {
-            return Err(DeviceError::inval(format!(
-                "{from} -> {to} is not a single arc of the migration state machine"
-            )));
-        }
+        crate::core::check_arc(FLAGS, self.state, from, to, "vgpu")?;
         match (from, to) {
             (Resuming, Stop) => {
                 let load = self
