@@ -166,6 +166,7 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
             vcpu_rate: 64 << 20,
             render_rate: 64 << 20,
             dma_rate: 32 << 20,
+            protocol: crate::endpoint::ProtocolArg::Auto,
             verify,
         };
         let out = demo::execute(&args, Style::Off)?;

@@ -7,6 +7,7 @@
 //! stopped, and reports.
 
 use crate::digest::{read_digest, sample_verifier};
+use crate::endpoint::ProtocolArg;
 use crate::migrate::{OnOff, Tuning};
 use crate::progress::Style;
 use crate::report::{bytes, print_human, print_json};
@@ -25,7 +26,6 @@ use vfio_migrate_engine::{
     SimGuest, VcpuConfig,
 };
 use vfio_migrate_handle::{DmaWindow, MigrationDevice};
-use vfio_migrate_vfio_user::Client;
 
 /// vgpu BAR0 registers the demo programs.
 mod reg {
@@ -71,6 +71,10 @@ pub struct Args {
     /// Bytes per second the vgpu DMA engine writes into guest RAM.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "32M")]
     pub(crate) dma_rate: u64,
+    /// Migration protocol: the servers offer only it (auto: all three,
+    /// detected, v2 preferred).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub(crate) protocol: ProtocolArg,
     /// Compare digests and RAM hashes (always, from the command line; the
     /// benchmark also measures without, to show what verification costs).
     #[arg(skip = true)]
@@ -112,10 +116,23 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn spawn(device_mem: u64, socket: &Path) -> anyhow::Result<Self> {
+    fn spawn(device_mem: u64, socket: &Path, protocol: ProtocolArg) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("finding this executable")?;
+        let offered = match protocol {
+            ProtocolArg::Auto => "all",
+            ProtocolArg::V2 => "v2",
+            ProtocolArg::V1 => "v1",
+            ProtocolArg::Seed => "seed",
+        };
         let mut child = Command::new(exe)
-            .args(["serve", "--device", "vgpu", "--device-mem"])
+            .args([
+                "serve",
+                "--device",
+                "vgpu",
+                "--protocol",
+                offered,
+                "--device-mem",
+            ])
             .arg(device_mem.to_string())
             .arg("--socket")
             .arg(socket)
@@ -191,16 +208,16 @@ impl Drop for TempDir {
     }
 }
 
-fn write_reg(c: &mut Client, off: u64, v: u64) -> anyhow::Result<()> {
-    MigrationDevice::region_write(c, 0, off, &v.to_le_bytes())
+fn write_reg(c: &mut dyn MigrationDevice, off: u64, v: u64) -> anyhow::Result<()> {
+    c.region_write(0, off, &v.to_le_bytes())
         .with_context(|| format!("vgpu register {off:#x}"))
 }
 
-fn read_reg(c: &mut Client, off: u64) -> anyhow::Result<u64> {
+fn read_reg(c: &mut dyn MigrationDevice, off: u64) -> anyhow::Result<u64> {
     read_digest(c, off).with_context(|| format!("vgpu register {off:#x}"))
 }
 
-fn map_guest(c: &mut Client, ram: &MemfdRam) -> anyhow::Result<()> {
+fn map_guest(c: &mut dyn MigrationDevice, ram: &MemfdRam) -> anyhow::Result<()> {
     c.dma_map(DmaWindow {
         iova: 0,
         size: ram.len(),
@@ -261,29 +278,31 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
     let cancel = crate::interrupt::install()?;
     let dir = TempDir::new()?;
     let (src_sock, dst_sock) = (dir.0.join("source.sock"), dir.0.join("dest.sock"));
-    let src_server = ServerProcess::spawn(args.device_mem, &src_sock)?;
-    let dst_server = ServerProcess::spawn(args.device_mem, &dst_sock)?;
-    let mut src = Client::connect(&src_sock).context("connecting to the source vgpu")?;
-    let mut dst = Client::connect(&dst_sock).context("connecting to the destination vgpu")?;
+    let src_server = ServerProcess::spawn(args.device_mem, &src_sock, args.protocol)?;
+    let dst_server = ServerProcess::spawn(args.device_mem, &dst_sock, args.protocol)?;
+    let mut src = vfio_migrate_vfio_user::open(&src_sock, args.protocol.into())
+        .context("connecting to the source vgpu")?;
+    let mut dst = vfio_migrate_vfio_user::open(&dst_sock, args.protocol.into())
+        .context("connecting to the destination vgpu")?;
 
     // Guests: the source runs, the destination's RAM waits empty. Both are
     // mapped for their device's DMA, as a VMM does at setup.
     let mut guest = SimGuest::new(args.guest_mem).context("source guest RAM")?;
     let dst_ram = MemfdRam::new("vfio-migrate-dest-guest", args.guest_mem)
         .context("destination guest RAM")?;
-    map_guest(&mut src, guest.ram())?;
-    map_guest(&mut dst, &dst_ram)?;
+    map_guest(&mut *src, guest.ram())?;
+    map_guest(&mut *dst, &dst_ram)?;
 
     // The vCPU dirties the lower half of RAM; the vgpu DMAs into a window
     // in the upper half and renders into its own memory.
     let half = guest.size() / 2 / 4096 * 4096;
     let window = (half, (guest.size() / 8).max(4096) / 4096 * 4096);
-    write_reg(&mut src, reg::SEED, 0x5eed_cafe)?;
-    write_reg(&mut src, reg::RENDER_RATE, args.render_rate)?;
-    write_reg(&mut src, reg::DMA_IOVA, window.0)?;
-    write_reg(&mut src, reg::DMA_SIZE, window.1)?;
-    write_reg(&mut src, reg::DMA_RATE, args.dma_rate)?;
-    write_reg(&mut src, reg::CONTROL, reg::ENGINES_ON)?;
+    write_reg(&mut *src, reg::SEED, 0x5eed_cafe)?;
+    write_reg(&mut *src, reg::RENDER_RATE, args.render_rate)?;
+    write_reg(&mut *src, reg::DMA_IOVA, window.0)?;
+    write_reg(&mut *src, reg::DMA_SIZE, window.1)?;
+    write_reg(&mut *src, reg::DMA_RATE, args.dma_rate)?;
+    write_reg(&mut *src, reg::CONTROL, reg::ENGINES_ON)?;
     guest
         .start_vcpu(VcpuConfig {
             rate: args.vcpu_rate,
@@ -293,7 +312,7 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
         })
         .context("starting the vCPU")?;
     std::thread::sleep(Duration::from_millis(200));
-    if read_reg(&mut src, reg::FRAME)? == 0 {
+    if read_reg(&mut *src, reg::FRAME)? == 0 {
         bail!("the source vgpu's render engine did not start");
     }
 
@@ -379,12 +398,12 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
 
     // The destination runs on: its engines advance.
     let (f0, d0) = (
-        read_reg(&mut dst, reg::FRAME)?,
-        read_reg(&mut dst, reg::DMA_COUNT)?,
+        read_reg(&mut *dst, reg::FRAME)?,
+        read_reg(&mut *dst, reg::DMA_COUNT)?,
     );
     std::thread::sleep(Duration::from_millis(100));
     let dest_running =
-        read_reg(&mut dst, reg::FRAME)? > f0 && read_reg(&mut dst, reg::DMA_COUNT)? > d0;
+        read_reg(&mut *dst, reg::FRAME)? > f0 && read_reg(&mut *dst, reg::DMA_COUNT)? > d0;
     drop((src, dst, src_server, dst_server));
     Ok(Outcome {
         report: DemoReport {

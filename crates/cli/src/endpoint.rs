@@ -22,6 +22,31 @@ pub enum Endpoint {
     Kernel(String),
 }
 
+/// `--protocol`: which migration protocol drives a `unix:` device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ProtocolArg {
+    /// v2 if the server offers it, else the v1 region, else the seed region.
+    #[default]
+    Auto,
+    /// DEVICE_FEATURE + MIG_DATA_READ/WRITE (Linux 5.18+ / vfio-user).
+    V2,
+    /// The Linux 5.8 v1 migration region + DIRTY_PAGES.
+    V1,
+    /// The 2018 seed proposal's migration region.
+    Seed,
+}
+
+impl From<ProtocolArg> for vfio_migrate_vfio_user::Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Auto => Self::Auto,
+            ProtocolArg::V2 => Self::V2,
+            ProtocolArg::V1 => Self::V1,
+            ProtocolArg::Seed => Self::Seed,
+        }
+    }
+}
+
 const FORMS: &str = "unix:PATH, tcp:HOST:PORT, file:PATH or kernel:DEVICE";
 
 impl Endpoint {
@@ -62,15 +87,33 @@ impl Endpoint {
         matches!(self, Endpoint::Unix(_) | Endpoint::Kernel(_))
     }
 
-    /// Connects to the device this endpoint names.
+    /// Connects to the device this endpoint names (migration protocol
+    /// detected).
     pub fn open_device(&self) -> anyhow::Result<Box<dyn MigrationDevice>> {
+        self.open_device_with(ProtocolArg::Auto)
+    }
+
+    /// Connects to the device this endpoint names; `unix:` devices are
+    /// driven through `protocol` (`kernel:` devices always speak v2).
+    pub fn open_device_with(
+        &self,
+        protocol: ProtocolArg,
+    ) -> anyhow::Result<Box<dyn MigrationDevice>> {
         Ok(match self {
-            Endpoint::Unix(p) => Box::new(
-                vfio_migrate_vfio_user::Client::connect(p)
-                    .with_context(|| format!("cannot reach the device server at {self} (is `vfio-migrate serve` running there?)"))?,
-            ),
+            Endpoint::Unix(p) => {
+                if !p.exists() {
+                    bail!("cannot reach the device server at {self}: no such socket (is `vfio-migrate serve` running there?)");
+                }
+                vfio_migrate_vfio_user::open(p, protocol.into()).with_context(|| {
+                    format!("cannot use the device server at {self} (is `vfio-migrate serve` running there?)")
+                })?
+            }
+            Endpoint::Kernel(_) if !matches!(protocol, ProtocolArg::Auto | ProtocolArg::V2) => {
+                bail!("{self}: kernel devices migrate with the v2 protocol only; drop --protocol or use --protocol v2")
+            }
             Endpoint::Kernel(spec) => Box::new(
-                vfio_migrate_kernel::KernelDevice::open(spec).with_context(|| format!("cannot open {self}"))?,
+                vfio_migrate_kernel::KernelDevice::open(spec)
+                    .with_context(|| format!("cannot open {self}"))?,
             ),
             Endpoint::Tcp { .. } | Endpoint::File(_) => bail!("{self} is not a device"),
         })

@@ -4,7 +4,7 @@
 //! snapshot (`unix:` → `file:`) or from one (`file:` → `unix:`).
 
 use crate::digest::sample_verifier;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, ProtocolArg};
 use crate::progress::{Printer, Style};
 use crate::report::{print_human, print_json};
 use anyhow::{bail, Context};
@@ -75,6 +75,11 @@ pub struct Args {
     dest: String,
     #[command(flatten)]
     tuning: Tuning,
+    /// Migration protocol for unix: devices (source and destination):
+    /// auto prefers v2, then the v1 region, then the seed region. The
+    /// stream does not depend on it.
+    #[arg(long, value_enum, default_value = "auto")]
+    protocol: ProtocolArg,
     /// Print one JSON object instead of the human report.
     #[arg(long)]
     json: bool,
@@ -88,9 +93,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let style = Style::detect(args.json);
     let title = format!("vfio-migrate: {src} → {dst}");
     let result = match (&src, &dst) {
-        (s, d) if s.is_device() && d.is_device() => device_to_device(&src, &dst, &args.tuning, cancel, style)?,
+        (s, d) if s.is_device() && d.is_device() => device_to_device(&src, &dst, &args, cancel, style)?,
         (s, Endpoint::Tcp { .. }) if s.is_device() => {
-            let mut dev = src.open_device()?;
+            let mut dev = src.open_device_with(args.protocol)?;
             let addr = dst.socket_addr().expect("tcp");
             let stream = TcpStream::connect(&addr)
                 .with_context(|| format!("cannot connect to {dst} (is `vfio-migrate receive` listening there?)"))?;
@@ -99,7 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             migrate_out(std::slice::from_mut(&mut dev), None, link, opts)
         }
         (s, Endpoint::File(path)) if s.is_device() => {
-            let mut dev = src.open_device()?;
+            let mut dev = src.open_device_with(args.protocol)?;
             let f = File::options().write(true).create_new(true).open(path).with_context(|| {
                 format!("cannot create the snapshot {dst} (an existing file is never overwritten: remove it or pick another path)")
             })?;
@@ -118,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
             r
         }
-        (Endpoint::File(path), d) if d.is_device() => return restore(path, &src, &dst, args.json, cancel),
+        (Endpoint::File(path), d) if d.is_device() => return restore(path, &src, &dst, &args, cancel),
         (Endpoint::Tcp { .. }, _) => {
             bail!("--source {src}: a tcp endpoint can only be a destination; on the receiving host run `vfio-migrate receive --listen {src} --dest unix:PATH`")
         }
@@ -169,15 +174,16 @@ fn exit_code(e: &EngineError) -> i32 {
 fn device_to_device(
     src: &Endpoint,
     dst: &Endpoint,
-    tuning: &Tuning,
+    args: &Args,
     cancel: Cancel,
     style: Style,
 ) -> anyhow::Result<Result<MigrationReport, SourceFailure>> {
     if src == dst {
         bail!("--source and --dest are the same device ({src})");
     }
-    let mut sdev = src.open_device()?;
-    let ddev = dst.open_device()?;
+    let tuning = &args.tuning;
+    let mut sdev = src.open_device_with(args.protocol)?;
+    let ddev = dst.open_device_with(args.protocol)?;
     let (a, b) = UnixStream::pair().context("creating the socket pair")?;
     let dlink = DestLink::unix(b, src.to_string())?;
     let slink = Link::unix(a, dst.to_string())?;
@@ -215,9 +221,10 @@ fn restore(
     path: &std::path::Path,
     src: &Endpoint,
     dst: &Endpoint,
-    json: bool,
+    args: &Args,
     cancel: Cancel,
 ) -> anyhow::Result<i32> {
+    let json = args.json;
     let t0 = std::time::Instant::now();
     let f = File::open(path).with_context(|| format!("cannot open the snapshot {src}"))?;
     let sum = snapshot::check(f, &src.to_string());
@@ -227,7 +234,7 @@ fn restore(
             sum.problems.join("; ")
         );
     }
-    let mut dev: Box<dyn MigrationDevice> = dst.open_device()?;
+    let mut dev: Box<dyn MigrationDevice> = dst.open_device_with(args.protocol)?;
     let f = File::open(path).with_context(|| format!("cannot open the snapshot {src}"))?;
     let r = migrate_in(
         std::slice::from_mut(&mut dev),

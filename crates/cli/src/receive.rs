@@ -3,7 +3,7 @@
 //! runs.
 
 use crate::digest::sample_verifier;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, ProtocolArg};
 use crate::report::{bytes, print_json};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -25,6 +25,10 @@ pub struct Args {
     /// Print one JSON object instead of the human report.
     #[arg(long)]
     json: bool,
+    /// Migration protocol for a unix: destination (auto prefers v2, then
+    /// the v1 region, then the seed region).
+    #[arg(long, value_enum, default_value = "auto")]
+    protocol: ProtocolArg,
 }
 
 #[derive(Serialize)]
@@ -50,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     // Connect to the device first: a missing server is reported before
     // anyone connects to us.
-    let mut dev = dst.open_device()?;
+    let mut dev = dst.open_device_with(args.protocol)?;
     let l = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {listen}"))?;
     let local = format!("tcp:{}", l.local_addr().context("listening address")?);
     println!("listening on {local}");

@@ -1,6 +1,8 @@
 //! `vfio-migrate serve`: serves one sample device over vfio-user on a UNIX
 //! socket (mode 0600), client after client, until SIGTERM or SIGINT.
 //! Prints `listening on unix:PATH` on stdout once clients can connect.
+//! `--protocol` picks the migration interfaces offered (v2, the v1 region,
+//! the seed region, or all).
 
 use anyhow::Context;
 use std::io::Write;
@@ -34,7 +36,25 @@ pub struct Args {
     /// UNIX socket path to listen on (created with mode 0600).
     #[arg(long, value_name = "PATH")]
     socket: PathBuf,
+    /// Migration protocols offered: v2 (DEVICE_FEATURE + MIG_DATA_*), v1
+    /// (the Linux 5.8 migration region at index 9 + DIRTY_PAGES), seed (the
+    /// 2018 proposal's region at index 10), or all three. With v1 or seed
+    /// alone the v2 features answer ENOTTY, so clients cannot use v2.
+    #[arg(long, value_enum, default_value = "all")]
+    protocol: ServeProtocol,
 }
+
+/// `serve --protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeProtocol {
+    V2,
+    V1,
+    Seed,
+    All,
+}
+
+/// Data section size of the v1 and seed regions.
+const SECTION: u64 = vfio_migrate_device::region::DEFAULT_DATA_SECTION;
 
 /// Parses `4096`, `64K`, `64M`, `1G` (binary units, optional `iB`/`B`).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -66,24 +86,41 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let mem_size = args.device_mem.unwrap_or(DEFAULT_MEM_SIZE);
             let dev = Vgpu::new(VgpuConfig { mem_size }, dma.clone())
                 .map_err(|e| anyhow::anyhow!("--device-mem {mem_size}: {}", e.message))?;
-            serve(DeviceCore::new(dev, dma), &args.socket)
+            serve(DeviceCore::new(dev, dma), &args.socket, args.protocol)
         }
         DeviceKind::Serial => {
             if args.device_mem.is_some() {
                 anyhow::bail!("--device-mem applies to --device vgpu only: the serial device has no device memory");
             }
-            serve(DeviceCore::new(Serial::new(), dma), &args.socket)
+            serve(
+                DeviceCore::new(Serial::new(), dma),
+                &args.socket,
+                args.protocol,
+            )
         }
     }
 }
 
-fn serve<D: Device>(core: DeviceCore<D>, socket: &std::path::Path) -> anyhow::Result<i32> {
+fn serve<D: Device>(
+    core: DeviceCore<D>,
+    socket: &std::path::Path,
+    protocol: ServeProtocol,
+) -> anyhow::Result<i32> {
     let shutdown = Shutdown::new().context("creating the shutdown pipe")?;
     shutdown
         .on_signals()
         .context("installing SIGTERM/SIGINT handlers")?;
     let listener = Listener::bind(socket)?;
     let mut server = Server::new(core);
+    let err =
+        |e: vfio_migrate_device::DeviceError| anyhow::anyhow!("migration region: {}", e.message);
+    server.set_v2_migration(matches!(protocol, ServeProtocol::V2 | ServeProtocol::All));
+    if matches!(protocol, ServeProtocol::V1 | ServeProtocol::All) {
+        server.add_v1_region(SECTION).map_err(err)?;
+    }
+    if matches!(protocol, ServeProtocol::Seed | ServeProtocol::All) {
+        server.add_seed_region(SECTION).map_err(err)?;
+    }
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on unix:{}", listener.path().display())?;

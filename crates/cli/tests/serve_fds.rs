@@ -14,9 +14,15 @@ use vfio_migrate_handle::{DmaWindow, MigrationDevice};
 #[test]
 fn many_connections_leak_no_fds() {
     let p = ServerProc::start("vgpu", Some("1M"));
-    // Warm up (lazy allocations, logging) before taking the baseline.
+    // Warm up (lazy allocations, logging), then take the baseline with one
+    // client connected and answered: the server serves one client at a
+    // time, so an answer proves every earlier session is closed (right after
+    // a disconnect the server may not have noticed it yet).
     drop(p.client());
-    let baseline = p.fd_count();
+    let mut first = p.client();
+    first.device_info().unwrap();
+    let baseline = p.fd_count() - 1;
+    drop(first);
     let ram = memfd(1 << 20);
     for i in 0..150u64 {
         match i % 5 {

@@ -306,6 +306,11 @@ impl DmaSpace {
         self.inner.read().unwrap().log.is_some()
     }
 
+    /// The page size DMA logging runs at; `None` while logging is off.
+    pub fn logging_page_size(&self) -> Option<u64> {
+        self.inner.read().unwrap().log.as_ref().map(|l| l.page_size)
+    }
+
     /// Starts DMA dirty logging at `page_size` over `ranges` (empty = every
     /// mapped window, widened to whole pages). Page size must be a power of
     /// two between 4 KiB and 1 GiB; ranges must start on a page boundary, be

@@ -15,6 +15,9 @@
 //! - [`client`]: the same messages from the VMM side, usable against other
 //!   implementations (reference-peer quirks handled), and the
 //!   engine-facing [`vfio_migrate_handle::MigrationDevice`].
+//! - the older migration protocols: [`server::migregion`] serves the v1
+//!   and seed migration regions and `DIRTY_PAGES`; [`client::V1Device`]
+//!   and [`client::SeedDevice`] drive them; [`client::open`] picks one.
 //! - [`ext`]: what we add to the spec, all optional and discoverable.
 //!
 //! It does not decide migration policy: that is the engine's.
@@ -24,5 +27,8 @@ pub mod ext;
 pub mod server;
 pub mod sock;
 
-pub use client::{forward_mig_data, Client, ClientConfig, RawReply, RegionDesc};
+pub use client::{
+    forward_mig_data, open, Client, ClientConfig, MigRegion, Protocol, RawReply, RegionDesc,
+    SeedDevice, V1Device,
+};
 pub use server::{Listener, Server, ServerConfig, ServerError, Shutdown};

@@ -152,6 +152,13 @@ impl SeedRegion {
         self.logging = false;
     }
 
+    /// The DMA log this region started is gone (the client that mapped the
+    /// windows disconnected and the server dropped windows and log): the
+    /// next MIGRATION_SETUP starts a new one.
+    pub fn logging_dropped(&mut self) {
+        self.logging = false;
+    }
+
     fn effective_threshold(&self) -> u64 {
         if self.threshold == 0 {
             self.section.len()

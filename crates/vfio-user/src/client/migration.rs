@@ -156,7 +156,7 @@ impl MigrationDevice for Client {
 }
 
 /// Replaces the step name of an error with a user-facing one.
-fn rename(e: HandleError, step: String) -> HandleError {
+pub(crate) fn rename(e: HandleError, step: String) -> HandleError {
     match e {
         HandleError::Refused { errno, detail, .. } => HandleError::Refused {
             step,

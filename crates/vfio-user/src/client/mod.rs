@@ -12,8 +12,16 @@
 
 mod forward;
 mod migration;
+mod migregion;
+mod protocol;
+mod seed;
+mod v1;
 
 pub use forward::forward_mig_data;
+pub use migregion::MigRegion;
+pub use protocol::{open, Protocol};
+pub use seed::SeedDevice;
+pub use v1::V1Device;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -793,6 +801,15 @@ impl Client {
     /// Reads PCI IDs from config space (region 7) and region sizes, and
     /// builds the compatibility descriptor.
     fn read_descriptor(&mut self) -> Result<DeviceDescriptor> {
+        let flags = self.mig_flags()?;
+        self.read_descriptor_with(flags)
+    }
+
+    /// The descriptor with the given migration flags. Migration regions
+    /// (v1, seed) are protocol plumbing, not device configuration: they
+    /// count as absent, so the same device model has the same descriptor
+    /// whichever protocols its server offers.
+    pub(crate) fn read_descriptor_with(&mut self, flags: u64) -> Result<DeviceDescriptor> {
         let mut cfg = [0u8; 0x30];
         self.region_read(
             vfio_migrate_abi::vfio_user::PCI_CONFIG_REGION_INDEX,
@@ -803,12 +820,17 @@ impl Client {
         let info = self.device_info()?;
         let mut sizes = Vec::with_capacity(info.num_regions.min(64) as usize);
         for i in 0..info.num_regions.min(64) {
-            sizes.push(self.region_info(i)?.size);
+            let r = self.region_info(i)?;
+            let migration = matches!(
+                r.region_type,
+                Some(t) if t == (vfio_migrate_abi::v1::REGION_TYPE, vfio_migrate_abi::v1::REGION_SUBTYPE)
+                    || t == (vfio_migrate_abi::seed::REGION_TYPE, vfio_migrate_abi::seed::REGION_SUBTYPE)
+            );
+            sizes.push(if migration { 0 } else { r.size });
         }
         while sizes.last() == Some(&0) {
             sizes.pop();
         }
-        let flags = self.mig_flags()?;
         Ok(DeviceDescriptor::from_pci(
             u16_at(0),
             u16_at(2),

@@ -9,12 +9,12 @@
 //!
 //! | errno | when |
 //! |---|---|
-//! | `EINVAL` | header `msg_size` < 16 (taken as a bare header); a reply or unknown message type sent to the server; payload shorter than the command's struct; `argsz` smaller than the struct or than the reply needs; a data length that disagrees with `count`/`size`; region or IRQ index out of range, absent region, access outside the region or in a direction it does not allow; unknown flag bits; invalid JSON or a bad `pgsize` in VERSION; a second VERSION; an invalid or unsupported device state or arc; MIG_DATA_READ/WRITE or pre-copy info in the wrong state; DMA logging with a bad page size or ranges, a report outside the logged ranges or while logging is off; fds sent with a command that takes none; a DMA window with an `offset` but no fd, or past the end of its fd |
+//! | `EINVAL` | header `msg_size` < 16 (taken as a bare header); a reply or unknown message type sent to the server; payload shorter than the command's struct; `argsz` smaller than the struct or than the reply needs; a data length that disagrees with `count`/`size`; region or IRQ index out of range, absent region, access outside the region or in a direction it does not allow; unknown flag bits; invalid JSON or a bad `pgsize` in VERSION; a second VERSION; an invalid or unsupported device state or arc; MIG_DATA_READ/WRITE or pre-copy info in the wrong state; DMA logging ranges that are bad, a report page size that is not a power of two, a report outside the logged ranges or while logging is off (a START page size is a hint: never refused, the reply carries the one chosen); fds sent with a command that takes none; a DMA window with an `offset` but no fd, or past the end of its fd |
 //! | `EMSGSIZE` | header `msg_size` above the cap (`max_data_xfer_size` + 64 KiB); the connection is closed after the reply, since the stream cannot be re-synchronised without reading the claimed bytes |
 //! | `E2BIG` | more fds than `max_msg_fds` (or than fit in one control message); a data count above `max_data_xfer_size` (REGION_READ/WRITE, MIG_DATA_READ, a DMA logging bitmap); more than 1024 DMA logging ranges |
-//! | `ENOTSUP` | VERSION with another major version; a SET_IRQS action the device does not offer (mask/unmask, bool/none triggers); a known command this server does not implement (REGION_IO_FDS, REGION_WRITE_MULTI, DMA_READ/WRITE, which go server → client) |
+//! | `ENOTSUP` | MIG_DATA_READ/WRITE when the v2 interface is off; VERSION with another major version; a SET_IRQS action the device does not offer (mask/unmask, bool/none triggers); a known command this server does not implement (REGION_IO_FDS, REGION_WRITE_MULTI, DMA_READ/WRITE, which go server → client) |
 //! | `ENOSYS` | an unknown command number (the payload is read and dropped) |
-//! | `ENOTTY` | DEVICE_FEATURE for a feature the device does not have |
+//! | `ENOTTY` | DEVICE_FEATURE for a feature the device does not have; the migration features (MIGRATION, MIG_DEVICE_STATE, DMA logging, the extensions) when the server offers only the v1/seed regions ([`super::Server::set_v2_migration`]) |
 //! | `EEXIST` | DMA_MAP overlapping a mapped window |
 //! | `ENOENT` | DMA_UNMAP of a window that is not mapped exactly so |
 //! | `EBADF` | a DMA_MAP fd that is not a mappable file; a SET_IRQS fd that is not an eventfd |
@@ -164,9 +164,19 @@ fn route<D: Device>(
         Command::RegionWrite => region::write(s, payload, &fds, reply),
         Command::DeviceReset => {
             no_fds("DEVICE_RESET", &fds)?;
-            s.lock().reset()
+            s.lock().reset()?;
+            for r in s.ext.regions.iter_mut() {
+                r.reset();
+            }
+            Ok(())
         }
         Command::DeviceFeature => feature::handle(s, payload, &fds, reply),
+        Command::MigDataRead | Command::MigDataWrite if !s.ext.v2_migration => {
+            Err(DeviceError::new(
+                libc::ENOTSUP,
+                "the v2 migration interface is not offered by this server (it serves the v1/seed migration regions)",
+            ))
+        }
         Command::MigDataRead => migdata::read(s, payload, &fds, reply),
         Command::MigDataWrite => migdata::write(s, payload, &fds),
         other => {

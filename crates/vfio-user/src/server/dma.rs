@@ -93,7 +93,15 @@ pub(crate) fn map<D: Device>(
     Ok(())
 }
 
-/// DMA_UNMAP: the window must match a mapping exactly; reply = the request.
+/// DMA_UNMAP flag `VFIO_DMA_UNMAP_FLAG_ALL` (the kernel's value 2). The
+/// vfio-user spec calls DMA_UNMAP's flags unused, but QEMU's vfio-user
+/// client sends this flag (with `addr` = `size` = 0) to drop every window
+/// at once, and libvfio-user accepts it, so we do too.
+pub const DMA_UNMAP_FLAG_ALL: u32 = 2;
+
+/// DMA_UNMAP: the window must match a mapping exactly (or, with
+/// [`DMA_UNMAP_FLAG_ALL`] and `addr` = `size` = 0, every window goes);
+/// reply = the request.
 pub(crate) fn unmap<D: Device>(
     s: &mut Session<'_, D>,
     payload: &[u8],
@@ -103,13 +111,27 @@ pub(crate) fn unmap<D: Device>(
     no_fds("DMA_UNMAP", fds)?;
     let req = decode(payload, "DMA_UNMAP", DmaUnmap::SIZE, DmaUnmap::decode)?;
     check_argsz("DMA_UNMAP", req.argsz, DmaUnmap::SIZE)?;
-    if req.flags != 0 {
-        return Err(DeviceError::inval(format!(
-            "DMA_UNMAP flags {:#x}: no flags are supported",
-            req.flags
-        )));
+    match req.flags {
+        0 => s.lock().dma().unmap(req.addr, req.size)?,
+        DMA_UNMAP_FLAG_ALL if req.addr == 0 && req.size == 0 => {
+            let core = s.lock();
+            for w in core.dma().windows() {
+                core.dma().unmap(w.iova, w.length)?;
+            }
+        }
+        DMA_UNMAP_FLAG_ALL => {
+            return Err(DeviceError::inval(format!(
+                "DMA_UNMAP with the ALL flag takes addr 0 and size 0, not {:#x}+{:#x}",
+                req.addr, req.size
+            )))
+        }
+        _ => {
+            return Err(DeviceError::inval(format!(
+                "DMA_UNMAP flags {:#x}: only 0 or ALL ({DMA_UNMAP_FLAG_ALL}) are supported",
+                req.flags
+            )))
+        }
     }
-    s.lock().dma().unmap(req.addr, req.size)?;
     reply.put(&req.to_bytes());
     Ok(())
 }

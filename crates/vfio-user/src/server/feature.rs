@@ -3,7 +3,9 @@
 //! extensions MIG_DATA_SIZE and PRECOPY_INFO (see [`crate::ext`]).
 //!
 //! GET replies carry `{argsz, flags}` + the feature data with `argsz` =
-//! the full reply size; SET and PROBE replies echo the request.
+//! the full reply size; SET and PROBE replies echo the request (START
+//! with the page size the device chose in place of the hint). Reports
+//! may use any power-of-two page size, not only START's.
 
 use std::os::fd::OwnedFd;
 use vfio_migrate_abi::kernel::{
@@ -13,7 +15,7 @@ use vfio_migrate_abi::kernel::{
     FEATURE_MIG_DEVICE_STATE, FEATURE_PROBE, FEATURE_SET,
 };
 use vfio_migrate_abi::Reader;
-use vfio_migrate_device::dma::MAX_LOG_RANGES;
+use vfio_migrate_device::dma::{DmaSpace, MAX_LOG_RANGES};
 use vfio_migrate_device::{Device, DeviceError, DeviceResult};
 use vfio_migrate_handle::IovaRange;
 
@@ -38,6 +40,78 @@ fn ops(feature: u32, migratable: bool) -> Option<(bool, bool)> {
         FEATURE_MIG_DATA_SIZE | FEATURE_PRECOPY_INFO => (true, false),
         _ => return None,
     })
+}
+
+/// Smallest and largest page size DMA logging runs at.
+const MIN_LOG_PAGE: u64 = 4096;
+const MAX_LOG_PAGE: u64 = 1 << 30;
+
+/// The page size logging runs at for a DMA_LOGGING_START hint. The spec
+/// makes the requested page size a hint the device may replace (the reply
+/// carries the one chosen), so nothing is refused: a power of two from
+/// 4 KiB to 1 GiB is taken as asked, anything else is rounded down to a
+/// power of two and clamped to that range (0 → 4 KiB).
+fn chosen_page_size(hint: u64) -> u64 {
+    let p = if hint == 0 {
+        MIN_LOG_PAGE
+    } else {
+        1u64 << (63 - hint.leading_zeros())
+    };
+    p.clamp(MIN_LOG_PAGE, MAX_LOG_PAGE)
+}
+
+/// Reads and clears the dirty bits of `[iova, iova+length)` into `bitmap`
+/// (bit n = report page n, LSB first) at `page` granularity, whatever page
+/// size logging runs at (`log_page`): the spec lets the two differ. A
+/// coarser report ORs the logged bits under each report page; a finer one
+/// repeats each logged bit over the report pages it covers. The logged
+/// bitmap read on the way is bounded by `limit` bytes.
+fn report_at(
+    dma: &DmaSpace,
+    (iova, length, page): (u64, u64, u64),
+    log_page: u64,
+    bitmap: &mut [u8],
+    limit: u64,
+) -> DeviceResult<()> {
+    if page == log_page {
+        return dma.logging_report(iova, length, page, bitmap);
+    }
+    if !iova.is_multiple_of(page) {
+        return Err(DeviceError::inval(format!(
+            "DMA_LOGGING_REPORT iova {iova:#x} is not aligned to its page size {page}"
+        )));
+    }
+    let outside = || {
+        DeviceError::inval(format!(
+            "DMA_LOGGING_REPORT range {iova:#x}+{length:#x} runs past the end of the IOVA space"
+        ))
+    };
+    let end = iova.checked_add(length).ok_or_else(outside)?;
+    let start = iova & !(log_page - 1);
+    let stop = end.checked_next_multiple_of(log_page).ok_or_else(outside)?;
+    let inner_bytes = bitmap_bytes(stop - start, log_page).unwrap_or(u64::MAX);
+    if inner_bytes > limit {
+        return Err(DeviceError::new(
+            libc::E2BIG,
+            format!(
+                "DMA_LOGGING_REPORT over {length:#x} bytes needs a {inner_bytes}-byte bitmap at the \
+                 logging page size {log_page}, above {limit}: report a smaller range"
+            ),
+        ));
+    }
+    let mut inner = vec![0u8; inner_bytes as usize];
+    dma.logging_report(start, stop - start, log_page, &mut inner)?;
+    let bit = |b: &[u8], n: u64| b[(n / 8) as usize] >> (n % 8) & 1 == 1;
+    bitmap.fill(0);
+    for p in 0..length.div_ceil(page) {
+        let a = iova + p * page;
+        let b = (a + page).min(end);
+        let (first, last) = ((a - start) / log_page, (b - 1 - start) / log_page);
+        if (first..=last).any(|q| bit(&inner, q)) {
+            bitmap[(p / 8) as usize] |= 1 << (p % 8);
+        }
+    }
+    Ok(())
 }
 
 /// Parses a DMA_LOGGING_START body: page size and the inline ranges.
@@ -114,7 +188,7 @@ pub(crate) fn handle<D: Device>(
         )));
     }
     let mut core = s.lock();
-    let migratable = core.migration_flags() != 0;
+    let migratable = core.migration_flags() != 0 && s.ext.v2_migration;
     let Some((can_get, can_set)) = ops(feature, migratable) else {
         return Err(DeviceError::new(
             libc::ENOTTY,
@@ -176,19 +250,23 @@ pub(crate) fn handle<D: Device>(
             let from = core.state();
             core.set_state(target)?;
             tracing::info!(%from, to = %target, "device state changed");
-            reply.put(
-                &FeatureMigState {
-                    device_state: target as u32,
-                    data_fd: -1,
-                }
-                .to_bytes(),
-            );
+            // "The reply payload must be the same as the request payload"
+            // for SET: echoed as sent (data_fd is unused in vfio-user).
+            reply.put(data);
         }
         (FEATURE_DMA_LOGGING_START, false) => {
-            let (page_size, ranges) = logging_start(data)?;
+            let (hint, ranges) = logging_start(data)?;
+            let page_size = chosen_page_size(hint);
             core.dma().logging_start(page_size, &ranges)?;
-            tracing::info!(page_size, ranges = ranges.len(), "DMA logging started");
-            reply.put(data);
+            tracing::info!(
+                hint,
+                page_size,
+                ranges = ranges.len(),
+                "DMA logging started"
+            );
+            // The request echoed, with the page size actually chosen.
+            reply.put(&page_size.to_le_bytes());
+            reply.put(&data[8..]);
         }
         (FEATURE_DMA_LOGGING_STOP, false) => {
             core.dma().logging_stop();
@@ -215,9 +293,18 @@ pub(crate) fn handle<D: Device>(
                 ));
             }
             need_reply(DeviceFeature::SIZE + LOGGING_REPORT_HEAD + bytes as usize)?;
+            let log_page = core.dma().logging_page_size().ok_or_else(|| {
+                DeviceError::inval("DMA_LOGGING_REPORT while logging is off: start it first")
+            })?;
             reply.put(&data[..LOGGING_REPORT_HEAD]);
             let bitmap = reply.grow(bytes as usize);
-            core.dma().logging_report(iova, length, page_size, bitmap)?;
+            report_at(
+                core.dma(),
+                (iova, length, page_size),
+                log_page,
+                bitmap,
+                limit.max(1 << 20),
+            )?;
         }
         (FEATURE_MIG_DATA_SIZE, true) => {
             need_reply(DeviceFeature::SIZE + FeatureMigDataSize::SIZE)?;

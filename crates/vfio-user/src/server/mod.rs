@@ -16,6 +16,7 @@ mod dma;
 mod feature;
 mod irq;
 mod migdata;
+pub mod migregion;
 mod region;
 
 use std::io;
@@ -235,6 +236,34 @@ impl<D: Device> Server<D> {
         self.ext.regions.push(h);
     }
 
+    /// Offers (default) or withholds the v2 migration interface. Withheld,
+    /// the migration DEVICE_FEATUREs answer `ENOTTY` (as on a device without
+    /// migration) and MIG_DATA_READ/WRITE `ENOTSUP`, so a client can only
+    /// migrate through the v1 or seed region.
+    pub fn set_v2_migration(&mut self, on: bool) {
+        self.ext.v2_migration = on;
+    }
+
+    /// Adds the v1 migration region (index [`migregion::V1_REGION_INDEX`])
+    /// with a `section`-byte data section and the `DIRTY_PAGES` command.
+    pub fn add_v1_region(&mut self, section: u64) -> vfio_migrate_device::DeviceResult<()> {
+        let r = vfio_migrate_device::region::V1Region::new(migregion::V1_REGION_INDEX, section)?;
+        self.add_region(Box::new(migregion::V1Handler(r)));
+        self.add_command(Box::new(migregion::DirtyPagesHandler {
+            max_bitmap: self.config.max_data_xfer_size as usize,
+        }));
+        Ok(())
+    }
+
+    /// Adds the seed migration region (index
+    /// [`migregion::SEED_REGION_INDEX`]) with a `section`-byte data section.
+    pub fn add_seed_region(&mut self, section: u64) -> vfio_migrate_device::DeviceResult<()> {
+        let r =
+            vfio_migrate_device::region::SeedRegion::new(migregion::SEED_REGION_INDEX, section)?;
+        self.add_region(Box::new(migregion::SeedHandler(r)));
+        Ok(())
+    }
+
     /// Adds a device-specific command.
     pub fn add_command(&mut self, h: Box<dyn CommandHandler<D>>) {
         self.ext.commands.push(h);
@@ -305,7 +334,12 @@ impl<D: Device> Server<D> {
                 Ok(0) => break End::Shutdown,
                 Ok(1) => {}
                 Ok(_) => {
-                    refuse_busy(listener);
+                    // A client is waiting. The current one may just be
+                    // closing (its EOF not visible yet): give it a moment
+                    // before refusing the newcomer.
+                    if !readable_within(conn.raw_fd(), BUSY_GRACE) {
+                        refuse_busy(listener);
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -407,6 +441,22 @@ fn send_reply(conn: &Conn, req: &Header, reply: &Reply) -> io::Result<()> {
     .to_bytes();
     let fds: Vec<RawFd> = reply.fds.iter().map(|f| f.as_raw_fd()).collect();
     conn.send(&[&h, payload], &fds)
+}
+
+/// How long a newcomer waits for the current client to finish before it is
+/// refused with `EBUSY`.
+const BUSY_GRACE: Duration = Duration::from_millis(500);
+
+/// True when `fd` becomes readable (data, EOF or hang-up) within `t`.
+fn readable_within(fd: RawFd, t: Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd that lives for the call.
+    let r = unsafe { libc::poll(&mut p, 1, t.as_millis() as libc::c_int) };
+    r > 0
 }
 
 /// Accepts a client while another one is served: tells it EBUSY (as the

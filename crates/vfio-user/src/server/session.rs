@@ -24,6 +24,8 @@ pub trait RegionHandler<D: Device>: Send {
     fn disconnected(&mut self, core: &mut DeviceCore<D>) {
         let _ = core;
     }
+    /// DEVICE_RESET: forget any protocol state (the device core was reset).
+    fn reset(&mut self) {}
 }
 
 /// An extra command the core dispatcher does not know (e.g. the old
@@ -50,6 +52,9 @@ pub trait CommandHandler<D: Device>: Send {
 pub struct Extensions<D: Device> {
     pub(crate) regions: Vec<Box<dyn RegionHandler<D>>>,
     pub(crate) commands: Vec<Box<dyn CommandHandler<D>>>,
+    /// Offer the v2 migration interface (DEVICE_FEATURE migration features
+    /// and MIG_DATA_*); off when only an older protocol is served.
+    pub(crate) v2_migration: bool,
 }
 
 impl<D: Device> Default for Extensions<D> {
@@ -57,6 +62,7 @@ impl<D: Device> Default for Extensions<D> {
         Self {
             regions: Vec::new(),
             commands: Vec::new(),
+            v2_migration: true,
         }
     }
 }

@@ -630,10 +630,17 @@ fn dma_windows_and_logging() {
         )
         .0
     };
+    // The START page size is a hint: 1000 becomes 4096, said in the reply.
+    let (e, p) = feature(
+        &mut s,
+        FEATURE_DMA_LOGGING_START | FEATURE_SET,
+        &logging_start(1000, &[]),
+        24,
+    );
+    assert_eq!((e, &p[8..16]), (0, &4096u64.to_le_bytes()[..]), "page hint");
     assert_eq!(
-        start(&mut s, logging_start(1000, &[])),
-        libc::EINVAL,
-        "page size"
+        feature(&mut s, FEATURE_DMA_LOGGING_STOP | FEATURE_SET, &[], 8).0,
+        0
     );
     assert_eq!(
         start(
@@ -682,6 +689,20 @@ fn dma_windows_and_logging() {
     assert_eq!(u64::from_le_bytes(p[32..40].try_into().unwrap()), 1 << 5);
     let (_, p) = report(&mut s, 0x10000, 1 << 20, 4096, 1024);
     assert!(p[32..].iter().all(|&b| b == 0), "read-and-clear");
+    // Report page sizes other than START's: a finer one repeats the
+    // logged bit, a coarser one ORs the logged bits.
+    srv_dma_write(&s, 0x10000 + 5 * 4096 + 10, b"dirty");
+    let (e, p) = report(&mut s, 0x10000, 1 << 16, 2048, 1024);
+    assert_eq!(e, 0);
+    assert_eq!(p.len(), 8 + 24 + 8);
+    assert_eq!(
+        u64::from_le_bytes(p[32..40].try_into().unwrap()),
+        0b11 << 10
+    );
+    srv_dma_write(&s, 0x10000 + 5 * 4096 + 10, b"dirty");
+    let (e, p) = report(&mut s, 0x10000, 1 << 16, 8192, 1024);
+    assert_eq!(e, 0);
+    assert_eq!(u64::from_le_bytes(p[32..40].try_into().unwrap()), 1 << 2);
     assert_eq!(
         feature(&mut s, FEATURE_DMA_LOGGING_STOP | FEATURE_SET, &[], 8).0,
         0
