@@ -46,6 +46,9 @@ use vfio_migrate_handle::PrecopyInfo;
 
 pub use self::regs::{ID_VALUE, REG_END as BAR0_REG_END};
 
+/// Device memory is digested in this many fixed shards, two threads at a time.
+const DIGEST_SHARDS: u64 = 8;
+
 /// PCI device id.
 pub const DEVICE_ID: u16 = 0x00f0;
 /// PCI subsystem vendor id.
@@ -212,19 +215,43 @@ impl Vgpu {
         }
     }
 
+    /// The DIGEST value: device memory hashed in [`DIGEST_SHARDS`] fixed
+    /// shards (each its own [`Digest64`], hashed on two threads; the result
+    /// does not depend on that), then the shard digests, the memory size and
+    /// every register folded into one digest.
     fn compute_digest(&self) -> u64 {
-        let mut d = Digest64::new(ID_VALUE);
-        let mut chunk = vec![0u8; 64 << 10];
         let len = self.shared.mem.len();
-        let mut at = 0;
-        while at < len {
-            let n = (len - at).min(chunk.len() as u64) as usize;
-            self.shared
-                .mem
-                .read(at, &mut chunk[..n])
-                .expect("in bounds");
-            d.update(&chunk[..n]);
-            at += n as u64;
+        let shard = len.div_ceil(DIGEST_SHARDS).max(1);
+        let hash_shard = |i: u64| -> u64 {
+            let mut d = Digest64::new(ID_VALUE ^ i);
+            let mut chunk = vec![0u8; 64 << 10];
+            let (mut at, end) = ((i * shard).min(len), ((i + 1) * shard).min(len));
+            while at < end {
+                let n = (end - at).min(chunk.len() as u64) as usize;
+                self.shared
+                    .mem
+                    .read(at, &mut chunk[..n])
+                    .expect("in bounds");
+                d.update(&chunk[..n]);
+                at += n as u64;
+            }
+            d.finish()
+        };
+        let mut shards = vec![0u64; DIGEST_SHARDS as usize];
+        let (front, back) = shards.split_at_mut(DIGEST_SHARDS as usize / 2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (i, v) in back.iter_mut().enumerate() {
+                    *v = hash_shard(DIGEST_SHARDS / 2 + i as u64);
+                }
+            });
+            for (i, v) in front.iter_mut().enumerate() {
+                *v = hash_shard(i as u64);
+            }
+        });
+        let mut d = Digest64::new(ID_VALUE);
+        for v in shards {
+            d.update_u64(v);
         }
         d.update_u64(len);
         for w in self.shared.regs.snapshot().words() {
