@@ -5,7 +5,7 @@
 //! `max_data_xfer_size`.
 
 use std::os::fd::AsRawFd;
-use vfio_migrate_handle::{HandleError, Result};
+use vfio_migrate_handle::{DeviceDescriptor, HandleError, Result};
 
 use super::Client;
 
@@ -174,4 +174,20 @@ fn map_section(fd: i32, offset: u64, len: u64) -> Result<Mapping> {
         ptr: p as *mut u8,
         len: len_us,
     })
+}
+
+/// The descriptor of a device driven through a migration region: read once
+/// (config space, region sizes without the migration regions, `flags`),
+/// then served from `cache`.
+pub(crate) fn cached_descriptor(
+    c: &mut Client,
+    cache: &mut Option<DeviceDescriptor>,
+    flags: u64,
+) -> Result<DeviceDescriptor> {
+    if let Some(d) = cache {
+        return Ok(d.clone());
+    }
+    let d = c.read_descriptor_with(flags)?;
+    *cache = Some(d.clone());
+    Ok(d)
 }

@@ -190,14 +190,11 @@ impl MigrationDevice for SeedDevice {
     }
 
     fn descriptor(&mut self) -> Result<DeviceDescriptor> {
-        if let Some(d) = &self.descriptor {
-            return Ok(d.clone());
-        }
-        let d = self
-            .c
-            .read_descriptor_with(MIGRATION_STOP_COPY | MIGRATION_PRE_COPY)?;
-        self.descriptor = Some(d.clone());
-        Ok(d)
+        super::migregion::cached_descriptor(
+            &mut self.c,
+            &mut self.descriptor,
+            MIGRATION_STOP_COPY | MIGRATION_PRE_COPY,
+        )
     }
 
     fn migration_flags(&mut self) -> Result<u64> {
