@@ -9,8 +9,9 @@
 //! Environment: `MIG_BENCH_MEM` (device memory, default `1G`),
 //! `MIG_BENCH_RUNS` (default 3; the best run of each is reported).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+mod limits;
+use limits::{memcpy, raw_socket};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::sync_channel;
@@ -142,58 +143,6 @@ fn move_sequential(src: &mut Client, dst: &mut Client) -> (u64, f64) {
         total += n as u64;
     }
     (total, t0.elapsed().as_secs_f64())
-}
-
-/// `bytes` through one AF_UNIX socketpair in `chunk` writes, reader in
-/// another thread, same send buffer as the vfio-user sockets.
-fn raw_socket(bytes: u64, chunk: usize, sndbuf: usize) -> f64 {
-    let (a, b) = UnixStream::pair().unwrap();
-    for s in [&a, &b] {
-        let v = sndbuf as libc::c_int;
-        // SAFETY: setsockopt with a live c_int.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(s),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                &v as *const _ as *const libc::c_void,
-                4,
-            );
-        }
-    }
-    let src = vec![0x5au8; chunk];
-    let t0 = Instant::now();
-    let reader = std::thread::spawn(move || {
-        let mut b = b;
-        let mut buf = vec![0u8; chunk];
-        let mut got = 0u64;
-        while got < bytes {
-            let n = b.read(&mut buf).unwrap();
-            assert!(n > 0);
-            got += n as u64;
-        }
-    });
-    let mut a = a;
-    let mut sent = 0u64;
-    while sent < bytes {
-        let n = (bytes - sent).min(chunk as u64) as usize;
-        a.write_all(&src[..n]).unwrap();
-        sent += n as u64;
-    }
-    reader.join().unwrap();
-    t0.elapsed().as_secs_f64()
-}
-
-/// memcpy of `bytes` between two pre-touched buffers of that size.
-fn memcpy(bytes: u64) -> f64 {
-    let src = vec![0x33u8; bytes as usize];
-    let mut dst = vec![0u8; bytes as usize];
-    dst.iter_mut().step_by(4096).for_each(|b| *b = 1);
-    let t0 = Instant::now();
-    dst.copy_from_slice(&src);
-    let t = t0.elapsed().as_secs_f64();
-    assert_eq!(dst[bytes as usize - 1], 0x33);
-    t
 }
 
 fn digest(c: &mut Client) -> u64 {

@@ -17,8 +17,9 @@
 //! Environment: `REGION_BENCH_MEM` (device memory, default `256M`),
 //! `REGION_BENCH_RUNS` (default 3; the best run of each is reported).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+mod limits;
+use limits::memcpy;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -99,55 +100,6 @@ fn drain(dev: &mut dyn MigrationDevice) -> (u64, f64) {
     (total, t)
 }
 
-fn raw_socket(bytes: u64) -> f64 {
-    let (a, b) = UnixStream::pair().unwrap();
-    for s in [&a, &b] {
-        let v = SNDBUF as libc::c_int;
-        // SAFETY: setsockopt with a live c_int.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(s),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                &v as *const _ as *const libc::c_void,
-                4,
-            );
-        }
-    }
-    let src = vec![0x5au8; CHUNK];
-    let t0 = Instant::now();
-    let reader = std::thread::spawn(move || {
-        let mut b = b;
-        let mut buf = vec![0u8; CHUNK];
-        let mut got = 0u64;
-        while got < bytes {
-            let n = b.read(&mut buf).unwrap();
-            assert!(n > 0);
-            got += n as u64;
-        }
-    });
-    let mut a = a;
-    let mut sent = 0u64;
-    while sent < bytes {
-        let n = (bytes - sent).min(CHUNK as u64) as usize;
-        a.write_all(&src[..n]).unwrap();
-        sent += n as u64;
-    }
-    reader.join().unwrap();
-    t0.elapsed().as_secs_f64()
-}
-
-fn memcpy(bytes: u64) -> f64 {
-    let src = vec![0x33u8; bytes as usize];
-    let mut dst = vec![0u8; bytes as usize];
-    dst.iter_mut().step_by(4096).for_each(|b| *b = 1);
-    let t0 = Instant::now();
-    dst.copy_from_slice(&src);
-    let t = t0.elapsed().as_secs_f64();
-    assert_eq!(dst[bytes as usize - 1], 0x33);
-    t
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -208,7 +160,7 @@ fn main() {
     let mut t_sock = f64::MAX;
     for _ in 0..runs {
         t_mem = t_mem.min(memcpy(bytes));
-        t_sock = t_sock.min(raw_socket(bytes));
+        t_sock = t_sock.min(limits::raw_socket(bytes, CHUNK, SNDBUF));
     }
     let gbs = |t: f64| bytes as f64 / t / 1e9;
     println!(
