@@ -81,12 +81,7 @@ impl Link {
 
     /// A snapshot file (no back channel).
     pub fn file(f: File, peer: impl Into<String>) -> Self {
-        Self {
-            tx: Box::new(f),
-            rx: None,
-            close: None,
-            peer: peer.into(),
-        }
+        Self::writer(f, peer)
     }
 
     /// Any writer, without a back channel (e.g. for tests and benches).

@@ -9,8 +9,8 @@
 //! Environment: `MIG_BENCH_MEM` (device memory, default `1G`),
 //! `MIG_BENCH_RUNS` (default 3; the best run of each is reported).
 
-mod limits;
-use limits::{memcpy, raw_socket};
+mod common;
+use common::{binary, memcpy, raw_socket};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,23 +19,6 @@ use std::time::{Duration, Instant};
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_handle::MigrationDevice;
 use vfio_migrate_vfio_user::{forward_mig_data, Client, ClientConfig};
-
-fn binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let bin = target.join("release/vfio-migrate");
-    if !bin.exists() {
-        eprintln!("building {} ...", bin.display());
-        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "vfio-migrate"])
-            .status()
-            .expect("run cargo build")
-            .success();
-        assert!(ok, "cargo build --release -p vfio-migrate failed");
-    }
-    bin
-}
 
 struct Srv {
     child: Child,

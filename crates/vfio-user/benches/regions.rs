@@ -17,8 +17,8 @@
 //! Environment: `REGION_BENCH_MEM` (device memory, default `256M`),
 //! `REGION_BENCH_RUNS` (default 3; the best run of each is reported).
 
-mod limits;
-use limits::memcpy;
+mod common;
+use common::{binary, memcpy};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,23 +29,6 @@ use vfio_migrate_vfio_user::{Client, SeedDevice, V1Device};
 
 const CHUNK: usize = 1 << 20;
 const SNDBUF: usize = 4 << 20;
-
-fn binary() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let bin = target.join("release/vfio-migrate");
-    if !bin.exists() {
-        eprintln!("building {} ...", bin.display());
-        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "-p", "vfio-migrate"])
-            .status()
-            .expect("run cargo build")
-            .success();
-        assert!(ok, "cargo build --release -p vfio-migrate failed");
-    }
-    bin
-}
 
 struct Srv {
     child: Child,
@@ -160,7 +143,7 @@ fn main() {
     let mut t_sock = f64::MAX;
     for _ in 0..runs {
         t_mem = t_mem.min(memcpy(bytes));
-        t_sock = t_sock.min(limits::raw_socket(bytes, CHUNK, SNDBUF));
+        t_sock = t_sock.min(common::raw_socket(bytes, CHUNK, SNDBUF));
     }
     let gbs = |t: f64| bytes as f64 / t / 1e9;
     println!(

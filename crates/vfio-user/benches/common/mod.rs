@@ -1,8 +1,11 @@
-//! The limits every throughput benchmark of this crate is measured against,
-//! in the same run: a raw AF_UNIX socketpair copy and a memcpy.
+//! What the throughput benchmarks of this crate share: the limits they are
+//! measured against in the same run (a raw AF_UNIX socketpair copy and a
+//! memcpy), and the `vfio-migrate` binary whose servers they drive.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 /// Seconds to move `bytes` through one AF_UNIX socketpair in `chunk` writes, reader in
@@ -55,4 +58,22 @@ pub fn memcpy(bytes: u64) -> f64 {
     let t = t0.elapsed().as_secs_f64();
     assert_eq!(dst[bytes as usize - 1], 0x33);
     t
+}
+
+/// The release `vfio-migrate` binary, built first when missing.
+pub fn binary() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = target.join("release/vfio-migrate");
+    if !bin.exists() {
+        eprintln!("building {} ...", bin.display());
+        let ok = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "-p", "vfio-migrate"])
+            .status()
+            .expect("run cargo build")
+            .success();
+        assert!(ok, "cargo build --release -p vfio-migrate failed");
+    }
+    bin
 }
