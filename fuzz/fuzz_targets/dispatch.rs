@@ -13,12 +13,12 @@ use libfuzzer_sys::fuzz_target;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 use vfio_migrate_abi::vfio_user::{Header, HEADER_SIZE};
-use vfio_migrate_device::samples::serial::Serial;
-use vfio_migrate_device::samples::vgpu::{Vgpu, VgpuConfig};
+use vfio_migrate_samples::serial::Serial;
+use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
 use vfio_migrate_device::{Device, DeviceCore, DmaSpace};
-use vfio_migrate_vfio_user::server::{dispatch, Reply, HEADER_ALLOWANCE};
+use vfio_migrate_server::{dispatch, Reply, HEADER_ALLOWANCE};
 use vfio_migrate_vfio_user::sock::RecvFds;
-use vfio_migrate_vfio_user::Server;
+use vfio_migrate_server::Server;
 
 fn serial() -> &'static Mutex<Server<Serial>> {
     static S: OnceLock<Mutex<Server<Serial>>> = OnceLock::new();

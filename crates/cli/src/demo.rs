@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use vfio_migrate_backend::{DmaWindow, MigrationDevice};
 use vfio_migrate_engine::{
     migrate_in, migrate_out, DestLink, DestOptions, GuestRam, Link, MemfdRam, MigrationReport,
     SimGuest, VcpuConfig,
 };
-use vfio_migrate_handle::{DmaWindow, MigrationDevice};
 
 /// vgpu BAR0 registers the demo programs.
 mod reg {
@@ -280,9 +280,9 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
     let (src_sock, dst_sock) = (dir.0.join("source.sock"), dir.0.join("dest.sock"));
     let src_server = ServerProcess::spawn(args.device_mem, &src_sock, args.protocol)?;
     let dst_server = ServerProcess::spawn(args.device_mem, &dst_sock, args.protocol)?;
-    let mut src = vfio_migrate_vfio_user::open(&src_sock, args.protocol.into())
+    let mut src = vfio_migrate_client::open(&src_sock, args.protocol.into())
         .context("connecting to the source vgpu")?;
-    let mut dst = vfio_migrate_vfio_user::open(&dst_sock, args.protocol.into())
+    let mut dst = vfio_migrate_client::open(&dst_sock, args.protocol.into())
         .context("connecting to the destination vgpu")?;
 
     // Guests: the source runs, the destination's RAM waits empty. Both are

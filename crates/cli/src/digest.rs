@@ -2,8 +2,8 @@
 //! the sample devices by PCI id (the engine does not).
 
 use std::sync::Arc;
+use vfio_migrate_backend::{DeviceDescriptor, MigrationDevice};
 use vfio_migrate_engine::Verifier;
-use vfio_migrate_handle::{DeviceDescriptor, MigrationDevice};
 
 /// PCI vendor of the samples.
 const SAMPLE_VENDOR: u16 = 0x1b36;
@@ -24,7 +24,10 @@ pub fn digest_offset(d: &DeviceDescriptor) -> Option<u64> {
 }
 
 /// Reads a device's 64-bit digest (it must be stopped).
-pub fn read_digest(dev: &mut dyn MigrationDevice, offset: u64) -> vfio_migrate_handle::Result<u64> {
+pub fn read_digest(
+    dev: &mut dyn MigrationDevice,
+    offset: u64,
+) -> vfio_migrate_backend::Result<u64> {
     let mut b = [0u8; 8];
     dev.region_read(0, offset, &mut b)?;
     Ok(u64::from_le_bytes(b))

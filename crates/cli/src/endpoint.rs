@@ -7,7 +7,7 @@
 use anyhow::{anyhow, bail, Context};
 use std::fmt;
 use std::path::PathBuf;
-use vfio_migrate_handle::MigrationDevice;
+use vfio_migrate_backend::MigrationDevice;
 
 /// One end of a migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub enum ProtocolArg {
     Seed,
 }
 
-impl From<ProtocolArg> for vfio_migrate_vfio_user::Protocol {
+impl From<ProtocolArg> for vfio_migrate_client::Protocol {
     fn from(p: ProtocolArg) -> Self {
         match p {
             ProtocolArg::Auto => Self::Auto,
@@ -104,7 +104,7 @@ impl Endpoint {
                 if !p.exists() {
                     bail!("cannot reach the device server at {self}: no such socket (is `vfio-migrate serve` running there?)");
                 }
-                vfio_migrate_vfio_user::open(p, protocol.into()).with_context(|| {
+                vfio_migrate_client::open(p, protocol.into()).with_context(|| {
                     format!("cannot use the device server at {self} (is `vfio-migrate serve` running there?)")
                 })?
             }

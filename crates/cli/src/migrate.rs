@@ -12,12 +12,12 @@ use std::fs::File;
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
+use vfio_migrate_backend::MigrationDevice;
 use vfio_migrate_engine::snapshot;
 use vfio_migrate_engine::{
     migrate_in, migrate_out, Cancel, DestLink, DestOptions, EngineError, Link, MigrationReport,
     SourceFailure, SourceOptions,
 };
-use vfio_migrate_handle::MigrationDevice;
 
 /// `on` / `off`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

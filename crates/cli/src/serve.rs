@@ -8,10 +8,10 @@ use anyhow::Context;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use vfio_migrate_device::samples::serial::Serial;
-use vfio_migrate_device::samples::vgpu::{Vgpu, VgpuConfig, DEFAULT_MEM_SIZE};
 use vfio_migrate_device::{Device, DeviceCore, DmaSpace};
-use vfio_migrate_vfio_user::{Listener, Server, Shutdown};
+use vfio_migrate_samples::serial::Serial;
+use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig, DEFAULT_MEM_SIZE};
+use vfio_migrate_server::{Listener, Server, Shutdown};
 
 /// Which sample device to serve.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]

@@ -6,7 +6,7 @@ mod engine_support;
 use engine_support::*;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use vfio_migrate_handle::MigState;
+use vfio_migrate_backend::MigState;
 
 /// A vgpu with state (memory rendered, registers set) but engines off, so
 /// its digest stays put; returns that digest.

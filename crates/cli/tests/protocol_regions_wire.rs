@@ -13,9 +13,9 @@ use vfio_migrate_abi::seed::{self as sabi, SeedState};
 use vfio_migrate_abi::v1 as vabi;
 use vfio_migrate_abi::v1::{DirtyBitmapRange, DirtyPages};
 use vfio_migrate_abi::vfio_user::{Command, MigData};
-use vfio_migrate_handle::{DmaWindow, HandleError, MigState, MigrationDevice};
-use vfio_migrate_vfio_user::server::migregion::{SEED_REGION_INDEX, V1_REGION_INDEX};
-use vfio_migrate_vfio_user::{Client, SeedDevice, V1Device};
+use vfio_migrate_backend::{DmaWindow, HandleError, MigState, MigrationDevice};
+use vfio_migrate_client::{Client, SeedDevice, V1Device};
+use vfio_migrate_server::migregion::{SEED_REGION_INDEX, V1_REGION_INDEX};
 
 const SECTION: u64 = 1 << 20;
 const DATA: u64 = 4096;

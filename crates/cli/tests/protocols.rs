@@ -7,8 +7,8 @@
 mod protocol_support;
 
 use protocol_support::*;
-use vfio_migrate_handle::MigrationDevice;
-use vfio_migrate_vfio_user::{open, Protocol};
+use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_client::{open, Protocol};
 
 #[test]
 fn demo_completes_verified_over_each_protocol() {
@@ -87,7 +87,7 @@ fn snapshot_saved_through_seed_restores_through_v2() {
     // state).
     {
         let mut d = open(&src.path, Protocol::Seed).unwrap();
-        assert_eq!(d.state().unwrap(), vfio_migrate_handle::MigState::Running);
+        assert_eq!(d.state().unwrap(), vfio_migrate_backend::MigState::Running);
     }
     assert_eq!(digest(&src.path, Protocol::Seed), before);
     let o = cli(&[
@@ -199,8 +199,8 @@ fn seed_source_to_v1_destination_over_tcp_loopback() {
     assert_eq!(r["status"], "ok", "{r}");
     // The destination runs the source's state (same digest once stopped).
     let mut d = open(&dst.path, Protocol::V1).unwrap();
-    assert_eq!(d.state().unwrap(), vfio_migrate_handle::MigState::Running);
-    d.set_state(vfio_migrate_handle::MigState::Stop).unwrap();
+    assert_eq!(d.state().unwrap(), vfio_migrate_backend::MigState::Running);
+    d.set_state(vfio_migrate_backend::MigState::Stop).unwrap();
     let mut b = [0u8; 8];
     d.region_read(0, 0x38, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), want);

@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use vfio_migrate_abi::kernel::*;
 use vfio_migrate_abi::vfio_user::*;
-use vfio_migrate_handle::MigrationDevice;
-use vfio_migrate_vfio_user::{Client, ClientConfig, RawReply};
+use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_client::{Client, ClientConfig, RawReply};
 
 /// A request that must succeed on a healthy connection.
 fn healthy(c: &mut Client) {

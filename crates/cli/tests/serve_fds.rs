@@ -9,7 +9,7 @@ use serve_support::*;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use vfio_migrate_abi::vfio_user::*;
-use vfio_migrate_handle::{DmaWindow, MigrationDevice};
+use vfio_migrate_backend::{DmaWindow, MigrationDevice};
 
 #[test]
 fn many_connections_leak_no_fds() {
@@ -71,7 +71,7 @@ fn many_connections_leak_no_fds() {
                 // A DMA_MAP header with its fd, then the client vanishes
                 // before the payload.
                 let s = p.raw();
-                let c = vfio_migrate_vfio_user::Client::without_version(
+                let c = vfio_migrate_client::Client::without_version(
                     s.try_clone().unwrap(),
                     "raw",
                     Default::default(),

@@ -10,8 +10,8 @@ use serve_support::*;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use vfio_migrate_abi::kernel::MigState;
-use vfio_migrate_handle::{DmaWindow, IovaRange, MigrationDevice};
-use vfio_migrate_vfio_user::Client;
+use vfio_migrate_backend::{DmaWindow, IovaRange, MigrationDevice};
+use vfio_migrate_client::Client;
 
 const GUEST_IOVA: u64 = 0x1_0000_0000;
 const GUEST_SIZE: u64 = 8 << 20;
@@ -399,7 +399,7 @@ fn region_info_caps_and_mmap_fd() {
 
 #[test]
 fn forwarding_between_servers_spliced_and_buffered() {
-    use vfio_migrate_vfio_user::{forward_mig_data, ClientConfig};
+    use vfio_migrate_client::{forward_mig_data, ClientConfig};
     for robust in [true, false] {
         let src_p = ServerProc::start("vgpu", Some("4M"));
         let dst_p = ServerProc::start("vgpu", Some("4M"));
@@ -442,7 +442,7 @@ fn forwarding_between_servers_spliced_and_buffered() {
 
 #[test]
 fn dma_log_reports_split_to_fit_small_transfer_limits() {
-    use vfio_migrate_vfio_user::ClientConfig;
+    use vfio_migrate_client::ClientConfig;
     let p = ServerProc::start("vgpu", Some("64K"));
     // 256-byte replies: an 8 MiB report (256 bytes of bitmap) needs pieces.
     let cfg = ClientConfig {

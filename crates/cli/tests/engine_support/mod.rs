@@ -9,8 +9,8 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use vfio_migrate_handle::{MigState, MigrationDevice};
-use vfio_migrate_vfio_user::Client;
+use vfio_migrate_backend::{MigState, MigrationDevice};
+use vfio_migrate_client::Client;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vfio-migrate");
 

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use vfio_migrate_abi::vfio_user::{Header, HEADER_SIZE, TYPE_COMMAND};
-use vfio_migrate_vfio_user::Client;
+use vfio_migrate_client::Client;
 
 static N: AtomicU32 = AtomicU32::new(0);
 

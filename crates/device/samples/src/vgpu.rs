@@ -1,0 +1,584 @@
+//! `vgpu`: a GPU-like sample device.
+//!
+//! - BAR0 (region 0, 4 KiB, trapped): the register file in [`regs::reg`].
+//! - BAR2 (region 2, `mem_size`, 256 MiB by default): device memory (a
+//!   framebuffer), a memfd that clients may mmap (`Region::mmap`).
+//! - Region 7: PCI config space (vendor 0x1b36, device 0x00f0, subsystem
+//!   0x1b36:0x0001, revision 1, class 0x038000).
+//!
+//! While the device runs (RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P) and
+//! CONTROL enables them, a render engine writes device memory at
+//! RENDER_RATE and a DMA engine writes guest memory at DMA_RATE through the
+//! [`DmaSpace`] (so DMA dirty logging sees it). Any arc into STOP,
+//! STOP_COPY or RESUMING stops both before it returns.
+//!
+//! Migration: STOP_COPY | P2P | PRE_COPY. The save stream ([`save`]) is a
+//! header, page records and, in STOP_COPY, registers and an end record,
+//! all CRC-checked; the load stream ([`load`]) writes pages straight into
+//! device memory and is validated when RESUMING ends. The DIGEST register
+//! hashes device memory, the RW registers and the counters, so equal
+//! digests at source and destination mean the migration was exact.
+//!
+//! Writes through a client's mmap of BAR2 are not dirty-tracked (no device
+//! could see them); writes by region access are.
+
+pub mod engines;
+pub mod load;
+pub mod regs;
+pub mod save;
+
+use self::engines::{Engine, Shared, PAGE};
+use self::load::LoadStream;
+use self::regs::{reg, Regs, CONTROL_DMA, CONTROL_RENDER, REG_END};
+use self::save::SaveStream;
+use super::hash::Digest64;
+use super::mem::SharedMemory;
+use super::{is_running, CONFIG_REGION, SAMPLE_VENDOR_ID};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use vfio_migrate_abi::kernel::{MigState, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY};
+use vfio_migrate_backend::PrecopyInfo;
+use vfio_migrate_device::device::{Device, DeviceIdentity, Region, RegionMmap};
+use vfio_migrate_device::dirty::DirtyBitmap;
+use vfio_migrate_device::dma::DmaSpace;
+use vfio_migrate_device::error::{DeviceError, DeviceResult};
+use vfio_migrate_device::pci::{Bar, BarKind, PciConfig, CONFIG_SIZE};
+
+pub use self::regs::{ID_VALUE, REG_END as BAR0_REG_END};
+
+/// Device memory is digested in this many fixed shards, two threads at a time.
+const DIGEST_SHARDS: u64 = 8;
+
+/// PCI device id.
+pub const DEVICE_ID: u16 = 0x00f0;
+/// PCI subsystem vendor id.
+pub const SUBSYSTEM_VENDOR_ID: u16 = 0x1b36;
+/// PCI subsystem id.
+pub const SUBSYSTEM_ID: u16 = 0x0001;
+/// PCI revision.
+pub const REVISION: u8 = 1;
+/// PCI class code (display controller, other).
+pub const CLASS_CODE: u32 = 0x03_80_00;
+/// Migration flags.
+pub const FLAGS: u64 = MIGRATION_STOP_COPY | MIGRATION_P2P | MIGRATION_PRE_COPY;
+/// Region index of the register BAR.
+pub const BAR0: u32 = 0;
+/// Region index of the device-memory BAR.
+pub const BAR2: u32 = 2;
+/// Default device memory size.
+pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;
+
+/// How to build a vgpu.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VgpuConfig {
+    /// Device memory (BAR2) size in bytes: a power of two, at least 4 KiB.
+    pub mem_size: u64,
+}
+
+impl Default for VgpuConfig {
+    fn default() -> Self {
+        Self {
+            mem_size: DEFAULT_MEM_SIZE,
+        }
+    }
+}
+
+/// The vgpu device.
+pub struct Vgpu {
+    shared: Arc<Shared>,
+    dma: Arc<DmaSpace>,
+    render: Option<Engine>,
+    dma_engine: Option<Engine>,
+    state: MigState,
+    pci: PciConfig,
+    save: Option<SaveStream>,
+    load: Option<LoadStream>,
+}
+
+impl std::fmt::Debug for Vgpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vgpu")
+            .field("mem_size", &self.shared.mem.len())
+            .field("state", &self.state)
+            .field("render", &self.render.is_some())
+            .field("dma", &self.dma_engine.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn identity() -> DeviceIdentity {
+    DeviceIdentity {
+        model: "vgpu".into(),
+        version: format!("state format {}", save::VERSION),
+        vendor_id: SAMPLE_VENDOR_ID,
+        device_id: DEVICE_ID,
+        subsystem_vendor_id: SUBSYSTEM_VENDOR_ID,
+        subsystem_id: SUBSYSTEM_ID,
+        revision: REVISION,
+        class_code: CLASS_CODE,
+    }
+}
+
+impl Vgpu {
+    /// A powered-on vgpu (RUNNING, engines off, memory and registers zero)
+    /// whose DMA engine writes guest memory through `dma`.
+    pub fn new(cfg: VgpuConfig, dma: Arc<DmaSpace>) -> DeviceResult<Self> {
+        let m = cfg.mem_size;
+        if !m.is_power_of_two() || m < PAGE || m / PAGE > u32::MAX as u64 {
+            return Err(DeviceError::inval(format!(
+                "vgpu mem_size {m} must be a power of two between {PAGE} bytes and 16 TiB \
+                 (it is a PCI BAR)"
+            )));
+        }
+        let mem = SharedMemory::new("vgpu-bar2", m)?;
+        let dirty = DirtyBitmap::new(m, PAGE)?;
+        let pci = PciConfig::new(
+            &identity(),
+            &[
+                Bar {
+                    index: BAR0 as u8,
+                    size: regs::BAR0_SIZE,
+                    kind: BarKind::Mem32 {
+                        prefetchable: false,
+                    },
+                },
+                Bar {
+                    index: BAR2 as u8,
+                    size: m,
+                    kind: BarKind::Mem64 { prefetchable: true },
+                },
+            ],
+            0,
+        )?;
+        let regs = Regs::default();
+        Ok(Self {
+            shared: Arc::new(Shared { mem, dirty, regs }),
+            dma,
+            render: None,
+            dma_engine: None,
+            state: MigState::Running,
+            pci,
+            save: None,
+            load: None,
+        })
+    }
+
+    /// Device memory size.
+    pub fn mem_size(&self) -> u64 {
+        self.shared.mem.len()
+    }
+
+    /// The state the device believes it is in.
+    pub fn mig_state(&self) -> MigState {
+        self.state
+    }
+
+    /// Whether the render / DMA engine threads are running.
+    pub fn engines_running(&self) -> (bool, bool) {
+        (self.render.is_some(), self.dma_engine.is_some())
+    }
+
+    /// Starts or stops the engine threads to match state and CONTROL.
+    fn sync_engines(&mut self) -> DeviceResult<()> {
+        let run = is_running(self.state);
+        let control = self.shared.regs.control.load(Ordering::Acquire);
+        let want_render = run && control & CONTROL_RENDER != 0;
+        let want_dma = run && control & CONTROL_DMA != 0;
+        let mut first_err = None;
+        if !want_render {
+            if let Some(e) = self.render.take() {
+                first_err = e.stop().err();
+            }
+        }
+        if !want_dma {
+            if let Some(e) = self.dma_engine.take() {
+                if let Err(err) = e.stop() {
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if want_render && self.render.is_none() {
+            self.render = Some(Engine::render(self.shared.clone())?);
+        }
+        if want_dma && self.dma_engine.is_none() {
+            self.dma_engine = Some(Engine::dma(self.shared.clone(), self.dma.clone())?);
+        }
+        Ok(())
+    }
+
+    fn poke_engines(&self) {
+        for e in self.render.iter().chain(self.dma_engine.iter()) {
+            e.poke();
+        }
+    }
+
+    /// The DIGEST value: device memory hashed in [`DIGEST_SHARDS`] fixed
+    /// shards (each its own [`Digest64`], hashed on two threads; the result
+    /// does not depend on that), then the shard digests, the memory size and
+    /// every register folded into one digest.
+    fn compute_digest(&self) -> u64 {
+        let len = self.shared.mem.len();
+        let shard = len.div_ceil(DIGEST_SHARDS).max(1);
+        let hash_shard = |i: u64| -> u64 {
+            let mut d = Digest64::new(ID_VALUE ^ i);
+            let mut chunk = vec![0u8; 64 << 10];
+            let (mut at, end) = ((i * shard).min(len), ((i + 1) * shard).min(len));
+            while at < end {
+                let n = (end - at).min(chunk.len() as u64) as usize;
+                self.shared
+                    .mem
+                    .read(at, &mut chunk[..n])
+                    .expect("in bounds");
+                d.update(&chunk[..n]);
+                at += n as u64;
+            }
+            d.finish()
+        };
+        let mut shards = vec![0u64; DIGEST_SHARDS as usize];
+        let (front, back) = shards.split_at_mut(DIGEST_SHARDS as usize / 2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (i, v) in back.iter_mut().enumerate() {
+                    *v = hash_shard(DIGEST_SHARDS / 2 + i as u64);
+                }
+            });
+            for (i, v) in front.iter_mut().enumerate() {
+                *v = hash_shard(i as u64);
+            }
+        });
+        let mut d = Digest64::new(ID_VALUE);
+        for v in shards {
+            d.update_u64(v);
+        }
+        d.update_u64(len);
+        for w in self.shared.regs.snapshot().words() {
+            d.update_u64(w);
+        }
+        d.finish()
+    }
+
+    fn read_reg(&self, off: u64) -> DeviceResult<u64> {
+        let r = &self.shared.regs;
+        let v = match off {
+            reg::ID => ID_VALUE,
+            reg::CONTROL => r.control.load(Ordering::Acquire),
+            reg::RENDER_RATE => r.render_rate.load(Ordering::Acquire),
+            reg::DMA_RATE => r.dma_rate.load(Ordering::Acquire),
+            reg::DMA_IOVA => r.dma_iova.load(Ordering::Acquire),
+            reg::DMA_SIZE => r.dma_size.load(Ordering::Acquire),
+            reg::SEED => r.seed.load(Ordering::Acquire),
+            reg::DIGEST => self.compute_digest(),
+            reg::FRAME => r.frame.load(Ordering::Acquire),
+            reg::DMA_COUNT => r.dma_count.load(Ordering::Acquire),
+            reg::DMA_ERRORS => r.dma_errors.load(Ordering::Acquire),
+            reg::MEM_SIZE => self.shared.mem.len(),
+            reg::SCRATCH => r.scratch.load(Ordering::Acquire),
+            _ => {
+                return Err(DeviceError::inval(format!(
+                    "vgpu BAR0 has no register at {off:#x} (registers are 0x00..{REG_END:#x})"
+                )))
+            }
+        };
+        Ok(v)
+    }
+
+    /// Checks that `v` may be written to register `off`.
+    fn check_write(off: u64, v: u64) -> DeviceResult<()> {
+        match off {
+            reg::CONTROL if v & !(CONTROL_RENDER | CONTROL_DMA) != 0 => {
+                Err(DeviceError::inval(format!(
+                    "CONTROL bits {:#x} are reserved (bit 0 = render, bit 1 = DMA)",
+                    v & !(CONTROL_RENDER | CONTROL_DMA)
+                )))
+            }
+            reg::CONTROL
+            | reg::RENDER_RATE
+            | reg::DMA_RATE
+            | reg::DMA_IOVA
+            | reg::DMA_SIZE
+            | reg::SEED
+            | reg::SCRATCH => Ok(()),
+            _ if off < REG_END => Err(DeviceError::inval(format!(
+                "vgpu register {} ({off:#x}) is read-only",
+                regs::name(off)
+            ))),
+            _ => Err(DeviceError::inval(format!(
+                "vgpu BAR0 has no register at {off:#x} (registers are 0x00..{REG_END:#x})"
+            ))),
+        }
+    }
+
+    fn write_reg(&mut self, off: u64, v: u64) -> DeviceResult<()> {
+        let r = &self.shared.regs;
+        match off {
+            reg::CONTROL => {
+                r.control.store(v, Ordering::Release);
+                return self.sync_engines();
+            }
+            reg::RENDER_RATE => r.render_rate.store(v, Ordering::Release),
+            reg::DMA_RATE => r.dma_rate.store(v, Ordering::Release),
+            reg::DMA_IOVA => r.dma_iova.store(v, Ordering::Release),
+            reg::DMA_SIZE => r.dma_size.store(v, Ordering::Release),
+            reg::SEED => r.seed.store(v, Ordering::Release),
+            reg::SCRATCH => r.scratch.store(v, Ordering::Release),
+            _ => unreachable!("check_write refused {off:#x}"),
+        }
+        self.poke_engines();
+        Ok(())
+    }
+
+    /// Splits a BAR0 access into registers: a 4-byte access to one half of
+    /// a register, or whole aligned registers.
+    fn bar0_layout(offset: u64, len: usize) -> DeviceResult<()> {
+        let ok = (len == 4 && offset.is_multiple_of(4))
+            || (len > 0 && len.is_multiple_of(8) && offset.is_multiple_of(8));
+        if ok {
+            Ok(())
+        } else {
+            Err(DeviceError::inval(format!(
+                "vgpu BAR0 access of {len} bytes at {offset:#x}: registers are 8-byte little-endian \
+                 words; use 8-byte aligned accesses (or 4 bytes for one half)"
+            )))
+        }
+    }
+
+    fn bar0_read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+        Self::bar0_layout(offset, buf.len())?;
+        if buf.len() == 4 {
+            let v = self.read_reg(offset & !7)?.to_le_bytes();
+            let h = (offset % 8) as usize;
+            buf.copy_from_slice(&v[h..h + 4]);
+            return Ok(());
+        }
+        for (i, c) in buf.chunks_mut(8).enumerate() {
+            c.copy_from_slice(&self.read_reg(offset + 8 * i as u64)?.to_le_bytes());
+        }
+        Ok(())
+    }
+
+    fn bar0_write(&mut self, offset: u64, data: &[u8]) -> DeviceResult<()> {
+        Self::bar0_layout(offset, data.len())?;
+        let mut writes = Vec::with_capacity(data.len().div_ceil(8));
+        if data.len() == 4 {
+            let off = offset & !7;
+            Self::check_write(off, 0)?;
+            let mut v = self.read_reg(off)?.to_le_bytes();
+            let h = (offset % 8) as usize;
+            v[h..h + 4].copy_from_slice(data);
+            writes.push((off, u64::from_le_bytes(v)));
+        } else {
+            for (i, c) in data.chunks(8).enumerate() {
+                let v = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                writes.push((offset + 8 * i as u64, v));
+            }
+        }
+        // Validate everything before changing anything.
+        for &(off, v) in &writes {
+            Self::check_write(off, v)?;
+        }
+        for (off, v) in writes {
+            self.write_reg(off, v)?;
+        }
+        Ok(())
+    }
+
+    fn require_running(&self, what: &str) -> DeviceResult<()> {
+        if is_running(self.state) {
+            Ok(())
+        } else {
+            Err(DeviceError::new(
+                libc::EBUSY,
+                format!(
+                    "{what} refused: the vgpu is in {} and its state is frozen; set it RUNNING first",
+                    self.state
+                ),
+            ))
+        }
+    }
+
+    fn stop_engines_quietly(&mut self) {
+        for e in [self.render.take(), self.dma_engine.take()]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(err) = e.stop() {
+                tracing::warn!(error = %err, "vgpu engine stopped with an error");
+            }
+        }
+    }
+}
+
+impl Drop for Vgpu {
+    fn drop(&mut self) {
+        self.stop_engines_quietly();
+    }
+}
+
+impl Device for Vgpu {
+    fn identity(&self) -> DeviceIdentity {
+        identity()
+    }
+
+    fn regions(&self) -> Vec<Region> {
+        let m = self.shared.mem.len();
+        vec![
+            Region {
+                index: BAR0,
+                size: regs::BAR0_SIZE,
+                readable: true,
+                writable: true,
+                mmap: None,
+                region_type: None,
+            },
+            Region {
+                index: BAR2,
+                size: m,
+                readable: true,
+                writable: true,
+                mmap: Some(RegionMmap {
+                    fd: self.shared.mem.fd().clone(),
+                    areas: vec![(0, m)],
+                }),
+                region_type: None,
+            },
+            Region {
+                index: CONFIG_REGION,
+                size: CONFIG_SIZE as u64,
+                readable: true,
+                writable: true,
+                mmap: None,
+                region_type: None,
+            },
+        ]
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+        match index {
+            BAR0 => self.bar0_read(offset, buf),
+            BAR2 => self.shared.mem.read(offset, buf),
+            CONFIG_REGION => self.pci.read(offset, buf),
+            _ => Err(DeviceError::inval(format!("vgpu has no region {index}"))),
+        }
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DeviceResult<()> {
+        match index {
+            BAR0 => {
+                self.require_running("register write")?;
+                self.bar0_write(offset, data)
+            }
+            BAR2 => {
+                self.require_running("device memory write")?;
+                self.shared.mem.write(offset, data)?;
+                self.shared.dirty.mark(offset, data.len() as u64)
+            }
+            CONFIG_REGION => {
+                if matches!(self.state, MigState::StopCopy | MigState::Resuming) {
+                    return Err(DeviceError::new(
+                        libc::EBUSY,
+                        format!(
+                            "config space write refused in {}: the state is being saved or loaded",
+                            self.state
+                        ),
+                    ));
+                }
+                self.pci.write(offset, data)
+            }
+            _ => Err(DeviceError::inval(format!("vgpu has no region {index}"))),
+        }
+    }
+
+    fn reset(&mut self) -> DeviceResult<()> {
+        self.stop_engines_quietly();
+        self.save = None;
+        self.load = None;
+        self.shared.mem.zero_all()?;
+        self.shared.regs.reset();
+        self.shared.dirty.clear_all();
+        self.pci.reset();
+        self.state = MigState::Running;
+        Ok(())
+    }
+
+    fn migration_flags(&self) -> u64 {
+        FLAGS
+    }
+
+    fn transition(&mut self, from: MigState, to: MigState) -> DeviceResult<()> {
+        use MigState::*;
+        vfio_migrate_device::core::check_arc(FLAGS, self.state, from, to, "vgpu")?;
+        match (from, to) {
+            (Resuming, Stop) => {
+                let load = self
+                    .load
+                    .as_ref()
+                    .ok_or_else(|| DeviceError::new(libc::EIO, "RESUMING without a load stream"))?;
+                let loaded = load.finish()?;
+                self.pci.restore(&loaded.config)?;
+                self.shared.regs.restore(&loaded.regs);
+                self.shared.dirty.clear_all();
+                self.load = None;
+            }
+            (Stop, Resuming) => self.load = Some(LoadStream::new(self.shared.clone())),
+            (Stop, StopCopy) => self.save = Some(SaveStream::new(&self.shared, true)),
+            (Running | RunningP2p, PreCopy | PreCopyP2p) => {
+                self.save = Some(SaveStream::new(&self.shared, false))
+            }
+            (PreCopy | PreCopyP2p, Running | RunningP2p) | (StopCopy, Stop) => self.save = None,
+            _ => {}
+        }
+        let prev = self.state;
+        self.state = to;
+        if let Err(e) = self.sync_engines() {
+            self.state = prev;
+            return Err(e);
+        }
+        if (from, to) == (PreCopyP2p, StopCopy) {
+            if let Some(s) = self.save.as_mut() {
+                s.enter_stop_copy();
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, buf: &mut [u8]) -> DeviceResult<usize> {
+        let s = self.save.as_mut().ok_or_else(|| {
+            DeviceError::inval(format!("the vgpu has no save stream in {}", self.state))
+        })?;
+        Ok(s.save(&self.shared, self.pci.bytes(), buf))
+    }
+
+    fn precopy_info(&mut self) -> PrecopyInfo {
+        match &self.save {
+            Some(s) => PrecopyInfo {
+                initial_bytes: s.initial_bytes(),
+                dirty_bytes: s.dirty_bytes(&self.shared),
+            },
+            None => PrecopyInfo::default(),
+        }
+    }
+
+    fn stop_copy_size(&mut self) -> u64 {
+        match &self.save {
+            Some(s) => s.remaining_bytes(&self.shared),
+            None => save::full_stream_bytes(self.shared.pages()),
+        }
+    }
+
+    fn load(&mut self, data: &[u8]) -> DeviceResult<()> {
+        match self.load.as_mut() {
+            Some(l) => l.load(data),
+            None => Err(DeviceError::inval(format!(
+                "the vgpu takes state data only in RESUMING; it is in {}",
+                self.state
+            ))),
+        }
+    }
+
+    fn digest(&mut self) -> Option<u64> {
+        Some(self.compute_digest())
+    }
+}

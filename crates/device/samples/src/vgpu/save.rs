@@ -1,0 +1,233 @@
+//! The vgpu save stream: header, page records copied straight from device
+//! memory into the caller's buffer, then (in STOP_COPY) the registers and
+//! an end record. Memory use is O(1) in the state size: one small outbox
+//! for records that do not fit the caller's buffer, and a page-index batch.
+//!
+//! Pre-copy: on entry every page is "initial". The initial pass walks the
+//! pages in order, taking each page's dirty bit before copying it; pages
+//! the engines dirty meanwhile are re-sent from the dirty bitmap
+//! afterwards (take first, copy second — see [`vfio_migrate_device::dirty`]).
+
+use super::engines::{Shared, PAGE};
+use super::regs::{encode_state, STATE_LEN};
+use crate::stream::{
+    finish_crc, put_header, Outbox, StreamEnd, StreamHeader, HEADER_LEN, KIND_END, KIND_HEADER,
+    KIND_PAGES, KIND_STATE, OVERHEAD,
+};
+use vfio_migrate_device::pci::CONFIG_SIZE;
+
+/// Magic of a vgpu stream header.
+pub const MAGIC: [u8; 8] = *b"VGPUSTAT";
+/// Stream format version this build writes and reads.
+pub const VERSION: u32 = 1;
+/// Bytes of one page entry: page index (u32) + page data.
+pub const ENTRY: usize = 4 + PAGE as usize;
+/// Most pages in one record (≈ 4 MiB).
+pub const MAX_BATCH: usize = 1024;
+
+/// Size of a whole header record.
+const HEADER_RECORD: u64 = (OVERHEAD + StreamHeader::LEN) as u64;
+/// Size of the registers and end records together.
+const TAIL_RECORDS: u64 = (OVERHEAD + STATE_LEN + OVERHEAD + StreamEnd::LEN) as u64;
+
+/// Upper bound of the stream bytes for `n` page entries. How many pages
+/// share a record depends on the reader's buffer sizes (up to
+/// [`MAX_BATCH`] with large buffers, one with tiny ones), so count a
+/// record's framing per page: at most 0.4 % too high, never too low.
+fn pages_bytes(n: u64) -> u64 {
+    n * (ENTRY + OVERHEAD) as u64
+}
+
+/// Upper bound of the bytes of a complete stop-copy stream of a vgpu with
+/// `pages` pages.
+pub fn full_stream_bytes(pages: u64) -> u64 {
+    HEADER_RECORD + pages_bytes(pages) + TAIL_RECORDS
+}
+
+/// One save stream (from PRE_COPY or STOP_COPY entry to its end).
+#[derive(Debug)]
+pub struct SaveStream {
+    pages: u64,
+    mem_size: u64,
+    stop_copy: bool,
+    header_done: bool,
+    initial_next: u64,
+    dirty_cursor: u64,
+    state_done: bool,
+    end_done: bool,
+    records: u64,
+    page_entries: u64,
+    outbox: Outbox,
+    batch: Vec<u32>,
+}
+
+impl SaveStream {
+    /// A new stream over `shared`; every page is initial, so the dirty
+    /// bitmap is cleared. `stop_copy` when it starts in STOP_COPY.
+    pub fn new(shared: &Shared, stop_copy: bool) -> Self {
+        shared.dirty.clear_all();
+        Self {
+            pages: shared.pages(),
+            mem_size: shared.mem.len(),
+            stop_copy,
+            header_done: false,
+            initial_next: 0,
+            dirty_cursor: 0,
+            state_done: false,
+            end_done: false,
+            records: 0,
+            page_entries: 0,
+            outbox: Outbox::default(),
+            batch: Vec::with_capacity(MAX_BATCH),
+        }
+    }
+
+    /// PRE_COPY_P2P → STOP_COPY: the engines are stopped; send the rest.
+    pub fn enter_stop_copy(&mut self) {
+        self.stop_copy = true;
+    }
+
+    /// True once the end record has been handed out completely.
+    pub fn complete(&self) -> bool {
+        self.end_done && self.outbox.pending() == 0
+    }
+
+    fn next_page(&mut self, shared: &Shared) -> Option<u32> {
+        if self.initial_next < self.pages {
+            let p = self.initial_next;
+            self.initial_next += 1;
+            shared.dirty.take(p);
+            return Some(p as u32);
+        }
+        let p = shared.dirty.take_next_wrapping(self.dirty_cursor)?;
+        self.dirty_cursor = p + 1;
+        Some(p as u32)
+    }
+
+    /// Writes a pages record for `self.batch` into `out` (which must hold
+    /// it) straight from device memory; returns its size.
+    fn write_pages(&self, shared: &Shared, out: &mut [u8]) -> usize {
+        let len = self.batch.len() * ENTRY;
+        let crc = put_header(out, KIND_PAGES, len as u32);
+        let mut at = HEADER_LEN;
+        for &p in &self.batch {
+            let e = &mut out[at..at + ENTRY];
+            e[..4].copy_from_slice(&p.to_le_bytes());
+            shared
+                .mem
+                .read(p as u64 * PAGE, &mut e[4..])
+                .expect("page index below the page count");
+            at += ENTRY;
+        }
+        // One CRC pass over the whole payload (still in cache): long
+        // buffers take the CRC's fastest interleaved path.
+        let crc = crc32c::crc32c_append(crc, &out[HEADER_LEN..at]);
+        finish_crc(&mut out[at..], crc);
+        at + 4
+    }
+
+    /// Fills `buf` with as much of the stream as is available now.
+    pub fn save(&mut self, shared: &Shared, config: &[u8; CONFIG_SIZE], buf: &mut [u8]) -> usize {
+        let mut out = 0;
+        loop {
+            out += self.outbox.drain_into(&mut buf[out..]);
+            if out == buf.len() {
+                break;
+            }
+            let room = buf.len() - out;
+            if !self.header_done {
+                self.header_done = true;
+                self.records += 1;
+                let h = StreamHeader {
+                    magic: MAGIC,
+                    version: VERSION,
+                    page_size: PAGE as u32,
+                    mem_size: self.mem_size,
+                };
+                out += self.outbox.emit(KIND_HEADER, &h.encode(), &mut buf[out..]);
+                continue;
+            }
+            let cap = if room >= OVERHEAD + ENTRY {
+                ((room - OVERHEAD) / ENTRY).min(MAX_BATCH)
+            } else {
+                1
+            };
+            self.batch.clear();
+            while self.batch.len() < cap {
+                match self.next_page(shared) {
+                    Some(p) => self.batch.push(p),
+                    None => break,
+                }
+            }
+            if !self.batch.is_empty() {
+                self.records += 1;
+                self.page_entries += self.batch.len() as u64;
+                let size = OVERHEAD + self.batch.len() * ENTRY;
+                if size <= room {
+                    out += self.write_pages(shared, &mut buf[out..out + size]);
+                } else {
+                    let mut b = std::mem::take(self.outbox.buffer());
+                    b.resize(size, 0);
+                    self.write_pages(shared, &mut b);
+                    *self.outbox.buffer() = b;
+                }
+                continue;
+            }
+            if !self.stop_copy {
+                break;
+            }
+            if !self.state_done {
+                self.state_done = true;
+                self.records += 1;
+                let regs = shared.regs.snapshot();
+                let payload = encode_state(&regs, config);
+                out += self.outbox.emit(KIND_STATE, &payload, &mut buf[out..]);
+                continue;
+            }
+            if !self.end_done {
+                self.end_done = true;
+                let end = StreamEnd {
+                    records: self.records,
+                    page_entries: self.page_entries,
+                };
+                out += self.outbox.emit(KIND_END, &end.encode(), &mut buf[out..]);
+                continue;
+            }
+            break;
+        }
+        out
+    }
+
+    /// Bytes of the initial pass not handed out yet.
+    pub fn initial_bytes(&self) -> u64 {
+        let header = if self.header_done { 0 } else { HEADER_RECORD };
+        let pending = if self.initial_next < self.pages || !self.header_done {
+            self.outbox.pending() as u64
+        } else {
+            0
+        };
+        header + pages_bytes(self.pages - self.initial_next) + pending
+    }
+
+    /// Bytes of pages dirtied after they were sent.
+    pub fn dirty_bytes(&self, shared: &Shared) -> u64 {
+        pages_bytes(shared.dirty.count_range(0, self.initial_next))
+    }
+
+    /// Bytes the rest of the stream will take if it switches to STOP_COPY
+    /// now (with no more dirtying).
+    pub fn remaining_bytes(&self, shared: &Shared) -> u64 {
+        let tail = match (self.state_done, self.end_done) {
+            (false, _) => TAIL_RECORDS,
+            (true, false) => (OVERHEAD + StreamEnd::LEN) as u64,
+            (true, true) => 0,
+        };
+        let pending = self.outbox.pending() as u64;
+        let header = if self.header_done { 0 } else { HEADER_RECORD };
+        header
+            + pages_bytes(self.pages - self.initial_next)
+            + self.dirty_bytes(shared)
+            + tail
+            + pending
+    }
+}

@@ -1,0 +1,161 @@
+//! [`DeviceCore`]: what the SDK wraps around a [`Device`] — the current
+//! state, path walking over single arcs, per-state checks on data access,
+//! and the DMA space.
+
+use crate::device::Device;
+use crate::dma::DmaSpace;
+use crate::error::{DeviceError, DeviceResult};
+use crate::fsm;
+use std::sync::Arc;
+use vfio_migrate_abi::kernel::MigState;
+use vfio_migrate_backend::PrecopyInfo;
+
+/// A device plus the SDK state around it.
+pub struct DeviceCore<D: Device> {
+    dev: D,
+    state: MigState,
+    dma: Arc<DmaSpace>,
+}
+
+impl<D: Device> DeviceCore<D> {
+    /// Wraps `dev`, which starts RUNNING, with the DMA space it was built
+    /// with (the device's engines write guest memory through it).
+    pub fn new(dev: D, dma: Arc<DmaSpace>) -> Self {
+        Self {
+            dev,
+            state: MigState::Running,
+            dma,
+        }
+    }
+
+    /// The device.
+    pub fn device(&mut self) -> &mut D {
+        &mut self.dev
+    }
+
+    /// The device, shared.
+    pub fn device_ref(&self) -> &D {
+        &self.dev
+    }
+
+    /// The DMA space.
+    pub fn dma(&self) -> &Arc<DmaSpace> {
+        &self.dma
+    }
+
+    /// Current state.
+    pub fn state(&self) -> MigState {
+        self.state
+    }
+
+    /// `VFIO_MIGRATION_*` flags.
+    pub fn migration_flags(&self) -> u64 {
+        self.dev.migration_flags()
+    }
+
+    /// Walks from the current state to `target`, one arc at a time. On a
+    /// failed arc the device stays in the last state it reached (or ERROR
+    /// when the device says it broke) and the error is returned.
+    pub fn set_state(&mut self, target: MigState) -> DeviceResult<()> {
+        let flags = self.dev.migration_flags();
+        let path = fsm::path(flags, self.state, target)?;
+        for hop in path {
+            let from = self.state;
+            match self.dev.transition(from, hop) {
+                Ok(()) => {
+                    tracing::debug!(%from, to = %hop, "migration arc");
+                    self.state = hop;
+                }
+                Err(e) => {
+                    if e.errno == libc::EIO {
+                        self.state = MigState::Error;
+                    }
+                    tracing::warn!(%from, to = %hop, error = %e, "migration arc failed");
+                    return Err(DeviceError::new(
+                        e.errno,
+                        format!("{from} -> {hop} failed: {}", e.message),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn require(&self, ok: &[MigState], what: &str) -> DeviceResult<()> {
+        if ok.contains(&self.state) {
+            Ok(())
+        } else {
+            let names: Vec<_> = ok.iter().map(|s| s.name()).collect();
+            Err(DeviceError::inval(format!(
+                "{what} is only allowed in {}; the device is in {}",
+                names.join("/"),
+                self.state
+            )))
+        }
+    }
+
+    /// Reads save data (PRE_COPY, PRE_COPY_P2P, STOP_COPY).
+    pub fn read_data(&mut self, buf: &mut [u8]) -> DeviceResult<usize> {
+        self.require(
+            &[MigState::PreCopy, MigState::PreCopyP2p, MigState::StopCopy],
+            "reading migration data",
+        )?;
+        let n = self.dev.save(buf)?;
+        if n > buf.len() {
+            return Err(DeviceError::new(
+                libc::EIO,
+                "device returned more data than asked",
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Writes load data (RESUMING).
+    pub fn write_data(&mut self, data: &[u8]) -> DeviceResult<()> {
+        self.require(&[MigState::Resuming], "writing migration data")?;
+        self.dev.load(data)
+    }
+
+    /// Pre-copy estimate (PRE_COPY, PRE_COPY_P2P).
+    pub fn precopy_info(&mut self) -> DeviceResult<PrecopyInfo> {
+        self.require(&[MigState::PreCopy, MigState::PreCopyP2p], "pre-copy info")?;
+        Ok(self.dev.precopy_info())
+    }
+
+    /// Stop-copy size estimate.
+    pub fn stop_copy_size(&mut self) -> u64 {
+        self.dev.stop_copy_size()
+    }
+
+    /// Device reset: RUNNING again, DMA logging off.
+    pub fn reset(&mut self) -> DeviceResult<()> {
+        self.dma.logging_stop();
+        self.dev.reset()?;
+        self.state = MigState::Running;
+        Ok(())
+    }
+}
+
+/// A guard for [`Device::transition`] implementations: checks that the arc
+/// starts in the state the device believes it is in (`tracked`) and is a
+/// single arc of the state machine for `flags`. [`DeviceCore`] only ever
+/// hands out such arcs; the guard catches a device driven by other code.
+pub fn check_arc(
+    flags: u64,
+    tracked: MigState,
+    from: MigState,
+    to: MigState,
+    device: &str,
+) -> DeviceResult<()> {
+    if from != tracked {
+        return Err(DeviceError::inval(format!(
+            "arc {from} -> {to} requested, but the {device} is in {tracked}"
+        )));
+    }
+    if !fsm::is_valid_arc(flags, from, to) {
+        return Err(DeviceError::inval(format!(
+            "{from} -> {to} is not a single arc of the migration state machine"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The trait a device author implements, and the types it describes itself
+//! with. Hooks have defaults where a device may not care (IRQs, reset);
+//! the migration hooks are required.
+//!
+//! The SDK (see [`crate::core::DeviceCore`]) walks the v2 state machine and
+//! calls [`Device::transition`] with single arcs only, checks that data is
+//! read and written only in the states that allow it, and owns DMA and the
+//! DMA dirty log ([`crate::dma::DmaSpace`]).
+
+use crate::error::{DeviceError, DeviceResult};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use vfio_migrate_abi::kernel::MigState;
+use vfio_migrate_backend::PrecopyInfo;
+
+/// Who the device is: what goes into the compatibility descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIdentity {
+    /// Model name (`vgpu`, `serial`).
+    pub model: String,
+    /// Model version: state format version plus any parameter that changes
+    /// the state layout.
+    pub version: String,
+    pub vendor_id: u16,
+    pub device_id: u16,
+    pub subsystem_vendor_id: u16,
+    pub subsystem_id: u16,
+    pub revision: u8,
+    pub class_code: u32,
+}
+
+/// One device region (BAR, config space, or device-specific region).
+#[derive(Debug, Clone)]
+pub struct Region {
+    /// Region index (PCI: BAR0..5 = 0..5, config = 7; extra regions ≥ 9).
+    pub index: u32,
+    pub size: u64,
+    pub readable: bool,
+    pub writable: bool,
+    /// Memory backing the mmap-able part, shared by fd.
+    pub mmap: Option<RegionMmap>,
+    /// `(type, subtype)` for the region-type capability.
+    pub region_type: Option<(u32, u32)>,
+}
+
+/// The mmap-able part of a region.
+#[derive(Debug, Clone)]
+pub struct RegionMmap {
+    /// The fd a client maps (offset 0 of the fd = offset 0 of the region).
+    pub fd: Arc<OwnedFd>,
+    /// `(offset, size)` areas inside the region that may be mapped; the
+    /// whole region when it is a single area covering it.
+    pub areas: Vec<(u64, u64)>,
+}
+
+/// An interrupt index the device offers.
+#[derive(Debug, Clone, Copy)]
+pub struct IrqDesc {
+    pub index: u32,
+    pub count: u32,
+    /// `IRQ_INFO_*` flags.
+    pub flags: u32,
+}
+
+/// A migratable device.
+pub trait Device: Send {
+    /// Identity for config space and the compatibility descriptor.
+    fn identity(&self) -> DeviceIdentity;
+
+    /// Every region, by index.
+    fn regions(&self) -> Vec<Region>;
+
+    /// Reads `buf.len()` bytes of region `index` at `offset`. The caller has
+    /// checked the range against [`Region::size`].
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> DeviceResult<()>;
+
+    /// Writes region `index` at `offset` (range checked by the caller).
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DeviceResult<()>;
+
+    /// Interrupts offered.
+    fn irqs(&self) -> Vec<IrqDesc> {
+        Vec::new()
+    }
+
+    /// Sets eventfds for `index` starting at vector `start` (an empty list
+    /// with `count == 0` tears them down).
+    fn set_irqs(&mut self, index: u32, start: u32, fds: Vec<OwnedFd>) -> DeviceResult<()> {
+        let _ = (start, fds);
+        Err(DeviceError::unsupported(format!(
+            "IRQ index {index} is not offered"
+        )))
+    }
+
+    /// Device reset: back to power-on state. The SDK then sets RUNNING.
+    fn reset(&mut self) -> DeviceResult<()> {
+        Ok(())
+    }
+
+    /// `VFIO_MIGRATION_*` flags.
+    fn migration_flags(&self) -> u64;
+
+    /// One arc of the state machine. On error the device must still be in
+    /// `from` (the SDK keeps reporting `from`); returning an error with
+    /// `errno == EIO` means the device is broken and the SDK moves it to
+    /// ERROR. Leaving RESUMING validates what was loaded and fails on bad
+    /// data.
+    fn transition(&mut self, from: MigState, to: MigState) -> DeviceResult<()>;
+
+    /// Reads the next chunk of the save stream into `buf` (PRE_COPY,
+    /// PRE_COPY_P2P, STOP_COPY). Returns 0 in pre-copy when nothing is
+    /// pending right now, and in STOP_COPY when the state is complete.
+    fn save(&mut self, buf: &mut [u8]) -> DeviceResult<usize>;
+
+    /// Pre-copy estimate.
+    fn precopy_info(&mut self) -> PrecopyInfo;
+
+    /// Bytes the stop-copy phase is expected to produce from now on.
+    fn stop_copy_size(&mut self) -> u64;
+
+    /// Takes the next chunk of the load stream (RESUMING).
+    fn load(&mut self, data: &[u8]) -> DeviceResult<()>;
+
+    /// A digest of the device's complete state (memory and registers), for
+    /// verifying migrations. Devices that cannot compute one return None.
+    fn digest(&mut self) -> Option<u64> {
+        None
+    }
+}

@@ -1,0 +1,170 @@
+//! [`MigrationDevice`] over a vfio-user [`Client`]: the v2 migration
+//! protocol (DEVICE_FEATURE + MIG_DATA_*), DMA logging, guest memory maps
+//! and region access, with the extensions probed before use.
+
+use vfio_migrate_abi::kernel::{
+    FeatureMigDataSize, FeatureMigState, MigState, FEATURE_DMA_LOGGING_START,
+    FEATURE_DMA_LOGGING_STOP, FEATURE_GET, FEATURE_MIG_DEVICE_STATE, FEATURE_SET,
+};
+use vfio_migrate_abi::vfio_user::{DMA_FLAG_READ, DMA_FLAG_WRITE};
+use vfio_migrate_backend::{
+    DeviceDescriptor, DmaWindow, HandleError, IovaRange, MigrationDevice, PrecopyInfo, Result,
+};
+
+use super::Client;
+use vfio_migrate_vfio_user::ext::{FEATURE_MIG_DATA_SIZE, FEATURE_PRECOPY_INFO};
+
+impl MigrationDevice for Client {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn protocol(&self) -> &'static str {
+        "vfio-user v2"
+    }
+
+    fn descriptor(&mut self) -> Result<DeviceDescriptor> {
+        if let Some(d) = &self.descriptor {
+            return Ok(d.clone());
+        }
+        let d = self.read_descriptor()?;
+        self.descriptor = Some(d.clone());
+        Ok(d)
+    }
+
+    fn migration_flags(&mut self) -> Result<u64> {
+        self.mig_flags()
+    }
+
+    fn state(&mut self) -> Result<MigState> {
+        let d = self.feature_get(FEATURE_MIG_DEVICE_STATE, &[], FeatureMigState::SIZE)?;
+        let s = FeatureMigState::decode(&d)
+            .map_err(|e| HandleError::protocol("get device state", e.to_string()))?;
+        MigState::from_u32(s.device_state)
+            .map_err(|e| HandleError::protocol("get device state", e.to_string()))
+    }
+
+    fn set_state(&mut self, new: MigState) -> Result<()> {
+        let req = FeatureMigState {
+            device_state: new as u32,
+            data_fd: -1,
+        };
+        self.feature_set(FEATURE_MIG_DEVICE_STATE, &req.to_bytes())
+            .map_err(|e| rename(e, format!("set state {new}")))?;
+        Ok(())
+    }
+
+    fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
+        self.mig_data_read(buf)
+    }
+
+    fn write_data(&mut self, data: &[u8]) -> Result<()> {
+        self.mig_data_write(data)
+    }
+
+    fn precopy_info(&mut self) -> Result<PrecopyInfo> {
+        if !self.feature_probe(FEATURE_PRECOPY_INFO, FEATURE_GET)? {
+            return Err(HandleError::unsupported(
+                "pre-copy info",
+                "the server does not offer the pre-copy info feature",
+            ));
+        }
+        let d = self.feature_get(FEATURE_PRECOPY_INFO, &[], 16)?;
+        if d.len() < 16 {
+            return Err(HandleError::protocol(
+                "pre-copy info",
+                format!("{} bytes of data", d.len()),
+            ));
+        }
+        Ok(PrecopyInfo {
+            initial_bytes: u64::from_le_bytes(d[..8].try_into().expect("8 bytes")),
+            dirty_bytes: u64::from_le_bytes(d[8..16].try_into().expect("8 bytes")),
+        })
+    }
+
+    fn stop_copy_size(&mut self) -> Result<Option<u64>> {
+        if !self.feature_probe(FEATURE_MIG_DATA_SIZE, FEATURE_GET)? {
+            return Ok(None);
+        }
+        let d = self.feature_get(FEATURE_MIG_DATA_SIZE, &[], FeatureMigDataSize::SIZE)?;
+        let v = FeatureMigDataSize::decode(&d)
+            .map_err(|e| HandleError::protocol("MIG_DATA_SIZE", e.to_string()))?;
+        Ok(Some(v.stop_copy_length))
+    }
+
+    fn dma_logging_supported(&mut self) -> bool {
+        self.feature_probe(FEATURE_DMA_LOGGING_START, FEATURE_SET)
+            .unwrap_or(false)
+    }
+
+    fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
+        let mut data = Vec::with_capacity(16 + ranges.len() * 16);
+        data.extend_from_slice(&page_size.to_le_bytes());
+        data.extend_from_slice(&(ranges.len() as u32).to_le_bytes());
+        data.extend_from_slice(&0u32.to_le_bytes());
+        for r in ranges {
+            data.extend_from_slice(&r.iova.to_le_bytes());
+            data.extend_from_slice(&r.length.to_le_bytes());
+        }
+        self.feature_set(FEATURE_DMA_LOGGING_START, &data)
+            .map_err(|e| rename(e, "DMA logging start".into()))?;
+        Ok(())
+    }
+
+    fn dma_logging_report(
+        &mut self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: &mut [u8],
+    ) -> Result<()> {
+        self.dma_logging_report_into(iova, length, page_size, bitmap)
+    }
+
+    fn dma_logging_stop(&mut self) -> Result<()> {
+        self.feature_set(FEATURE_DMA_LOGGING_STOP, &[])
+            .map_err(|e| rename(e, "DMA logging stop".into()))?;
+        Ok(())
+    }
+
+    fn dma_map(&mut self, w: DmaWindow<'_>) -> Result<()> {
+        let mut flags = 0;
+        if w.readable {
+            flags |= DMA_FLAG_READ;
+        }
+        if w.writable {
+            flags |= DMA_FLAG_WRITE;
+        }
+        self.dma_map_fd(w.iova, w.size, w.fd, w.offset, flags)
+    }
+
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
+        self.dma_unmap_window(iova, size)
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        Client::region_read(self, index, offset, buf)
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
+        Client::region_write(self, index, offset, data)
+    }
+
+    fn preferred_chunk(&self) -> usize {
+        self.max_recv_chunk()
+    }
+}
+
+/// Replaces the step name of an error with a user-facing one.
+pub(crate) fn rename(e: HandleError, step: String) -> HandleError {
+    match e {
+        HandleError::Refused { errno, detail, .. } => HandleError::Refused {
+            step,
+            errno,
+            detail,
+        },
+        HandleError::Io { source, .. } => HandleError::Io { step, source },
+        HandleError::Protocol { detail, .. } => HandleError::Protocol { step, detail },
+        HandleError::Unsupported { detail, .. } => HandleError::Unsupported { step, detail },
+    }
+}

@@ -1,0 +1,49 @@
+//! # vfio-migrate-engine
+//!
+//! Owns migration **policy**: moving running devices, and the guest memory
+//! they DMA into, from a source to a destination with a short stop, and
+//! proving nothing was lost. It sees devices only through
+//! [`vfio_migrate_backend::MigrationDevice`] and guest memory only through
+//! [`GuestRam`], so every backend and protocol generation migrates the same
+//! way.
+//!
+//! - [`source::migrate_out`]: setup (descriptors, compatibility answer from
+//!   the destination *before* anything stops, DMA logging on), pre-copy
+//!   rounds of guest RAM dirty pages interleaved with device pre-copy data,
+//!   bandwidth measured as it goes, switchover when the expected downtime
+//!   is under the limit, stop (vCPUs paused, devices through the P2P states
+//!   to STOP_COPY), final data, commit handshake, cleanup — and rollback to
+//!   RUNNING on any failure before the destination runs.
+//! - [`dest::migrate_in`]: the destination: checks descriptors, loads
+//!   RESUMING, validates (→ STOP), verifies digests, runs only when told.
+//! - [`format`]: the versioned, CRC32C-checked record stream
+//!   (`docs/stream-format.md`), the same over TCP, UNIX sockets and files;
+//!   [`snapshot`] reads and checks a snapshot file whole.
+//! - [`link`]: the transports, with the back channel of live migrations.
+//! - [`guest`]: the [`GuestRam`] trait, memfd RAM and a simulated guest with
+//!   a vCPU dirty log; [`verify`]: device-digest hook and RAM hash.
+//!
+//! Engine memory is O(chunk): device data and RAM move in records of at
+//! most a few MiB, whatever the state size.
+
+pub mod cancel;
+pub mod dest;
+pub mod error;
+pub mod format;
+pub mod guest;
+pub mod link;
+pub mod progress;
+pub mod report;
+pub mod snapshot;
+pub mod source;
+pub mod verify;
+
+pub use cancel::Cancel;
+pub use dest::{migrate_in, DestOptions, DestReport};
+pub use error::{EngineError, SourceFailure};
+pub use guest::{GuestRam, MemfdRam, SimGuest, VcpuConfig};
+pub use link::{DestLink, Link};
+pub use progress::{Phase, Progress, ProgressFn};
+pub use report::{DeviceReport, MigrationReport};
+pub use source::{migrate_out, SourceOptions};
+pub use verify::Verifier;

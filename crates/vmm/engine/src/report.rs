@@ -1,0 +1,161 @@
+//! The figures of one migration, as printed by `--json` and the human
+//! report.
+
+use serde::Serialize;
+use vfio_migrate_backend::DeviceDescriptor;
+
+/// One device's part of a migration.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceReport {
+    /// Where the source device is (`unix:/…`).
+    pub source: String,
+    /// Protocol that carried it.
+    pub protocol: String,
+    pub model: String,
+    pub version: String,
+    /// `vvvv:dddd`.
+    pub pci_id: String,
+    pub migration_flags: u64,
+    /// Pre-copy data bytes sent.
+    pub precopy_bytes: u64,
+    /// Stop-copy data bytes sent.
+    pub stopcopy_bytes: u64,
+    /// Whether it went through the P2P states at the stop.
+    pub p2p: bool,
+    /// Digest at the source while stopped, when a verifier knows it.
+    pub digest_source: Option<String>,
+    /// Digest at the destination after loading, before it ran.
+    pub digest_dest: Option<String>,
+    /// Digests compared and equal (None: nothing to compare).
+    pub verified: Option<bool>,
+}
+
+impl DeviceReport {
+    /// A report for a device with `desc`, nothing transferred yet.
+    pub fn new(source: String, protocol: &str, desc: &DeviceDescriptor) -> Self {
+        Self {
+            source,
+            protocol: protocol.to_string(),
+            model: desc.model.clone(),
+            version: desc.version.clone(),
+            pci_id: format!("{:04x}:{:04x}", desc.vendor_id, desc.device_id),
+            migration_flags: desc.migration_flags,
+            precopy_bytes: 0,
+            stopcopy_bytes: 0,
+            p2p: false,
+            digest_source: None,
+            digest_dest: None,
+            verified: None,
+        }
+    }
+}
+
+/// Formats a digest as the report shows it.
+pub fn digest_hex(d: u64) -> String {
+    format!("{d:#018x}")
+}
+
+/// Everything measured during one migration.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationReport {
+    /// `ok` or `failed`.
+    pub status: String,
+    /// Everything that could be compared was compared and was equal, and
+    /// at least one thing was compared.
+    pub verified: bool,
+    /// Guest/devices stopped until the destination confirmed RUNNING (a
+    /// snapshot: until the source ran again).
+    pub downtime_ms: f64,
+    pub total_ms: f64,
+    pub setup_ms: f64,
+    pub precopy_ms: f64,
+    /// Of the downtime: pausing and moving devices to STOP_COPY.
+    pub stop_ms: f64,
+    /// Of the downtime: final device data, dirty pages, end marker.
+    pub final_transfer_ms: f64,
+    /// Of the downtime: the destination validating, verifying, starting.
+    pub resume_ms: f64,
+    /// Of the resume time: the destination reading device digests to
+    /// verify them (0 without a verifier).
+    pub dest_digest_ms: f64,
+    /// After the downtime: hashing the source RAM to compare.
+    pub verify_ms: f64,
+    pub precopy: bool,
+    pub precopy_iterations: u32,
+    /// The switchover came from the estimate (false: iterations ran out or
+    /// pre-copy was off).
+    pub converged: bool,
+    pub downtime_limit_ms: f64,
+    /// Expected downtime at the switchover.
+    pub expected_downtime_ms: f64,
+    /// Stream bytes (headers included).
+    pub transferred_bytes: u64,
+    /// Guest RAM page bytes sent (pages re-sent count again).
+    pub ram_bytes: u64,
+    /// Guest RAM size.
+    pub ram_size: u64,
+    /// Guest pages sent as zero runs (no data).
+    pub ram_zero_pages: u64,
+    /// RAM bytes sent while stopped.
+    pub ram_bytes_stopped: u64,
+    /// Device data bytes sent.
+    pub device_bytes: u64,
+    /// Device data bytes sent while stopped.
+    pub device_bytes_stopped: u64,
+    /// Stream throughput over the whole migration, Mbit/s.
+    pub throughput_mbps: f64,
+    /// Bandwidth measured during pre-copy, Mbit/s.
+    pub bandwidth_mbps: f64,
+    /// RAM hash at the source at the stop, when compared.
+    pub ram_hash_source: Option<String>,
+    /// RAM hash at the destination before it ran.
+    pub ram_hash_dest: Option<String>,
+    pub source: String,
+    pub dest: String,
+    pub devices: Vec<DeviceReport>,
+    /// Peak resident memory of the migrating process (VmHWM), when the
+    /// caller measured it.
+    pub peak_rss_bytes: Option<u64>,
+    /// What failed, when `status` is `failed`.
+    pub error: Option<String>,
+}
+
+impl MigrationReport {
+    /// An empty report from `source` to `dest`.
+    pub fn new(source: String, dest: String) -> Self {
+        Self {
+            status: "ok".into(),
+            verified: false,
+            downtime_ms: 0.0,
+            total_ms: 0.0,
+            setup_ms: 0.0,
+            precopy_ms: 0.0,
+            stop_ms: 0.0,
+            final_transfer_ms: 0.0,
+            resume_ms: 0.0,
+            dest_digest_ms: 0.0,
+            verify_ms: 0.0,
+            precopy: false,
+            precopy_iterations: 0,
+            converged: false,
+            downtime_limit_ms: 0.0,
+            expected_downtime_ms: 0.0,
+            transferred_bytes: 0,
+            ram_bytes: 0,
+            ram_size: 0,
+            ram_zero_pages: 0,
+            ram_bytes_stopped: 0,
+            device_bytes: 0,
+            device_bytes_stopped: 0,
+            throughput_mbps: 0.0,
+            bandwidth_mbps: 0.0,
+            ram_hash_source: None,
+            ram_hash_dest: None,
+            source,
+            dest,
+            devices: Vec::new(),
+            peak_rss_bytes: None,
+            error: None,
+        }
+    }
+}
