@@ -19,7 +19,7 @@
 //! It also owns the protocol-independent types every backend shares:
 //! [`DeviceDescriptor`] (the compatibility descriptor the destination checks
 //! before the source stops), [`PrecopyInfo`], [`IovaRange`] and
-//! [`HandleError`].
+//! [`BackendError`].
 
 use serde::{Deserialize, Serialize};
 use std::os::fd::BorrowedFd;
@@ -31,7 +31,7 @@ pub use vfio_migrate_abi::kernel::{
 
 /// A failure reported by a device backend.
 #[derive(Debug, Error)]
-pub enum HandleError {
+pub enum BackendError {
     /// The device (or its server/driver) refused the request with an errno.
     #[error("{step}: device refused: {} (errno {errno}){}", errno_name(*errno), detail_suffix(detail))]
     Refused {
@@ -92,10 +92,10 @@ pub fn errno_name(e: i32) -> String {
     n.to_string()
 }
 
-impl HandleError {
+impl BackendError {
     /// A refusal with an errno.
     pub fn refused(step: impl Into<String>, errno: i32, detail: impl Into<String>) -> Self {
-        HandleError::Refused {
+        BackendError::Refused {
             step: step.into(),
             errno,
             detail: detail.into(),
@@ -103,21 +103,21 @@ impl HandleError {
     }
     /// A channel failure.
     pub fn io(step: impl Into<String>, source: std::io::Error) -> Self {
-        HandleError::Io {
+        BackendError::Io {
             step: step.into(),
             source,
         }
     }
     /// A protocol violation by the peer.
     pub fn protocol(step: impl Into<String>, detail: impl Into<String>) -> Self {
-        HandleError::Protocol {
+        BackendError::Protocol {
             step: step.into(),
             detail: detail.into(),
         }
     }
     /// Not offered.
     pub fn unsupported(step: impl Into<String>, detail: impl Into<String>) -> Self {
-        HandleError::Unsupported {
+        BackendError::Unsupported {
             step: step.into(),
             detail: detail.into(),
         }
@@ -125,15 +125,15 @@ impl HandleError {
     /// The errno when the device refused, if any.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            HandleError::Refused { errno, .. } => Some(*errno),
-            HandleError::Io { source, .. } => source.raw_os_error(),
+            BackendError::Refused { errno, .. } => Some(*errno),
+            BackendError::Io { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }
 }
 
 /// Result type of the handle.
-pub type Result<T, E = HandleError> = std::result::Result<T, E>;
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
 /// Pre-copy estimate (`struct vfio_precopy_info`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -318,7 +318,7 @@ pub trait MigrationDevice: Send {
     /// Starts DMA dirty logging over `ranges` (empty = everything mapped).
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let _ = (page_size, ranges);
-        Err(HandleError::unsupported(
+        Err(BackendError::unsupported(
             "DMA logging start",
             "no DMA dirty logging",
         ))
@@ -334,7 +334,7 @@ pub trait MigrationDevice: Send {
         bitmap: &mut [u8],
     ) -> Result<()> {
         let _ = (iova, length, page_size, bitmap);
-        Err(HandleError::unsupported(
+        Err(BackendError::unsupported(
             "DMA logging report",
             "no DMA dirty logging",
         ))
@@ -342,7 +342,7 @@ pub trait MigrationDevice: Send {
 
     /// Stops DMA dirty logging.
     fn dma_logging_stop(&mut self) -> Result<()> {
-        Err(HandleError::unsupported(
+        Err(BackendError::unsupported(
             "DMA logging stop",
             "no DMA dirty logging",
         ))
@@ -351,7 +351,7 @@ pub trait MigrationDevice: Send {
     /// Maps guest memory for the device's DMA.
     fn dma_map(&mut self, window: DmaWindow<'_>) -> Result<()> {
         let _ = window;
-        Err(HandleError::unsupported(
+        Err(BackendError::unsupported(
             "DMA map",
             "this backend does not map guest memory",
         ))
@@ -360,7 +360,7 @@ pub trait MigrationDevice: Send {
     /// Unmaps a DMA window.
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
         let _ = (iova, size);
-        Err(HandleError::unsupported(
+        Err(BackendError::unsupported(
             "DMA unmap",
             "this backend does not map guest memory",
         ))
@@ -369,13 +369,16 @@ pub trait MigrationDevice: Send {
     /// Reads device region `index` at `offset`.
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         let _ = (index, offset, buf);
-        Err(HandleError::unsupported("region read", "no region access"))
+        Err(BackendError::unsupported("region read", "no region access"))
     }
 
     /// Writes device region `index` at `offset`.
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
         let _ = (index, offset, data);
-        Err(HandleError::unsupported("region write", "no region access"))
+        Err(BackendError::unsupported(
+            "region write",
+            "no region access",
+        ))
     }
 
     /// Best chunk size for `read_data`/`write_data`.
@@ -486,7 +489,7 @@ mod tests {
 
     #[test]
     fn errors_name_errno() {
-        let e = HandleError::refused("set state STOP_COPY", libc::EINVAL, "bad arc");
+        let e = BackendError::refused("set state STOP_COPY", libc::EINVAL, "bad arc");
         assert_eq!(
             e.to_string(),
             "set state STOP_COPY: device refused: EINVAL (errno 22): bad arc"

@@ -13,21 +13,21 @@ use vfio_migrate_abi::seed::{self as sabi, SeedState};
 use vfio_migrate_abi::v1 as vabi;
 use vfio_migrate_abi::v1::{DirtyBitmapRange, DirtyPages};
 use vfio_migrate_abi::vfio_user::{Command, MigData};
-use vfio_migrate_backend::{DmaWindow, HandleError, MigState, MigrationDevice};
+use vfio_migrate_backend::{BackendError, DmaWindow, MigState, MigrationDevice};
 use vfio_migrate_client::{Client, SeedDevice, V1Device};
 use vfio_migrate_server::migregion::{SEED_REGION_INDEX, V1_REGION_INDEX};
 
 const SECTION: u64 = 1 << 20;
 const DATA: u64 = 4096;
 
-fn einval<T: std::fmt::Debug>(r: Result<T, HandleError>, what: &str) {
+fn einval<T: std::fmt::Debug>(r: Result<T, BackendError>, what: &str) {
     match r {
         Err(e) => assert_eq!(e.errno(), Some(libc::EINVAL), "{what}: {e}"),
         Ok(v) => panic!("{what}: accepted ({v:?})"),
     }
 }
 
-fn rd(c: &mut Client, region: u32, off: u64, len: usize) -> Result<Vec<u8>, HandleError> {
+fn rd(c: &mut Client, region: u32, off: u64, len: usize) -> Result<Vec<u8>, BackendError> {
     let mut b = vec![0u8; len];
     c.region_read(region, off, &mut b)?;
     Ok(b)

@@ -7,7 +7,7 @@ use crate::error::DeviceError;
 use std::sync::{Arc, Mutex};
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_backend::{
-    DeviceDescriptor, DmaWindow, HandleError, IovaRange, MigrationDevice, PrecopyInfo, Result,
+    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigrationDevice, PrecopyInfo, Result,
 };
 
 /// A handle to a device in this process.
@@ -40,8 +40,8 @@ impl<D: Device> LocalDevice<D> {
     }
 }
 
-fn err(step: &str, e: DeviceError) -> HandleError {
-    HandleError::refused(step, e.errno, e.message)
+fn err(step: &str, e: DeviceError) -> BackendError {
+    BackendError::refused(step, e.errno, e.message)
 }
 
 impl<D: Device> MigrationDevice for LocalDevice<D> {
@@ -150,7 +150,7 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
         let fd = match window.fd {
             Some(fd) => Some(
                 fd.try_clone_to_owned()
-                    .map_err(|e| HandleError::io("DMA map: duplicating the memory fd", e))?,
+                    .map_err(|e| BackendError::io("DMA map: duplicating the memory fd", e))?,
             ),
             None => None,
         };
@@ -196,11 +196,11 @@ fn check_region<D: Device>(c: &DeviceCore<D>, index: u32, offset: u64, len: usiz
         .into_iter()
         .find(|r| r.index == index)
         .ok_or_else(|| {
-            HandleError::refused("region access", libc::EINVAL, format!("no region {index}"))
+            BackendError::refused("region access", libc::EINVAL, format!("no region {index}"))
         })?;
     match offset.checked_add(len as u64) {
         Some(end) if end <= r.size => Ok(()),
-        _ => Err(HandleError::refused(
+        _ => Err(BackendError::refused(
             "region access",
             libc::EINVAL,
             format!(

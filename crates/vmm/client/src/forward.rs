@@ -13,7 +13,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use vfio_migrate_abi::vfio_user::{Command, Header, MigData, HEADER_SIZE, TYPE_COMMAND};
-use vfio_migrate_backend::{HandleError, Result};
+use vfio_migrate_backend::{BackendError, Result};
 
 use super::Client;
 use vfio_migrate_vfio_user::sock::RecvFds;
@@ -93,7 +93,7 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
         return forward_buffered(src, dst, chunk);
     }
     let step = "forward migration data";
-    let pipe = Pipe::new(1 << 20).map_err(|e| HandleError::io(step, e))?;
+    let pipe = Pipe::new(1 << 20).map_err(|e| BackendError::io(step, e))?;
     let read_req = |c: &mut Client| -> Result<Header> {
         let head = MigData {
             argsz: (MigData::SIZE + chunk) as u32,
@@ -119,21 +119,21 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
         if plen < hb.len() {
             src.conn
                 .discard(plen, &mut rf)
-                .map_err(|e| HandleError::io(step, e))?;
-            return Err(HandleError::protocol(
+                .map_err(|e| BackendError::io(step, e))?;
+            return Err(BackendError::protocol(
                 "MIG_DATA_READ",
                 format!("reply of {plen} bytes has no head"),
             ));
         }
         src.conn
             .recv_exact(&mut hb, &mut rf, false)
-            .map_err(|e| HandleError::io(step, e))?;
+            .map_err(|e| BackendError::io(step, e))?;
         let n = MigData::decode(&hb).expect("8 bytes").size as usize;
         if n > chunk || n > plen - hb.len() {
             src.conn
                 .discard(plen - hb.len(), &mut rf)
-                .map_err(|e| HandleError::io(step, e))?;
-            return Err(HandleError::protocol(
+                .map_err(|e| BackendError::io(step, e))?;
+            return Err(BackendError::protocol(
                 "MIG_DATA_READ",
                 format!("reply claims {n} bytes for a {chunk}-byte read"),
             ));
@@ -141,7 +141,7 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
         if n == 0 {
             src.conn
                 .discard(plen - hb.len(), &mut rf)
-                .map_err(|e| HandleError::io(step, e))?;
+                .map_err(|e| BackendError::io(step, e))?;
             return Ok(total);
         }
         // The write's header and head, then its data straight from the
@@ -159,21 +159,21 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
         };
         dst.conn
             .send(&[&wh.to_bytes(), &whead.to_bytes()], &[])
-            .map_err(|e| HandleError::io("MIG_DATA_WRITE", e))?;
+            .map_err(|e| BackendError::io("MIG_DATA_WRITE", e))?;
         let mut left = n;
         while left > 0 {
             let k = splice(src.conn.raw_fd(), pipe.w.as_raw_fd(), left.min(pipe.cap))
-                .map_err(|e| HandleError::io(step, e))?;
+                .map_err(|e| BackendError::io(step, e))?;
             let mut out = k;
             while out > 0 {
                 out -= splice(pipe.r.as_raw_fd(), dst.conn.raw_fd(), out)
-                    .map_err(|e| HandleError::io(step, e))?;
+                    .map_err(|e| BackendError::io(step, e))?;
             }
             left -= k;
         }
         src.conn
             .discard(plen - hb.len() - n, &mut rf)
-            .map_err(|e| HandleError::io(step, e))?;
+            .map_err(|e| BackendError::io(step, e))?;
         total += n as u64;
         // Ask for the next chunk while the destination loads this one.
         pending = read_req(src)?;
@@ -192,7 +192,7 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
         }
         dst.conn
             .discard(rlen, &mut df)
-            .map_err(|e| HandleError::io("MIG_DATA_WRITE", e))?;
+            .map_err(|e| BackendError::io("MIG_DATA_WRITE", e))?;
     }
 }
 

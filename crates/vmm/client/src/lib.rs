@@ -39,7 +39,7 @@ use vfio_migrate_abi::vfio_user::{
     FLAGS_TYPE_MASK, HEADER_SIZE, REGION_INFO_CAP_SPARSE_MMAP, REGION_INFO_CAP_TYPE, TYPE_COMMAND,
     TYPE_REPLY, VERSION_MAJOR, VERSION_MINOR,
 };
-use vfio_migrate_backend::{DeviceDescriptor, HandleError, Result};
+use vfio_migrate_backend::{BackendError, DeviceDescriptor, Result};
 
 use vfio_migrate_vfio_user::ext::{VersionCaps, EXT_VERSION};
 use vfio_migrate_vfio_user::sock::{set_send_buffer, Conn, RecvFds};
@@ -126,8 +126,8 @@ pub struct Client {
     mig_flags: Option<u64>,
 }
 
-fn io_err(step: &str, e: std::io::Error) -> HandleError {
-    HandleError::io(step, e)
+fn io_err(step: &str, e: std::io::Error) -> BackendError {
+    BackendError::io(step, e)
 }
 
 impl Client {
@@ -227,9 +227,9 @@ impl Client {
         let step = "VERSION";
         let (_, n, _) = self.call(step, Command::Version as u16, &[&head, &json], &[])?;
         let p = &self.scratch[..n];
-        let v = Version::decode(p).map_err(|e| HandleError::protocol(step, e.to_string()))?;
+        let v = Version::decode(p).map_err(|e| BackendError::protocol(step, e.to_string()))?;
         if v.major != VERSION_MAJOR {
-            return Err(HandleError::protocol(
+            return Err(BackendError::protocol(
                 step,
                 format!(
                     "server answered major version {} to our {VERSION_MAJOR}",
@@ -238,7 +238,7 @@ impl Client {
             ));
         }
         let theirs = VersionCaps::from_json_bytes(&p[Version::SIZE..])
-            .map_err(|e| HandleError::protocol(step, e.to_string()))?;
+            .map_err(|e| BackendError::protocol(step, e.to_string()))?;
         tracing::debug!(server = %self.name, caps = ?theirs, "VERSION negotiated");
         self.peer = theirs;
         Ok(())
@@ -253,7 +253,7 @@ impl Client {
     fn send(&mut self, step: &str, cmd: u16, parts: &[&[u8]], fds: &[RawFd]) -> Result<Header> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         let msg_size = u32::try_from(HEADER_SIZE + len).map_err(|_| {
-            HandleError::protocol(step, format!("message of {len} bytes is too large"))
+            BackendError::protocol(step, format!("message of {len} bytes is too large"))
         })?;
         let h = Header {
             msg_id: self.next_id(),
@@ -281,7 +281,7 @@ impl Client {
                 .recv_exact(&mut hb, fds, true)
                 .map_err(|e| io_err(step, e))?
             {
-                return Err(HandleError::io(
+                return Err(BackendError::io(
                     step,
                     std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
@@ -291,11 +291,11 @@ impl Client {
             }
             let h = Header::decode(&hb).expect("16 bytes");
             let plen = h.payload_len().map_err(|_| {
-                HandleError::protocol(step, format!("reply msg_size {} < 16", h.msg_size))
+                BackendError::protocol(step, format!("reply msg_size {} < 16", h.msg_size))
             })?;
             let cap = self.config.max_data_xfer_size as usize + REPLY_ALLOWANCE;
             if plen > cap {
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     step,
                     format!("reply of {plen} bytes exceeds our limit of {cap}; the connection is unusable"),
                 ));
@@ -321,7 +321,7 @@ impl Client {
             if h.flags & FLAGS_TYPE_MASK != TYPE_REPLY || h.msg_id != req.msg_id || h.cmd != req.cmd
             {
                 self.conn.discard(plen, fds).map_err(|e| io_err(step, e))?;
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     step,
                     format!(
                         "expected the reply to message {} (command {}), got type {} id {} command {}",
@@ -338,12 +338,12 @@ impl Client {
     }
 
     /// Drains an error reply's payload and turns it into `Refused`.
-    fn refused(&mut self, step: &str, h: &Header, fds: &mut RecvFds) -> HandleError {
+    fn refused(&mut self, step: &str, h: &Header, fds: &mut RecvFds) -> BackendError {
         let plen = h.msg_size as usize - HEADER_SIZE;
         if let Err(e) = self.conn.discard(plen, fds) {
             return io_err(step, e);
         }
-        HandleError::refused(step, h.error_no as i32, "")
+        BackendError::refused(step, h.error_no as i32, "")
     }
 
     /// One request/reply; the reply payload lands in `self.scratch[..n]`.
@@ -402,7 +402,7 @@ impl Client {
         };
         let (_, n, _) = self.call(step, Command::DeviceGetInfo as u16, &[&req.to_bytes()], &[])?;
         DeviceInfo::decode(&self.scratch[..n])
-            .map_err(|e| HandleError::protocol(step, e.to_string()))
+            .map_err(|e| BackendError::protocol(step, e.to_string()))
     }
 
     /// DEVICE_GET_REGION_INFO, capabilities parsed, fd kept.
@@ -423,10 +423,10 @@ impl Client {
             )?;
             let p = &self.scratch[..n];
             let info =
-                RegionInfo::decode(p).map_err(|e| HandleError::protocol(&step, e.to_string()))?;
+                RegionInfo::decode(p).map_err(|e| BackendError::protocol(&step, e.to_string()))?;
             if info.argsz > argsz && info.cap_offset == 0 {
                 if info.argsz > MAX_REGION_INFO {
-                    return Err(HandleError::protocol(
+                    return Err(BackendError::protocol(
                         &step,
                         format!("region info of {} bytes", info.argsz),
                     ));
@@ -435,7 +435,7 @@ impl Client {
                 continue;
             }
             let (region_type, sparse_areas) =
-                parse_caps(p, info.cap_offset).map_err(|d| HandleError::protocol(&step, d))?;
+                parse_caps(p, info.cap_offset).map_err(|d| BackendError::protocol(&step, d))?;
             let fd = if info.flags & vfio_migrate_abi::vfio_user::REGION_FLAG_MMAP != 0 {
                 fds.drain(..).next()
             } else {
@@ -478,7 +478,7 @@ impl Client {
                 self.conn
                     .discard(plen, &mut rf)
                     .map_err(|e| io_err(&step, e))?;
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     &step,
                     format!("reply of {plen} bytes for a {n}-byte read"),
                 ));
@@ -571,7 +571,8 @@ impl Client {
             &[&req.to_bytes()],
             &[],
         )?;
-        IrqInfo::decode(&self.scratch[..n]).map_err(|e| HandleError::protocol(&step, e.to_string()))
+        IrqInfo::decode(&self.scratch[..n])
+            .map_err(|e| BackendError::protocol(&step, e.to_string()))
     }
 
     /// DEVICE_SET_IRQS with `flags` (`IRQ_SET_*`) and the given eventfds.
@@ -627,7 +628,7 @@ impl Client {
             &[],
         )?;
         if n < DeviceFeature::SIZE {
-            return Err(HandleError::protocol(
+            return Err(BackendError::protocol(
                 step,
                 format!("DEVICE_FEATURE reply of {n} bytes"),
             ));
@@ -670,7 +671,7 @@ impl Client {
             0,
         ) {
             Ok(_) => true,
-            Err(HandleError::Refused { .. }) => false,
+            Err(BackendError::Refused { .. }) => false,
             Err(e) => return Err(e),
         };
         self.probed.insert(key, r);
@@ -699,7 +700,7 @@ impl Client {
             self.conn
                 .discard(plen, &mut rf)
                 .map_err(|e| io_err(step, e))?;
-            return Err(HandleError::protocol(
+            return Err(BackendError::protocol(
                 step,
                 format!("reply of {plen} bytes has no head"),
             ));
@@ -712,7 +713,7 @@ impl Client {
             self.conn
                 .discard(plen - hb.len(), &mut rf)
                 .map_err(|e| io_err(step, e))?;
-            return Err(HandleError::protocol(
+            return Err(BackendError::protocol(
                 step,
                 format!("reply claims {got} bytes for a {size}-byte read in a {plen}-byte payload"),
             ));
@@ -756,10 +757,10 @@ impl Client {
     ) -> Result<()> {
         let step = "DMA_LOGGING_REPORT";
         let need = bitmap_bytes(length, page_size)
-            .ok_or_else(|| HandleError::refused(step, libc::EINVAL, "page size 0"))?
+            .ok_or_else(|| BackendError::refused(step, libc::EINVAL, "page size 0"))?
             as usize;
         if bitmap.len() < need {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 step,
                 libc::EINVAL,
                 format!("bitmap has {} bytes, {need} needed", bitmap.len()),
@@ -785,7 +786,7 @@ impl Client {
             let bytes = bitmap_bytes(len, page_size).expect("page size checked") as usize;
             let data = self.feature_get(FEATURE_DMA_LOGGING_REPORT, &req, 24 + bytes)?;
             if data.len() < 24 + bytes {
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     step,
                     format!(
                         "reply bitmap has {} bytes, {bytes} expected",
@@ -850,7 +851,7 @@ impl Client {
         }
         let d = self.feature_get(vfio_migrate_abi::kernel::FEATURE_MIGRATION, &[], 8)?;
         let f = vfio_migrate_abi::kernel::FeatureMigration::decode(&d)
-            .map_err(|e| HandleError::protocol("DEVICE_FEATURE MIGRATION", e.to_string()))?
+            .map_err(|e| BackendError::protocol("DEVICE_FEATURE MIGRATION", e.to_string()))?
             .flags;
         self.mig_flags = Some(f);
         Ok(f)

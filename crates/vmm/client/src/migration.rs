@@ -8,7 +8,7 @@ use vfio_migrate_abi::kernel::{
 };
 use vfio_migrate_abi::vfio_user::{DMA_FLAG_READ, DMA_FLAG_WRITE};
 use vfio_migrate_backend::{
-    DeviceDescriptor, DmaWindow, HandleError, IovaRange, MigrationDevice, PrecopyInfo, Result,
+    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigrationDevice, PrecopyInfo, Result,
 };
 
 use super::Client;
@@ -39,9 +39,9 @@ impl MigrationDevice for Client {
     fn state(&mut self) -> Result<MigState> {
         let d = self.feature_get(FEATURE_MIG_DEVICE_STATE, &[], FeatureMigState::SIZE)?;
         let s = FeatureMigState::decode(&d)
-            .map_err(|e| HandleError::protocol("get device state", e.to_string()))?;
+            .map_err(|e| BackendError::protocol("get device state", e.to_string()))?;
         MigState::from_u32(s.device_state)
-            .map_err(|e| HandleError::protocol("get device state", e.to_string()))
+            .map_err(|e| BackendError::protocol("get device state", e.to_string()))
     }
 
     fn set_state(&mut self, new: MigState) -> Result<()> {
@@ -64,14 +64,14 @@ impl MigrationDevice for Client {
 
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         if !self.feature_probe(FEATURE_PRECOPY_INFO, FEATURE_GET)? {
-            return Err(HandleError::unsupported(
+            return Err(BackendError::unsupported(
                 "pre-copy info",
                 "the server does not offer the pre-copy info feature",
             ));
         }
         let d = self.feature_get(FEATURE_PRECOPY_INFO, &[], 16)?;
         if d.len() < 16 {
-            return Err(HandleError::protocol(
+            return Err(BackendError::protocol(
                 "pre-copy info",
                 format!("{} bytes of data", d.len()),
             ));
@@ -88,7 +88,7 @@ impl MigrationDevice for Client {
         }
         let d = self.feature_get(FEATURE_MIG_DATA_SIZE, &[], FeatureMigDataSize::SIZE)?;
         let v = FeatureMigDataSize::decode(&d)
-            .map_err(|e| HandleError::protocol("MIG_DATA_SIZE", e.to_string()))?;
+            .map_err(|e| BackendError::protocol("MIG_DATA_SIZE", e.to_string()))?;
         Ok(Some(v.stop_copy_length))
     }
 
@@ -156,15 +156,15 @@ impl MigrationDevice for Client {
 }
 
 /// Replaces the step name of an error with a user-facing one.
-pub(crate) fn rename(e: HandleError, step: String) -> HandleError {
+pub(crate) fn rename(e: BackendError, step: String) -> BackendError {
     match e {
-        HandleError::Refused { errno, detail, .. } => HandleError::Refused {
+        BackendError::Refused { errno, detail, .. } => BackendError::Refused {
             step,
             errno,
             detail,
         },
-        HandleError::Io { source, .. } => HandleError::Io { step, source },
-        HandleError::Protocol { detail, .. } => HandleError::Protocol { step, detail },
-        HandleError::Unsupported { detail, .. } => HandleError::Unsupported { step, detail },
+        BackendError::Io { source, .. } => BackendError::Io { step, source },
+        BackendError::Protocol { detail, .. } => BackendError::Protocol { step, detail },
+        BackendError::Unsupported { detail, .. } => BackendError::Unsupported { step, detail },
     }
 }

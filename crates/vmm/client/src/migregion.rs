@@ -5,7 +5,7 @@
 //! `max_data_xfer_size`.
 
 use std::os::fd::AsRawFd;
-use vfio_migrate_backend::{DeviceDescriptor, HandleError, Result};
+use vfio_migrate_backend::{BackendError, DeviceDescriptor, Result};
 
 use super::Client;
 
@@ -61,7 +61,7 @@ impl MigRegion {
                 ),
             };
             if section_len == 0 || section_offset.checked_add(section_len) > Some(d.size) {
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     format!("migration region {i}"),
                     format!(
                         "data section {section_offset:#x}+{section_len:#x} does not fit the {}-byte region",
@@ -154,7 +154,7 @@ impl MigRegion {
 fn map_section(fd: i32, offset: u64, len: u64) -> Result<Mapping> {
     let step = "mapping the migration data section";
     let len_us = usize::try_from(len)
-        .map_err(|_| HandleError::protocol(step, format!("{len} bytes do not fit in memory")))?;
+        .map_err(|_| BackendError::protocol(step, format!("{len} bytes do not fit in memory")))?;
     // SAFETY: a fresh shared mapping of the server's region fd at the
     // sparse area it announced; the result is checked.
     let p = unsafe {
@@ -168,7 +168,7 @@ fn map_section(fd: i32, offset: u64, len: u64) -> Result<Mapping> {
         )
     };
     if p == libc::MAP_FAILED {
-        return Err(HandleError::io(step, std::io::Error::last_os_error()));
+        return Err(BackendError::io(step, std::io::Error::last_os_error()));
     }
     Ok(Mapping {
         ptr: p as *mut u8,

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use vfio_migrate_abi::kernel::{FEATURE_GET, FEATURE_MIGRATION};
-use vfio_migrate_backend::{HandleError, MigrationDevice, Result};
+use vfio_migrate_backend::{BackendError, MigrationDevice, Result};
 
 use super::{Client, SeedDevice, V1Device};
 
@@ -30,7 +30,7 @@ pub fn open(path: impl AsRef<Path>, protocol: Protocol) -> Result<Box<dyn Migrat
     Ok(match protocol {
         Protocol::V2 => {
             if !c.feature_probe(FEATURE_MIGRATION, FEATURE_GET)? {
-                return Err(HandleError::unsupported(
+                return Err(BackendError::unsupported(
                     format!("{}: v2 migration", c.name),
                     "the server does not offer the v2 migration interface (DEVICE_FEATURE MIGRATION): serve it with --protocol v2 or all, or pick --protocol v1/seed",
                 ));

@@ -27,7 +27,7 @@
 
 use vfio_migrate_abi::seed::{self as abi, SeedState};
 use vfio_migrate_backend::{
-    DeviceDescriptor, DmaWindow, HandleError, IovaRange, MigState, MigrationDevice, PrecopyInfo,
+    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigState, MigrationDevice, PrecopyInfo,
     Result, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
 };
 
@@ -59,7 +59,7 @@ impl SeedDevice {
     pub fn new(mut c: Client, mmap: bool) -> Result<Self> {
         let r = MigRegion::find(&mut c, (abi::REGION_TYPE, abi::REGION_SUBTYPE), mmap)?
             .ok_or_else(|| {
-                HandleError::unsupported(
+                BackendError::unsupported(
                     format!("{}: seed migration", c.name),
                     "the server offers no seed migration region (type 1<<30, subtype 1): serve it with --protocol seed or all",
                 )
@@ -91,7 +91,7 @@ impl SeedDevice {
     pub fn read_state(&mut self) -> Result<SeedState> {
         let v = self.r.read_u32(&mut self.c, abi::OFF_DEVICE_STATE)?;
         self.state = SeedState::from_u32(v)
-            .map_err(|e| HandleError::protocol("seed device_state", e.to_string()))?;
+            .map_err(|e| BackendError::protocol("seed device_state", e.to_string()))?;
         Ok(self.state)
     }
 
@@ -168,8 +168,8 @@ impl SeedDevice {
         Ok(v)
     }
 
-    fn no_path(&self, new: MigState) -> HandleError {
-        HandleError::refused(
+    fn no_path(&self, new: MigState) -> BackendError {
+        BackendError::refused(
             format!("set state {new}"),
             libc::EINVAL,
             format!(
@@ -244,7 +244,7 @@ impl MigrationDevice for SeedDevice {
             let size = self.field(abi::OFF_DATA_SIZE)?;
             let (so, sl) = (self.r.section_offset, self.r.section_len);
             if size > want || off < so || off.checked_add(size).is_none_or(|e| e > so + sl) {
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     "seed get buffer",
                     format!("{size} bytes at {off:#x} for a {want}-byte threshold in the section {so:#x}+{sl:#x}"),
                 ));
@@ -293,7 +293,7 @@ impl MigrationDevice for SeedDevice {
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let _ = ranges; // the seed logs every window mapped at SETUP
         if page_size != PAGE {
-            return Err(HandleError::unsupported(
+            return Err(BackendError::unsupported(
                 "seed dirty logging",
                 format!("page size {page_size}: the seed's dirty_pfns use {PAGE}-byte pages"),
             ));
@@ -302,7 +302,7 @@ impl MigrationDevice for SeedDevice {
             Setup | Precopy | StopNCopy => {}
             None | Running | Failed | Cancelled => self.go(Setup)?,
             s => {
-                return Err(HandleError::refused(
+                return Err(BackendError::refused(
                     "seed dirty logging",
                     libc::EINVAL,
                     format!("logging starts with MIGRATION_SETUP, not from {}", s.name()),
@@ -322,14 +322,14 @@ impl MigrationDevice for SeedDevice {
     ) -> Result<()> {
         let step = "seed get dirty pages bitmap";
         if !self.logging {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 step,
                 libc::EINVAL,
                 "dirty logging is off (it runs from MIGRATION_SETUP)",
             ));
         }
         if page_size != PAGE || !iova.is_multiple_of(PAGE) {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 step,
                 libc::EINVAL,
                 format!("{iova:#x} with {page_size}-byte pages: the seed logs {PAGE}-byte pages from page-aligned addresses"),
@@ -338,7 +338,7 @@ impl MigrationDevice for SeedDevice {
         let total = length.div_ceil(PAGE);
         let need = (total.div_ceil(64) * 8) as usize;
         if bitmap.len() < need {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 step,
                 libc::EINVAL,
                 format!("bitmap has {} bytes, {need} needed", bitmap.len()),
@@ -353,7 +353,7 @@ impl MigrationDevice for SeedDevice {
                 .write_u64(&mut self.c, abi::OFF_DIRTY_TOTAL, total - done)?;
             let copied = self.field(abi::OFF_DIRTY_COPIED)?;
             if copied == 0 || copied > total - done {
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     step,
                     format!("copied {copied} of {} pages", total - done),
                 ));

@@ -136,6 +136,6 @@ fn padded_reads_error_payloads_and_server_commands() {
     assert_eq!(e.errno(), Some(libc::EINVAL));
     assert_eq!(c.device_info().unwrap().num_regions, 9, "still in sync");
     let e = c.device_info().unwrap_err();
-    assert!(matches!(e, HandleError::Protocol { .. }), "{e}");
+    assert!(matches!(e, BackendError::Protocol { .. }), "{e}");
     t.join().unwrap();
 }

@@ -19,7 +19,7 @@ use vfio_migrate_abi::v1 as abi;
 use vfio_migrate_abi::v1::{DirtyBitmapRange, DirtyPages};
 use vfio_migrate_abi::vfio_user::Command;
 use vfio_migrate_backend::{
-    DeviceDescriptor, DmaWindow, HandleError, IovaRange, MigState, MigrationDevice, PrecopyInfo,
+    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigState, MigrationDevice, PrecopyInfo,
     Result, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
 };
 
@@ -45,7 +45,7 @@ impl V1Device {
     pub fn new(mut c: Client, mmap: bool) -> Result<Self> {
         let r = MigRegion::find(&mut c, (abi::REGION_TYPE, abi::REGION_SUBTYPE), mmap)?
             .ok_or_else(|| {
-                HandleError::unsupported(
+                BackendError::unsupported(
                     format!("{}: v1 migration", c.name),
                     "the server offers no v1 migration region (type 3, subtype 1): serve it with --protocol v1 or all",
                 )
@@ -105,7 +105,7 @@ fn bits(s: MigState) -> Result<u32> {
         MigState::Stop => 0,
         MigState::Resuming => abi::STATE_RESUMING,
         MigState::Error => {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 "set state ERROR",
                 libc::EINVAL,
                 "the error state cannot be requested",
@@ -145,7 +145,7 @@ impl MigrationDevice for V1Device {
             abi::STATE_RESUMING => MigState::Resuming,
             abi::STATE_ERROR => MigState::Error,
             other => {
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     "v1 device_state",
                     format!("undefined state bits {other:#x}"),
                 ))
@@ -175,7 +175,7 @@ impl MigrationDevice for V1Device {
             let size = self.field(abi::OFF_DATA_SIZE)?;
             let (so, sl) = (self.r.section_offset, self.r.section_len);
             if off < so || off.checked_add(size).is_none_or(|e| e > so + sl) {
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     "v1 save",
                     format!("staged data {off:#x}+{size:#x} is outside the data section {so:#x}+{sl:#x}"),
                 ));
@@ -204,7 +204,7 @@ impl MigrationDevice for V1Device {
         };
         let room = (self.r.section_offset + self.r.section_len).saturating_sub(at);
         if room == 0 {
-            return Err(HandleError::protocol(
+            return Err(BackendError::protocol(
                 "v1 resume",
                 format!("data_offset {at:#x} leaves no room in the data section"),
             ));
@@ -237,7 +237,7 @@ impl MigrationDevice for V1Device {
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let _ = ranges; // DIRTY_PAGES logs every mapped window
         if page_size != PAGE {
-            return Err(HandleError::unsupported(
+            return Err(BackendError::unsupported(
                 "DIRTY_PAGES START",
                 format!("page size {page_size}: the v1 dirty log uses {PAGE}-byte pages"),
             ));
@@ -255,14 +255,14 @@ impl MigrationDevice for V1Device {
     ) -> Result<()> {
         let step = "DIRTY_PAGES GET_BITMAP";
         if page_size != PAGE {
-            return Err(HandleError::unsupported(
+            return Err(BackendError::unsupported(
                 step,
                 format!("page size {page_size}: the v1 dirty log uses {PAGE}-byte pages"),
             ));
         }
         let need = bitmap_bytes(length, PAGE).expect("page size") as usize;
         if bitmap.len() < need {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 step,
                 libc::EINVAL,
                 format!("bitmap has {} bytes, {need} needed", bitmap.len()),
@@ -289,7 +289,7 @@ impl MigrationDevice for V1Device {
             let reply = self.dirty_pages(abi::DIRTY_PAGES_GET_BITMAP, Some(r))?;
             let head = DirtyPages::SIZE + DirtyBitmapRange::SIZE;
             if reply.len() < head + bytes as usize {
-                return Err(HandleError::protocol(
+                return Err(BackendError::protocol(
                     step,
                     format!(
                         "reply of {} bytes, {} expected",

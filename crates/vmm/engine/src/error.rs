@@ -5,7 +5,7 @@ use crate::format::StreamError;
 use crate::progress::Phase;
 use crate::report::MigrationReport;
 use thiserror::Error;
-use vfio_migrate_backend::HandleError;
+use vfio_migrate_backend::BackendError;
 
 /// A failed migration step.
 #[derive(Debug, Error)]
@@ -16,7 +16,7 @@ pub enum EngineError {
         phase: Phase,
         device: String,
         #[source]
-        source: HandleError,
+        source: BackendError,
     },
     /// The stream (socket or file) failed or held bad data.
     #[error("{phase}: stream {peer}: {source}")]
@@ -88,7 +88,7 @@ impl EngineError {
     }
 
     /// A device error in `phase`.
-    pub fn device(phase: Phase, device: impl Into<String>, source: HandleError) -> Self {
+    pub fn device(phase: Phase, device: impl Into<String>, source: BackendError) -> Self {
         EngineError::Device {
             phase,
             device: device.into(),

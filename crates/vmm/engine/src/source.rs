@@ -256,7 +256,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         self.cleanup()
     }
 
-    fn dev_err(&self, i: usize, e: vfio_migrate_backend::HandleError) -> EngineError {
+    fn dev_err(&self, i: usize, e: vfio_migrate_backend::BackendError) -> EngineError {
         EngineError::device(self.phase, self.devs[i].name.clone(), e)
     }
 

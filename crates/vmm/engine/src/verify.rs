@@ -9,13 +9,13 @@
 
 use crate::guest::GuestRam;
 use std::sync::Arc;
-use vfio_migrate_backend::{DeviceDescriptor, HandleError, MigrationDevice};
+use vfio_migrate_backend::{BackendError, DeviceDescriptor, MigrationDevice};
 
 /// Reads a digest of a stopped device's complete state, or `None` when the
 /// caller does not know how for this device. Called on the source while it
 /// is in STOP_COPY and on the destination after RESUMING → STOP.
 pub type Verifier = Arc<
-    dyn Fn(&DeviceDescriptor, &mut dyn MigrationDevice) -> Option<Result<u64, HandleError>>
+    dyn Fn(&DeviceDescriptor, &mut dyn MigrationDevice) -> Option<Result<u64, BackendError>>
         + Send
         + Sync,
 >;

@@ -11,7 +11,7 @@ use vfio_migrate_abi::vfio_user::{
     DeviceInfo, RegionInfo, PCI_CONFIG_REGION_INDEX, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 use vfio_migrate_backend::{
-    DeviceDescriptor, DmaWindow, HandleError, IovaRange, MigState, MigrationDevice, PrecopyInfo,
+    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigState, MigrationDevice, PrecopyInfo,
     Result,
 };
 
@@ -56,9 +56,9 @@ impl KernelDevice {
     pub fn open_with(locator: &Locator, spec: &str) -> Result<Self> {
         let located = locator.locate(spec).map_err(|e| match e {
             LocateError::Io { source, .. } => {
-                HandleError::io(format!("kernel:{spec}: locate"), source)
+                BackendError::io(format!("kernel:{spec}: locate"), source)
             }
-            other => HandleError::refused(
+            other => BackendError::refused(
                 format!("kernel:{spec}: locate"),
                 libc::ENODEV,
                 other.to_string(),
@@ -67,7 +67,7 @@ impl KernelDevice {
         let step = |s: &str| format!("kernel:{spec}: {s}");
         let ioerr = |s: &str, e: io::Error| {
             let errno = e.raw_os_error();
-            HandleError::Refused {
+            BackendError::Refused {
                 step: step(s),
                 errno: errno.unwrap_or(libc::EIO),
                 detail: format!("{e}{}", hint(errno)),
@@ -82,7 +82,7 @@ impl KernelDevice {
         let api = sys::ioctl_val(&container, k::VFIO_GET_API_VERSION, 0)
             .map_err(|e| ioerr("VFIO_GET_API_VERSION", e))?;
         if api != k::VFIO_API_VERSION {
-            return Err(HandleError::protocol(
+            return Err(BackendError::protocol(
                 step("VFIO_GET_API_VERSION"),
                 format!("kernel VFIO API {api}, expected {}", k::VFIO_API_VERSION),
             ));
@@ -94,7 +94,7 @@ impl KernelDevice {
         )
         .map_err(|e| ioerr("VFIO_CHECK_EXTENSION", e))?;
         if has == 0 {
-            return Err(HandleError::unsupported(
+            return Err(BackendError::unsupported(
                 step("VFIO_CHECK_EXTENSION"),
                 "the kernel has no Type1v2 IOMMU backend: modprobe vfio_iommu_type1",
             ));
@@ -112,9 +112,9 @@ impl KernelDevice {
         sys::ioctl_buf(&group, k::VFIO_GROUP_GET_STATUS, &mut st)
             .map_err(|e| ioerr("VFIO_GROUP_GET_STATUS", e))?;
         let st = k::GroupStatus::decode(&st)
-            .map_err(|e| HandleError::protocol(step("group status"), e.to_string()))?;
+            .map_err(|e| BackendError::protocol(step("group status"), e.to_string()))?;
         if st.flags & k::VFIO_GROUP_FLAGS_VIABLE == 0 {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 step("VFIO_GROUP_GET_STATUS"),
                 libc::EINVAL,
                 format!("IOMMU group {} is not viable: every device in it must be bound to a VFIO driver", located.group),
@@ -130,7 +130,7 @@ impl KernelDevice {
         )
         .map_err(|e| ioerr("VFIO_SET_IOMMU", e))?;
         let cname = CString::new(located.name.clone())
-            .map_err(|_| HandleError::protocol(step("device name"), "NUL in device name"))?;
+            .map_err(|_| BackendError::protocol(step("device name"), "NUL in device name"))?;
         let device = sys::ioctl_str_fd(&group, k::VFIO_GROUP_GET_DEVICE_FD, &cname)
             .map_err(|e| ioerr("VFIO_GROUP_GET_DEVICE_FD", e))?;
         let mut d = KernelDevice {
@@ -159,9 +159,9 @@ impl KernelDevice {
         format!("kernel:{}: {s}", self.spec)
     }
 
-    fn err(&self, s: &str, e: io::Error) -> HandleError {
+    fn err(&self, s: &str, e: io::Error) -> BackendError {
         let errno = e.raw_os_error();
-        HandleError::Refused {
+        BackendError::Refused {
             step: self.step(s),
             errno: errno.unwrap_or(libc::EIO),
             detail: format!("{e}{}", hint(errno)),
@@ -187,7 +187,7 @@ impl KernelDevice {
         match self.feature(k::FEATURE_GET | k::FEATURE_MIGRATION, &mut d) {
             Ok(()) => Ok(u64::from_le_bytes(d)),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) => {
-                Err(HandleError::unsupported(
+                Err(BackendError::unsupported(
                     self.step("VFIO_DEVICE_FEATURE MIGRATION"),
                     "the device's driver does not offer VFIO migration (v2, Linux ≥ 5.18); use a migration-capable variant driver",
                 ))
@@ -205,7 +205,7 @@ impl KernelDevice {
         sys::ioctl_buf(&self.device, k::VFIO_DEVICE_GET_INFO, &mut info)
             .map_err(|e| self.err("VFIO_DEVICE_GET_INFO", e))?;
         let info = DeviceInfo::decode(&info)
-            .map_err(|e| HandleError::protocol(self.step("device info"), e.to_string()))?;
+            .map_err(|e| BackendError::protocol(self.step("device info"), e.to_string()))?;
         let n = info.num_regions.min(64);
         let mut out = Vec::new();
         for index in 0..n {
@@ -218,7 +218,7 @@ impl KernelDevice {
             match sys::ioctl_buf(&self.device, k::VFIO_DEVICE_GET_REGION_INFO, &mut r) {
                 Ok(_) => {
                     let r = RegionInfo::decode(&r).map_err(|e| {
-                        HandleError::protocol(self.step("region info"), e.to_string())
+                        BackendError::protocol(self.step("region info"), e.to_string())
                     })?;
                     out.push(RegionAt {
                         size: r.size,
@@ -253,7 +253,7 @@ impl KernelDevice {
             REGION_FLAG_READ
         };
         if r.flags & need == 0 {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 self.step("region access"),
                 libc::EINVAL,
                 format!(
@@ -264,7 +264,7 @@ impl KernelDevice {
         }
         match offset.checked_add(len as u64) {
             Some(end) if end <= r.size => Ok(r.offset + offset),
-            _ => Err(HandleError::refused(
+            _ => Err(BackendError::refused(
                 self.step("region access"),
                 libc::EINVAL,
                 format!(
@@ -321,9 +321,9 @@ impl MigrationDevice for KernelDevice {
         self.feature(k::FEATURE_GET | k::FEATURE_MIG_DEVICE_STATE, &mut d)
             .map_err(|e| self.err("get device state", e))?;
         let s = k::FeatureMigState::decode(&d)
-            .map_err(|e| HandleError::protocol(self.step("device state"), e.to_string()))?;
+            .map_err(|e| BackendError::protocol(self.step("device state"), e.to_string()))?;
         MigState::from_u32(s.device_state)
-            .map_err(|e| HandleError::protocol(self.step("device state"), e.to_string()))
+            .map_err(|e| BackendError::protocol(self.step("device state"), e.to_string()))
     }
 
     fn set_state(&mut self, new: MigState) -> Result<()> {
@@ -337,14 +337,14 @@ impl MigrationDevice for KernelDevice {
         if let Err(e) = r {
             let mut err = self.err(&format!("set state {new}"), e);
             if new == MigState::Stop || new == MigState::Running {
-                if let HandleError::Refused { detail, .. } = &mut err {
+                if let BackendError::Refused { detail, .. } = &mut err {
                     detail.push_str(" — if the device was RESUMING, the driver refused the loaded state (e.g. a state saved from a device with another port count or model)");
                 }
             }
             return Err(err);
         }
         let s = k::FeatureMigState::decode(&d)
-            .map_err(|e| HandleError::protocol(self.step("set state"), e.to_string()))?;
+            .map_err(|e| BackendError::protocol(self.step("set state"), e.to_string()))?;
         if s.data_fd >= 0 {
             self.data = Some(sys::own_fd(s.data_fd));
         } else if !matches!(
@@ -361,7 +361,7 @@ impl MigrationDevice for KernelDevice {
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
         let step = self.step("read migration data");
         let f = self.data.as_mut().ok_or_else(|| {
-            HandleError::refused(
+            BackendError::refused(
                 step.clone(),
                 libc::EINVAL,
                 "no data fd: the device is not in PRE_COPY or STOP_COPY",
@@ -372,7 +372,7 @@ impl MigrationDevice for KernelDevice {
                 Ok(n) => return Ok(n),
                 Err(e) if e.raw_os_error() == Some(libc::ENOMSG) => return Ok(0),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(HandleError::io(step, e)),
+                Err(e) => return Err(BackendError::io(step, e)),
             }
         }
     }
@@ -380,7 +380,7 @@ impl MigrationDevice for KernelDevice {
     fn write_data(&mut self, data: &[u8]) -> Result<()> {
         let step = self.step("write migration data");
         let f = self.data.as_mut().ok_or_else(|| {
-            HandleError::refused(
+            BackendError::refused(
                 step.clone(),
                 libc::EINVAL,
                 "no data fd: the device is not RESUMING",
@@ -388,14 +388,14 @@ impl MigrationDevice for KernelDevice {
         })?;
         f.write_all(data).map_err(|e| {
             let errno = e.raw_os_error().unwrap_or(libc::EIO);
-            HandleError::refused(step, errno, format!("{e} — the driver refused the state (saved from a different device model or port count?)"))
+            BackendError::refused(step, errno, format!("{e} — the driver refused the state (saved from a different device model or port count?)"))
         })
     }
 
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         let step = self.step("VFIO_MIG_GET_PRECOPY_INFO");
         let f = self.data.as_ref().ok_or_else(|| {
-            HandleError::refused(
+            BackendError::refused(
                 step.clone(),
                 libc::EINVAL,
                 "no data fd: the device is not in PRE_COPY",
@@ -409,7 +409,7 @@ impl MigrationDevice for KernelDevice {
         sys::ioctl_buf(f, k::VFIO_MIG_GET_PRECOPY_INFO, &mut b)
             .map_err(|e| self.err("VFIO_MIG_GET_PRECOPY_INFO", e))?;
         let p =
-            k::PrecopyInfo::decode(&b).map_err(|e| HandleError::protocol(step, e.to_string()))?;
+            k::PrecopyInfo::decode(&b).map_err(|e| BackendError::protocol(step, e.to_string()))?;
         Ok(PrecopyInfo {
             initial_bytes: p.initial_bytes,
             dirty_bytes: p.dirty_bytes,
@@ -472,7 +472,7 @@ impl MigrationDevice for KernelDevice {
     ) -> Result<()> {
         let need = k::bitmap_bytes(length, page_size).unwrap_or(u64::MAX);
         if (bitmap.len() as u64) < need {
-            return Err(HandleError::refused(
+            return Err(BackendError::refused(
                 self.step("DMA_LOGGING_REPORT"),
                 libc::EINVAL,
                 format!("bitmap of {} bytes, {need} needed", bitmap.len()),
@@ -497,7 +497,7 @@ impl MigrationDevice for KernelDevice {
 
     fn dma_map(&mut self, w: DmaWindow<'_>) -> Result<()> {
         let fd = w.fd.ok_or_else(|| {
-            HandleError::unsupported(
+            BackendError::unsupported(
                 self.step("DMA map"),
                 "kernel devices need guest memory shared by fd",
             )
@@ -524,7 +524,7 @@ impl MigrationDevice for KernelDevice {
             .iter()
             .position(|(a, s, _)| *a == iova && *s == size)
             .ok_or_else(|| {
-                HandleError::refused(
+                BackendError::refused(
                     self.step("DMA unmap"),
                     libc::ENOENT,
                     format!("no DMA window {iova:#x}+{size:#x}"),
