@@ -190,7 +190,6 @@ fn identity() -> DeviceIdentity {
 #[derive(Debug)]
 pub struct Serial {
     uart: Uart,
-    state: MigState,
     pci: PciConfig,
     save: Option<Outbox>,
     load: Option<(RecordReader, SerialSink)>,
@@ -219,16 +218,10 @@ impl Serial {
         .expect("the serial BAR layout is valid");
         Self {
             uart: Uart::default(),
-            state: MigState::Running,
             pci,
             save: None,
             load: None,
         }
-    }
-
-    /// The state the device believes it is in.
-    pub fn mig_state(&self) -> MigState {
-        self.state
     }
 
     fn stream(&self) -> Vec<u8> {
@@ -251,33 +244,31 @@ impl Serial {
         out
     }
 
-    fn running(&self) -> bool {
-        self.state == MigState::Running
-    }
-
-    fn require_running(&self, what: &str) -> DeviceResult<()> {
-        if self.running() {
+    fn require_running(state: MigState, what: &str) -> DeviceResult<()> {
+        if state == MigState::Running {
             Ok(())
         } else {
             Err(DeviceError::new(
                 libc::EBUSY,
                 format!(
-                    "{what} refused: the serial device is in {} and its state is frozen; set it \
-                     RUNNING first",
-                    self.state
+                    "{what} refused: the serial device is in {state} and its state is frozen; set \
+                     it RUNNING first"
                 ),
             ))
         }
     }
 
-    fn bar0_read(&mut self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+    fn bar0_read(&mut self, state: MigState, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
         let dlab = self.uart.lcr & LCR_DLAB != 0;
         match (offset, buf.len()) {
             (0..=7, 1) => {
                 buf[0] = match offset {
                     reg::DATA if dlab => self.uart.dll,
                     reg::DATA => {
-                        self.require_running("reading the data register (it pops the FIFO)")?;
+                        Self::require_running(
+                            state,
+                            "reading the data register (it pops the FIFO)",
+                        )?;
                         self.uart.fifo.pop_front().unwrap_or(0)
                     }
                     reg::IER if dlab => self.uart.dlm,
@@ -287,7 +278,7 @@ impl Serial {
                     reg::MCR => self.uart.mcr,
                     reg::LSR => {
                         let v = self.uart.lsr();
-                        if self.running() {
+                        if state == MigState::Running {
                             self.uart.overrun = false;
                         }
                         v
@@ -314,14 +305,14 @@ impl Serial {
         }
     }
 
-    fn bar0_write(&mut self, offset: u64, data: &[u8]) -> DeviceResult<()> {
+    fn bar0_write(&mut self, state: MigState, offset: u64, data: &[u8]) -> DeviceResult<()> {
         match (offset, data.len()) {
             (reg::LSR | reg::MSR, 1) => Err(DeviceError::inval(format!(
                 "serial {} ({offset:#x}) is read-only",
                 if offset == reg::LSR { "LSR" } else { "MSR" }
             ))),
             (0..=7, 1) => {
-                self.require_running("register write")?;
+                Self::require_running(state, "register write")?;
                 let v = data[0];
                 let dlab = self.uart.lcr & LCR_DLAB != 0;
                 let u = &mut self.uart;
@@ -474,24 +465,35 @@ impl Device for Serial {
         ]
     }
 
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+    fn region_read(
+        &mut self,
+        state: MigState,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> DeviceResult<()> {
         match index {
-            BAR0 => self.bar0_read(offset, buf),
+            BAR0 => self.bar0_read(state, offset, buf),
             CONFIG_REGION => self.pci.read(offset, buf),
             _ => Err(DeviceError::inval(format!("serial has no region {index}"))),
         }
     }
 
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DeviceResult<()> {
+    fn region_write(
+        &mut self,
+        state: MigState,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> DeviceResult<()> {
         match index {
-            BAR0 => self.bar0_write(offset, data),
+            BAR0 => self.bar0_write(state, offset, data),
             CONFIG_REGION => {
-                if matches!(self.state, MigState::StopCopy | MigState::Resuming) {
+                if matches!(state, MigState::StopCopy | MigState::Resuming) {
                     return Err(DeviceError::new(
                         libc::EBUSY,
                         format!(
-                            "config space write refused in {}: the state is being saved or loaded",
-                            self.state
+                            "config space write refused in {state}: the state is being saved or loaded"
                         ),
                     ));
                 }
@@ -506,7 +508,6 @@ impl Device for Serial {
         self.pci.reset();
         self.save = None;
         self.load = None;
-        self.state = MigState::Running;
         Ok(())
     }
 
@@ -516,7 +517,7 @@ impl Device for Serial {
 
     fn transition(&mut self, from: MigState, to: MigState) -> DeviceResult<()> {
         use MigState::*;
-        vfio_migrate_device::core::check_arc(FLAGS, self.state, from, to, "serial device")?;
+        vfio_migrate_device::core::check_arc(FLAGS, from, to)?;
         match (from, to) {
             (Stop, StopCopy) => {
                 let mut o = Outbox::default();
@@ -555,16 +556,14 @@ impl Device for Serial {
             }
             _ => {}
         }
-        self.state = to;
         Ok(())
     }
 
-    fn save(&mut self, buf: &mut [u8]) -> DeviceResult<usize> {
+    fn save(&mut self, state: MigState, buf: &mut [u8]) -> DeviceResult<usize> {
         match self.save.as_mut() {
             Some(o) => Ok(o.drain_into(buf)),
             None => Err(DeviceError::inval(format!(
-                "the serial device has no save stream in {}",
-                self.state
+                "the serial device has no save stream in {state}"
             ))),
         }
     }
@@ -587,12 +586,11 @@ impl Device for Serial {
         }
     }
 
-    fn load(&mut self, data: &[u8]) -> DeviceResult<()> {
+    fn load(&mut self, state: MigState, data: &[u8]) -> DeviceResult<()> {
         match self.load.as_mut() {
             Some((reader, sink)) => reader.push(data, sink),
             None => Err(DeviceError::inval(format!(
-                "the serial device takes state data only in RESUMING; it is in {}",
-                self.state
+                "the serial device takes state data only in RESUMING; it is in {state}"
             ))),
         }
     }

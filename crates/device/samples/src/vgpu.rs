@@ -89,7 +89,6 @@ pub struct Vgpu {
     dma: Arc<DmaSpace>,
     render: Option<Engine>,
     dma_engine: Option<Engine>,
-    state: MigState,
     pci: PciConfig,
     save: Option<SaveStream>,
     load: Option<LoadStream>,
@@ -99,7 +98,6 @@ impl std::fmt::Debug for Vgpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vgpu")
             .field("mem_size", &self.shared.mem.len())
-            .field("state", &self.state)
             .field("render", &self.render.is_some())
             .field("dma", &self.dma_engine.is_some())
             .finish_non_exhaustive()
@@ -156,7 +154,6 @@ impl Vgpu {
             dma,
             render: None,
             dma_engine: None,
-            state: MigState::Running,
             pci,
             save: None,
             load: None,
@@ -168,19 +165,14 @@ impl Vgpu {
         self.shared.mem.len()
     }
 
-    /// The state the device believes it is in.
-    pub fn mig_state(&self) -> MigState {
-        self.state
-    }
-
     /// Whether the render / DMA engine threads are running.
     pub fn engines_running(&self) -> (bool, bool) {
         (self.render.is_some(), self.dma_engine.is_some())
     }
 
-    /// Starts or stops the engine threads to match state and CONTROL.
-    fn sync_engines(&mut self) -> DeviceResult<()> {
-        let run = is_running(self.state);
+    /// Starts or stops the engine threads to match `state` and CONTROL.
+    fn sync_engines(&mut self, state: MigState) -> DeviceResult<()> {
+        let run = is_running(state);
         let control = self.shared.regs.control.load(Ordering::Acquire);
         let want_render = run && control & CONTROL_RENDER != 0;
         let want_dma = run && control & CONTROL_DMA != 0;
@@ -311,12 +303,12 @@ impl Vgpu {
         }
     }
 
-    fn write_reg(&mut self, off: u64, v: u64) -> DeviceResult<()> {
+    fn write_reg(&mut self, state: MigState, off: u64, v: u64) -> DeviceResult<()> {
         let r = &self.shared.regs;
         match off {
             reg::CONTROL => {
                 r.control.store(v, Ordering::Release);
-                return self.sync_engines();
+                return self.sync_engines(state);
             }
             reg::RENDER_RATE => r.render_rate.store(v, Ordering::Release),
             reg::DMA_RATE => r.dma_rate.store(v, Ordering::Release),
@@ -359,7 +351,7 @@ impl Vgpu {
         Ok(())
     }
 
-    fn bar0_write(&mut self, offset: u64, data: &[u8]) -> DeviceResult<()> {
+    fn bar0_write(&mut self, state: MigState, offset: u64, data: &[u8]) -> DeviceResult<()> {
         Self::bar0_layout(offset, data.len())?;
         let mut writes = Vec::with_capacity(data.len().div_ceil(8));
         if data.len() == 4 {
@@ -380,20 +372,19 @@ impl Vgpu {
             Self::check_write(off, v)?;
         }
         for (off, v) in writes {
-            self.write_reg(off, v)?;
+            self.write_reg(state, off, v)?;
         }
         Ok(())
     }
 
-    fn require_running(&self, what: &str) -> DeviceResult<()> {
-        if is_running(self.state) {
+    fn require_running(state: MigState, what: &str) -> DeviceResult<()> {
+        if is_running(state) {
             Ok(())
         } else {
             Err(DeviceError::new(
                 libc::EBUSY,
                 format!(
-                    "{what} refused: the vgpu is in {} and its state is frozen; set it RUNNING first",
-                    self.state
+                    "{what} refused: the vgpu is in {state} and its state is frozen; set it RUNNING first"
                 ),
             ))
         }
@@ -455,7 +446,13 @@ impl Device for Vgpu {
         ]
     }
 
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+    fn region_read(
+        &mut self,
+        _state: MigState,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> DeviceResult<()> {
         match index {
             BAR0 => self.bar0_read(offset, buf),
             BAR2 => self.shared.mem.read(offset, buf),
@@ -464,24 +461,29 @@ impl Device for Vgpu {
         }
     }
 
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DeviceResult<()> {
+    fn region_write(
+        &mut self,
+        state: MigState,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> DeviceResult<()> {
         match index {
             BAR0 => {
-                self.require_running("register write")?;
-                self.bar0_write(offset, data)
+                Self::require_running(state, "register write")?;
+                self.bar0_write(state, offset, data)
             }
             BAR2 => {
-                self.require_running("device memory write")?;
+                Self::require_running(state, "device memory write")?;
                 self.shared.mem.write(offset, data)?;
                 self.shared.dirty.mark(offset, data.len() as u64)
             }
             CONFIG_REGION => {
-                if matches!(self.state, MigState::StopCopy | MigState::Resuming) {
+                if matches!(state, MigState::StopCopy | MigState::Resuming) {
                     return Err(DeviceError::new(
                         libc::EBUSY,
                         format!(
-                            "config space write refused in {}: the state is being saved or loaded",
-                            self.state
+                            "config space write refused in {state}: the state is being saved or loaded"
                         ),
                     ));
                 }
@@ -499,7 +501,6 @@ impl Device for Vgpu {
         self.shared.regs.reset();
         self.shared.dirty.clear_all();
         self.pci.reset();
-        self.state = MigState::Running;
         Ok(())
     }
 
@@ -509,7 +510,7 @@ impl Device for Vgpu {
 
     fn transition(&mut self, from: MigState, to: MigState) -> DeviceResult<()> {
         use MigState::*;
-        vfio_migrate_device::core::check_arc(FLAGS, self.state, from, to, "vgpu")?;
+        vfio_migrate_device::core::check_arc(FLAGS, from, to)?;
         match (from, to) {
             (Resuming, Stop) => {
                 let load = self
@@ -530,12 +531,7 @@ impl Device for Vgpu {
             (PreCopy | PreCopyP2p, Running | RunningP2p) | (StopCopy, Stop) => self.save = None,
             _ => {}
         }
-        let prev = self.state;
-        self.state = to;
-        if let Err(e) = self.sync_engines() {
-            self.state = prev;
-            return Err(e);
-        }
+        self.sync_engines(to)?;
         if (from, to) == (PreCopyP2p, StopCopy) {
             if let Some(s) = self.save.as_mut() {
                 s.enter_stop_copy();
@@ -544,10 +540,11 @@ impl Device for Vgpu {
         Ok(())
     }
 
-    fn save(&mut self, buf: &mut [u8]) -> DeviceResult<usize> {
-        let s = self.save.as_mut().ok_or_else(|| {
-            DeviceError::inval(format!("the vgpu has no save stream in {}", self.state))
-        })?;
+    fn save(&mut self, state: MigState, buf: &mut [u8]) -> DeviceResult<usize> {
+        let s = self
+            .save
+            .as_mut()
+            .ok_or_else(|| DeviceError::inval(format!("the vgpu has no save stream in {state}")))?;
         Ok(s.save(&self.shared, self.pci.bytes(), buf))
     }
 
@@ -568,12 +565,11 @@ impl Device for Vgpu {
         }
     }
 
-    fn load(&mut self, data: &[u8]) -> DeviceResult<()> {
+    fn load(&mut self, state: MigState, data: &[u8]) -> DeviceResult<()> {
         match self.load.as_mut() {
             Some(l) => l.load(data),
             None => Err(DeviceError::inval(format!(
-                "the vgpu takes state data only in RESUMING; it is in {}",
-                self.state
+                "the vgpu takes state data only in RESUMING; it is in {state}"
             ))),
         }
     }

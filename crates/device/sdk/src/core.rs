@@ -1,6 +1,7 @@
 //! [`DeviceCore`]: what the SDK wraps around a [`Device`] — the current
-//! state, path walking over single arcs, per-state checks on data access,
-//! and the DMA space.
+//! state (its only home: the device is handed it, see [`Device`]), path
+//! walking over single arcs, per-state checks on data access, and the DMA
+//! space.
 
 use crate::device::Device;
 use crate::dma::DmaSpace;
@@ -94,13 +95,25 @@ impl<D: Device> DeviceCore<D> {
         }
     }
 
+    /// Reads `buf.len()` bytes of region `index` at `offset` of the device
+    /// (the caller has checked the range), in the current state.
+    pub fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+        self.dev.region_read(self.state, index, offset, buf)
+    }
+
+    /// Writes region `index` of the device at `offset` (range checked by
+    /// the caller), in the current state.
+    pub fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DeviceResult<()> {
+        self.dev.region_write(self.state, index, offset, data)
+    }
+
     /// Reads save data (PRE_COPY, PRE_COPY_P2P, STOP_COPY).
     pub fn read_data(&mut self, buf: &mut [u8]) -> DeviceResult<usize> {
         self.require(
             &[MigState::PreCopy, MigState::PreCopyP2p, MigState::StopCopy],
             "reading migration data",
         )?;
-        let n = self.dev.save(buf)?;
+        let n = self.dev.save(self.state, buf)?;
         if n > buf.len() {
             return Err(DeviceError::new(
                 libc::EIO,
@@ -113,7 +126,7 @@ impl<D: Device> DeviceCore<D> {
     /// Writes load data (RESUMING).
     pub fn write_data(&mut self, data: &[u8]) -> DeviceResult<()> {
         self.require(&[MigState::Resuming], "writing migration data")?;
-        self.dev.load(data)
+        self.dev.load(self.state, data)
     }
 
     /// Pre-copy estimate (PRE_COPY, PRE_COPY_P2P).
@@ -136,22 +149,11 @@ impl<D: Device> DeviceCore<D> {
     }
 }
 
-/// A guard for [`Device::transition`] implementations: checks that the arc
-/// starts in the state the device believes it is in (`tracked`) and is a
-/// single arc of the state machine for `flags`. [`DeviceCore`] only ever
-/// hands out such arcs; the guard catches a device driven by other code.
-pub fn check_arc(
-    flags: u64,
-    tracked: MigState,
-    from: MigState,
-    to: MigState,
-    device: &str,
-) -> DeviceResult<()> {
-    if from != tracked {
-        return Err(DeviceError::inval(format!(
-            "arc {from} -> {to} requested, but the {device} is in {tracked}"
-        )));
-    }
+/// A guard for [`Device::transition`] implementations: checks that
+/// `from -> to` is a single arc of the state machine for `flags`.
+/// [`DeviceCore`] only ever hands out such arcs; the guard catches a device
+/// driven by other code.
+pub fn check_arc(flags: u64, from: MigState, to: MigState) -> DeviceResult<()> {
     if !fsm::is_valid_arc(flags, from, to) {
         return Err(DeviceError::inval(format!(
             "{from} -> {to} is not a single arc of the migration state machine"

@@ -1,11 +1,14 @@
 //! The trait a device author implements, and the types it describes itself
-//! with. Hooks have defaults where a device may not care (IRQs, reset);
-//! the migration hooks are required.
+//! with. Hooks have defaults where a device may not care (IRQs, reset,
+//! digest); region access and the migration hooks are required.
 //!
-//! The SDK (see [`crate::core::DeviceCore`]) walks the v2 state machine and
-//! calls [`Device::transition`] with single arcs only, checks that data is
-//! read and written only in the states that allow it, and owns DMA and the
-//! DMA dirty log ([`crate::dma::DmaSpace`]).
+//! The SDK (see [`crate::core::DeviceCore`]) is the one home of the
+//! migration state: it walks the v2 state machine, calls
+//! [`Device::transition`] with single arcs only, checks that data is read
+//! and written only in the states that allow it, and owns DMA and the DMA
+//! dirty log ([`crate::dma::DmaSpace`]). A device keeps no copy of the
+//! state: every hook whose behaviour depends on it gets the current state
+//! as its `state` parameter (`transition` gets `from` and `to`).
 
 use crate::error::{DeviceError, DeviceResult};
 use std::os::fd::OwnedFd;
@@ -63,6 +66,11 @@ pub struct IrqDesc {
 }
 
 /// A migratable device.
+///
+/// `state` parameters are the state the SDK has the device in when it calls
+/// the hook; between calls the device is in the `to` state of the last
+/// [`Device::transition`] that succeeded (RUNNING at first and after
+/// [`Device::reset`]).
 pub trait Device: Send {
     /// Identity for config space and the compatibility descriptor.
     fn identity(&self) -> DeviceIdentity;
@@ -70,12 +78,26 @@ pub trait Device: Send {
     /// Every region, by index.
     fn regions(&self) -> Vec<Region>;
 
-    /// Reads `buf.len()` bytes of region `index` at `offset`. The caller has
-    /// checked the range against [`Region::size`].
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> DeviceResult<()>;
+    /// Reads `buf.len()` bytes of region `index` at `offset` in `state`. The
+    /// caller has checked the range against [`Region::size`].
+    fn region_read(
+        &mut self,
+        state: MigState,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> DeviceResult<()>;
 
-    /// Writes region `index` at `offset` (range checked by the caller).
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DeviceResult<()>;
+    /// Writes region `index` at `offset` in `state` (range checked by the
+    /// caller). A device whose state is frozen outside the running states
+    /// refuses writes that would change it.
+    fn region_write(
+        &mut self,
+        state: MigState,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> DeviceResult<()>;
 
     /// Interrupts offered.
     fn irqs(&self) -> Vec<IrqDesc> {
@@ -106,10 +128,11 @@ pub trait Device: Send {
     /// data.
     fn transition(&mut self, from: MigState, to: MigState) -> DeviceResult<()>;
 
-    /// Reads the next chunk of the save stream into `buf` (PRE_COPY,
-    /// PRE_COPY_P2P, STOP_COPY). Returns 0 in pre-copy when nothing is
-    /// pending right now, and in STOP_COPY when the state is complete.
-    fn save(&mut self, buf: &mut [u8]) -> DeviceResult<usize>;
+    /// Reads the next chunk of the save stream into `buf`; `state` is
+    /// PRE_COPY, PRE_COPY_P2P or STOP_COPY. Returns 0 in pre-copy when
+    /// nothing is pending right now, and in STOP_COPY when the state is
+    /// complete.
+    fn save(&mut self, state: MigState, buf: &mut [u8]) -> DeviceResult<usize>;
 
     /// Pre-copy estimate.
     fn precopy_info(&mut self) -> PrecopyInfo;
@@ -117,8 +140,8 @@ pub trait Device: Send {
     /// Bytes the stop-copy phase is expected to produce from now on.
     fn stop_copy_size(&mut self) -> u64;
 
-    /// Takes the next chunk of the load stream (RESUMING).
-    fn load(&mut self, data: &[u8]) -> DeviceResult<()>;
+    /// Takes the next chunk of the load stream; `state` is RESUMING.
+    fn load(&mut self, state: MigState, data: &[u8]) -> DeviceResult<()>;
 
     /// A digest of the device's complete state (memory and registers), for
     /// verifying migrations. Devices that cannot compute one return None.

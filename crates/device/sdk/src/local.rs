@@ -175,16 +175,14 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut c = self.core.lock().unwrap();
         check_region(&*c, index, offset, buf.len())?;
-        c.device()
-            .region_read(index, offset, buf)
+        c.region_read(index, offset, buf)
             .map_err(|e| err("region read", e))
     }
 
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
         let mut c = self.core.lock().unwrap();
         check_region(&*c, index, offset, data.len())?;
-        c.device()
-            .region_write(index, offset, data)
+        c.region_write(index, offset, data)
             .map_err(|e| err("region write", e))
     }
 }

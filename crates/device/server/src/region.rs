@@ -211,7 +211,7 @@ pub(crate) fn read<D: Device>(
     reply.put(&req.to_bytes());
     let buf = reply.grow(req.count as usize);
     match owner {
-        Owner::Device(_) => core.device().region_read(req.region, req.offset, buf),
+        Owner::Device(_) => core.region_read(req.region, req.offset, buf),
         Owner::Ext(i, _) => s.ext.regions[i].read(&mut core, req.offset, buf),
     }
 }
@@ -244,7 +244,7 @@ pub(crate) fn write<D: Device>(
         .ok_or_else(|| DeviceError::inval(format!("region {} does not exist", req.region)))?;
     check_access(owner.region(), req.offset, req.count, limit, true)?;
     match owner {
-        Owner::Device(_) => core.device().region_write(req.region, req.offset, data)?,
+        Owner::Device(_) => core.region_write(req.region, req.offset, data)?,
         Owner::Ext(i, _) => s.ext.regions[i].write(&mut core, req.offset, data)?,
     }
     reply.put(&req.to_bytes());

@@ -148,7 +148,13 @@ impl Device for TestDev {
         ]
     }
 
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+    fn region_read(
+        &mut self,
+        _state: MigState,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> DeviceResult<()> {
         let o = offset as usize;
         match index {
             0 => buf.copy_from_slice(&self.regs[o..o + buf.len()]),
@@ -159,7 +165,13 @@ impl Device for TestDev {
         Ok(())
     }
 
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DeviceResult<()> {
+    fn region_write(
+        &mut self,
+        _state: MigState,
+        index: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> DeviceResult<()> {
         let o = offset as usize;
         match index {
             0 => self.regs[o..o + data.len()].copy_from_slice(data),
@@ -218,7 +230,7 @@ impl Device for TestDev {
         Ok(())
     }
 
-    fn save(&mut self, buf: &mut [u8]) -> DeviceResult<usize> {
+    fn save(&mut self, _state: MigState, buf: &mut [u8]) -> DeviceResult<usize> {
         let n = buf.len().min(self.out.len() - self.out_pos);
         buf[..n].copy_from_slice(&self.out[self.out_pos..self.out_pos + n]);
         self.out_pos += n;
@@ -236,7 +248,7 @@ impl Device for TestDev {
         (MAGIC.len() + 64 + MEM) as u64
     }
 
-    fn load(&mut self, data: &[u8]) -> DeviceResult<()> {
+    fn load(&mut self, _state: MigState, data: &[u8]) -> DeviceResult<()> {
         if self.incoming.len() + data.len() > 4 * (MAGIC.len() + 64 + MEM) {
             return Err(DeviceError::new(
                 libc::EFBIG,

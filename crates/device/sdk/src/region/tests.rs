@@ -55,10 +55,10 @@ impl Device for Blob {
     fn regions(&self) -> Vec<Region> {
         Vec::new()
     }
-    fn region_read(&mut self, _: u32, _: u64, _: &mut [u8]) -> DeviceResult<()> {
+    fn region_read(&mut self, _: MigState, _: u32, _: u64, _: &mut [u8]) -> DeviceResult<()> {
         Ok(())
     }
-    fn region_write(&mut self, _: u32, _: u64, _: &[u8]) -> DeviceResult<()> {
+    fn region_write(&mut self, _: MigState, _: u32, _: u64, _: &[u8]) -> DeviceResult<()> {
         Ok(())
     }
     fn migration_flags(&self) -> u64 {
@@ -94,7 +94,7 @@ impl Device for Blob {
         }
         Ok(())
     }
-    fn save(&mut self, buf: &mut [u8]) -> DeviceResult<usize> {
+    fn save(&mut self, _: MigState, buf: &mut [u8]) -> DeviceResult<usize> {
         let src = if self.phase_stop {
             self.stream()
         } else {
@@ -118,7 +118,7 @@ impl Device for Blob {
             self.stream().len() as u64
         }
     }
-    fn load(&mut self, data: &[u8]) -> DeviceResult<()> {
+    fn load(&mut self, _: MigState, data: &[u8]) -> DeviceResult<()> {
         self.loaded.extend_from_slice(data);
         Ok(())
     }
