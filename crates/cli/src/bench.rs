@@ -22,6 +22,7 @@ use serde::Serialize;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use vfio_migrate_harness::{Options, ServerProcess, TempDir};
 
 /// Arguments of `vfio-migrate bench`.
 #[derive(clap::Args)]
@@ -198,53 +199,47 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
 /// Migrates a `big_mem` vgpu with a separate `migrate` process; returns
 /// its peak RSS.
 fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
-    let dir = std::env::temp_dir().join(format!("vfio-migrate-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir::new("bench").context("creating a directory for the sockets")?;
     let exe = std::env::current_exe()?;
     let mem = a.big_mem.to_string();
     let mut servers = Vec::new();
     for name in ["a.sock", "b.sock"] {
         let sock = dir.join(name);
-        let mut c = Command::new(&exe)
-            .args([
-                "serve",
-                "--device",
-                "vgpu",
-                "--device-mem",
-                &mem,
-                "--socket",
-            ])
-            .arg(&sock)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(c.stdout.take().expect("piped")),
-            &mut line,
-        )?;
-        if !line.contains("listening on") {
-            bail!("serve said {line:?}");
-        }
-        servers.push((c, sock));
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "serve",
+            "--device",
+            "vgpu",
+            "--device-mem",
+            &mem,
+            "--socket",
+        ])
+        .arg(&sock);
+        let opts = Options {
+            echo_stderr: true,
+            ..Options::default()
+        };
+        servers.push(
+            ServerProcess::start_with(cmd, &sock, &opts)
+                .context("starting `vfio-migrate serve`")?,
+        );
     }
     let t = Instant::now();
     let child = Command::new(&exe)
         .args(["migrate", "--json", "--source"])
-        .arg(format!("unix:{}", servers[0].1.display()))
+        .arg(servers[0].uri())
         .arg("--dest")
-        .arg(format!("unix:{}", servers[1].1.display()))
+        .arg(servers[1].uri())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .context("starting migrate")?;
     let out = child.wait_with_output()?;
     let secs = t.elapsed().as_secs_f64();
-    for (mut c, _) in servers {
-        let _ = c.kill();
-        let _ = c.wait();
+    for mut s in servers {
+        s.kill();
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("migrate output")?;
     if v["status"] != "ok" {
         bail!("large-device migration failed: {}", v["error"]);

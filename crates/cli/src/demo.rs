@@ -14,18 +14,17 @@ use crate::report::{bytes, print_human, print_json};
 use crate::serve::parse_size;
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 use vfio_migrate_backend::{DmaWindow, MigrationDevice};
 use vfio_migrate_engine::{
     migrate_in, migrate_out, DestLink, DestOptions, GuestRam, Link, MemfdRam, MigrationReport,
     SimGuest, VcpuConfig,
 };
+use vfio_migrate_harness::{Options, ServerProcess, TempDir};
 
 /// vgpu BAR0 registers the demo programs.
 mod reg {
@@ -109,103 +108,41 @@ pub(crate) struct Outcome {
     pub(crate) failure: Option<String>,
 }
 
-/// A `vfio-migrate serve` child process, stopped and reaped on drop.
-struct ServerProcess {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl ServerProcess {
-    fn spawn(device_mem: u64, socket: &Path, protocol: ProtocolArg) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("finding this executable")?;
-        let offered = match protocol {
-            ProtocolArg::Auto => "all",
-            ProtocolArg::V2 => "v2",
-            ProtocolArg::V1 => "v1",
-            ProtocolArg::Seed => "seed",
-        };
-        let mut child = Command::new(exe)
-            .args([
-                "serve",
-                "--device",
-                "vgpu",
-                "--protocol",
-                offered,
-                "--device-mem",
-            ])
-            .arg(device_mem.to_string())
-            .arg("--socket")
-            .arg(socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            // Own process group: Ctrl-C reaches the demo, which rolls back
-            // and stops the servers itself.
-            .process_group(0)
-            .spawn()
-            .context("starting `vfio-migrate serve`")?;
-        let out = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            // Keep draining so the server never sees a closed stdout.
-            for _ in lines {}
-        });
-        let server = Self {
-            child,
-            socket: socket.to_path_buf(),
-        };
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Some(Ok(line))) if line.contains("listening on") => Ok(server),
-            Ok(Some(Ok(line))) => {
-                bail!("`vfio-migrate serve` said '{line}' instead of 'listening on ...'")
-            }
-            Ok(_) => bail!("`vfio-migrate serve` exited before listening (see its error above)"),
-            Err(_) => bail!("`vfio-migrate serve` did not start listening within 20 s"),
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.socket);
-    }
-}
-
-/// A private directory for the sockets, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let p =
-            std::env::temp_dir().join(format!("vfio-migrate-demo-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(Self(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Starts a `vfio-migrate serve --device vgpu` child process and waits
+/// until its socket accepts; the child is stopped (SIGTERM, then SIGKILL
+/// after 5 s) when the returned handle is dropped.
+fn spawn_server(
+    device_mem: u64,
+    socket: &Path,
+    protocol: ProtocolArg,
+) -> anyhow::Result<ServerProcess> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let offered = match protocol {
+        ProtocolArg::Auto => "all",
+        ProtocolArg::V2 => "v2",
+        ProtocolArg::V1 => "v1",
+        ProtocolArg::Seed => "seed",
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "serve",
+        "--device",
+        "vgpu",
+        "--protocol",
+        offered,
+        "--device-mem",
+    ])
+    .arg(device_mem.to_string())
+    .arg("--socket")
+    .arg(socket)
+    // Own process group: Ctrl-C reaches the demo, which rolls back and
+    // stops the servers itself.
+    .process_group(0);
+    let opts = Options {
+        echo_stderr: true,
+        ..Options::default()
+    };
+    ServerProcess::start_with(cmd, socket, &opts).context("starting `vfio-migrate serve`")
 }
 
 fn write_reg(c: &mut dyn MigrationDevice, off: u64, v: u64) -> anyhow::Result<()> {
@@ -276,10 +213,10 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
         );
     }
     let cancel = crate::interrupt::install()?;
-    let dir = TempDir::new()?;
-    let (src_sock, dst_sock) = (dir.0.join("source.sock"), dir.0.join("dest.sock"));
-    let src_server = ServerProcess::spawn(args.device_mem, &src_sock, args.protocol)?;
-    let dst_server = ServerProcess::spawn(args.device_mem, &dst_sock, args.protocol)?;
+    let dir = TempDir::new("demo").context("creating a directory for the sockets")?;
+    let (src_sock, dst_sock) = (dir.join("source.sock"), dir.join("dest.sock"));
+    let src_server = spawn_server(args.device_mem, &src_sock, args.protocol)?;
+    let dst_server = spawn_server(args.device_mem, &dst_sock, args.protocol)?;
     let mut src = vfio_migrate_client::open(&src_sock, args.protocol.into())
         .context("connecting to the source vgpu")?;
     let mut dst = vfio_migrate_client::open(&dst_sock, args.protocol.into())

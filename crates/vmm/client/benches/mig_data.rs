@@ -10,48 +10,13 @@
 //! `MIG_BENCH_RUNS` (default 3; the best run of each is reported).
 
 mod common;
-use common::{binary, memcpy, raw_socket};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use common::{binary, memcpy, raw_socket, serve_vgpu};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_backend::MigrationDevice;
 use vfio_migrate_client::{forward_mig_data, Client, ClientConfig};
-
-struct Srv {
-    child: Child,
-    path: PathBuf,
-}
-
-impl Srv {
-    fn start(bin: &Path, dir: &Path, name: &str, mem: &str) -> Self {
-        let path = dir.join(name);
-        let mut child = Command::new(bin)
-            .args(["serve", "--device", "vgpu", "--device-mem", mem, "--socket"])
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn vfio-migrate serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("listening on unix:"), "{line}");
-        Self { child, path }
-    }
-}
-
-impl Drop for Srv {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
+use vfio_migrate_harness::TempDir;
 
 fn parse_size(s: &str) -> u64 {
     let (n, m) = match s.as_bytes().last() {
@@ -161,12 +126,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let bin = binary();
-    let dir = std::env::temp_dir().join(format!("mig-data-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let s = Srv::start(&bin, &dir, "src.sock", &mem);
-    let d = Srv::start(&bin, &dir, "dst.sock", &mem);
-    let mut src = Client::connect_with(&s.path, ClientConfig::default()).unwrap();
-    let mut dst = Client::connect_with(&d.path, ClientConfig::default()).unwrap();
+    let dir = TempDir::new("mig-data-bench").unwrap();
+    let s = serve_vgpu(&bin, &dir, "src.sock", &mem, &[]);
+    let d = serve_vgpu(&bin, &dir, "dst.sock", &mem, &[]);
+    let mut src = Client::connect_with(s.socket(), ClientConfig::default()).unwrap();
+    let mut dst = Client::connect_with(d.socket(), ClientConfig::default()).unwrap();
 
     // Give the device memory real content: run the render engine over it.
     let mem_bytes = parse_size(&mem);
@@ -194,9 +158,9 @@ fn main() {
         let m = if i == 0 { 0 } else { (i - 1) % 3 };
         src.set_state(MigState::StopCopy).unwrap();
         dst.set_state(MigState::Resuming).unwrap();
-        let cpu0 = [cpu_secs(s.child.id()), cpu_secs(0), cpu_secs(d.child.id())];
+        let cpu0 = [cpu_secs(s.pid()), cpu_secs(0), cpu_secs(d.pid())];
         let (bytes, secs) = movers[m].1(&mut src, &mut dst);
-        let cpu1 = [cpu_secs(s.child.id()), cpu_secs(0), cpu_secs(d.child.id())];
+        let cpu1 = [cpu_secs(s.pid()), cpu_secs(0), cpu_secs(d.pid())];
         let gib = bytes as f64 / (1u64 << 30) as f64;
         println!(
             "  run {i} ({}): {:.2} GiB/s; CPU s/GiB: source server {:.2}, mover {:.2}, destination server {:.2}",
@@ -246,5 +210,4 @@ fn main() {
     );
     drop((src, dst));
     drop((s, d));
-    let _ = std::fs::remove_dir_all(&dir);
 }

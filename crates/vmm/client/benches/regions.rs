@@ -18,51 +18,15 @@
 //! `REGION_BENCH_RUNS` (default 3; the best run of each is reported).
 
 mod common;
-use common::{binary, memcpy};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use common::{binary, memcpy, serve_vgpu};
 use std::time::Instant;
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_backend::MigrationDevice;
 use vfio_migrate_client::{Client, SeedDevice, V1Device};
+use vfio_migrate_harness::TempDir;
 
 const CHUNK: usize = 1 << 20;
 const SNDBUF: usize = 4 << 20;
-
-struct Srv {
-    child: Child,
-    path: PathBuf,
-}
-
-impl Srv {
-    fn start(bin: &Path, dir: &Path, mem: &str) -> Self {
-        let path = dir.join("bench.sock");
-        let mut child = Command::new(bin)
-            .args(["serve", "--device", "vgpu", "--protocol", "all"])
-            .args(["--device-mem", mem, "--socket"])
-            .arg(&path)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn vfio-migrate serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("listening on unix:"), "{line}");
-        Self { child, path }
-    }
-}
-
-impl Drop for Srv {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
 
 /// Reads the whole STOP_COPY state through `dev` (then rolls it back to
 /// RUNNING). Returns (bytes, seconds of the read loop).
@@ -94,13 +58,11 @@ fn main() {
         .unwrap_or(3)
         .max(1);
     let bin = binary();
-    let dir =
-        std::env::temp_dir().join(format!("vfio-migrate-regions-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let srv = Srv::start(&bin, &dir, &mem);
+    let dir = TempDir::new("regions-bench").unwrap();
+    let srv = serve_vgpu(&bin, &dir, "bench.sock", &mem, &["--protocol", "all"]);
     // Some device content: the render engine runs briefly.
     {
-        let mut c = Client::connect(&srv.path).unwrap();
+        let mut c = Client::connect(srv.socket()).unwrap();
         for (off, v) in [(0x30u64, 0xbe4cu64), (0x10, 1 << 30), (0x08, 1)] {
             c.region_write(0, off, &v.to_le_bytes()).unwrap();
         }
@@ -128,7 +90,7 @@ fn main() {
     for (name, open) in paths {
         let mut best = f64::MAX;
         for _ in 0..runs {
-            let mut dev = open(Client::connect(&srv.path).unwrap());
+            let mut dev = open(Client::connect(srv.socket()).unwrap());
             let (n, t) = drain(&mut *dev);
             assert!(
                 bytes == 0 || n == bytes,
@@ -171,5 +133,4 @@ fn main() {
         t_mem / t_sock
     );
     drop(srv);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,12 +1,14 @@
 //! What the throughput benchmarks of this crate share: the limits they are
 //! measured against in the same run (a raw AF_UNIX socketpair copy and a
-//! memcpy), and the `vfio-migrate` binary whose servers they drive.
+//! memcpy), the `vfio-migrate` binary whose servers they drive, and
+//! starting one of those servers (with `vfio_migrate_harness`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
+use vfio_migrate_harness::{ServerProcess, TempDir};
 
 /// Seconds to move `bytes` through one AF_UNIX socketpair in `chunk` writes, reader in
 /// another thread, same send buffer as the vfio-user sockets.
@@ -76,4 +78,22 @@ pub fn binary() -> PathBuf {
         assert!(ok, "cargo build --release -p vfio-migrate failed");
     }
     bin
+}
+
+/// Starts `BIN serve --device vgpu --device-mem MEM ARGS --socket DIR/NAME`
+/// and waits until it accepts; stopped (SIGTERM) on drop.
+pub fn serve_vgpu(
+    bin: &Path,
+    dir: &TempDir,
+    name: &str,
+    mem: &str,
+    args: &[&str],
+) -> ServerProcess {
+    let socket = dir.join(name);
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--device", "vgpu", "--device-mem", mem])
+        .args(args)
+        .arg("--socket")
+        .arg(&socket);
+    ServerProcess::start(cmd, &socket).unwrap_or_else(|e| panic!("{e}"))
 }
