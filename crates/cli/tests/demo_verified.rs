@@ -2,8 +2,8 @@
 //! vCPU and the vgpu's DMA engine dirty RAM, live migration over loopback
 //! TCP, verified.
 
-mod engine_support;
-use engine_support::{json, run};
+mod support;
+use support::{json, run};
 
 fn check_report(v: &serde_json::Value, precopy: bool) {
     for k in [

@@ -2,11 +2,10 @@
 //! bytes written into the FIFO through BAR0 come back out, state changes
 //! are reported, ERROR and bad input are refused with clear errors.
 
-#[path = "serve_support/mod.rs"]
-mod serve_support;
+mod support;
 
-use serve_support::ServerProc;
 use std::process::Command;
+use support::{Dir, Server};
 
 fn vm(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
@@ -22,8 +21,9 @@ fn vm(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn device_command_pokes_and_reports() {
-    let s = ServerProc::start("serial", None);
-    let ep = format!("unix:{}", s.path.display());
+    let dir = Dir::new("device-cmd");
+    let s = Server::start("serial", None, &dir.path("d.sock"));
+    let ep = s.uri();
     let (ok, out, err) = vm(&["device", &ep, "info", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

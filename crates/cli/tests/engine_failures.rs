@@ -2,10 +2,10 @@
 //! its state intact, with a message naming what failed and where — and the
 //! destination never runs on partial state. Real processes throughout.
 
-mod engine_support;
-use engine_support::*;
+mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::*;
 use vfio_migrate_backend::MigState;
 
 /// A vgpu with state (memory rendered, registers set) but engines off, so

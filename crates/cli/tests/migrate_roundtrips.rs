@@ -2,10 +2,10 @@
 //! `serve` processes: unix→unix, unix→tcp→unix and unix→file→unix, each
 //! verified (the destination's digest equals the source's at the stop).
 
-mod engine_support;
-use engine_support::*;
+mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use support::*;
 use vfio_migrate_backend::MigState;
 
 /// A vgpu with its render engine on.

@@ -4,9 +4,9 @@
 //! through v2, and a forced protocol the server does not offer is refused
 //! with a clear error.
 
-mod protocol_support;
+mod support;
 
-use protocol_support::*;
+use support::*;
 use vfio_migrate_backend::MigrationDevice;
 use vfio_migrate_client::{open, Protocol};
 
@@ -50,12 +50,12 @@ fn digest(ep: &std::path::Path, protocol: Protocol) -> u64 {
 
 #[test]
 fn snapshot_saved_through_seed_restores_through_v2() {
-    let dir = temp_dir("snap");
-    let src = Serve::start(&dir, "src.sock", "vgpu", Some("16M"), "seed");
-    let dst = Serve::start(&dir, "dst.sock", "vgpu", Some("16M"), "v2");
+    let dir = Dir::new("snap");
+    let src = Server::with_protocol("vgpu", Some("16M"), "seed", &dir.path("src.sock"));
+    let dst = Server::with_protocol("vgpu", Some("16M"), "v2", &dir.path("dst.sock"));
     {
         // Some state: registers and rendered device memory, engines off.
-        let mut d = open(&src.path, Protocol::Seed).unwrap();
+        let mut d = open(&src.socket, Protocol::Seed).unwrap();
         d.region_write(0, 0x30, &0x1234_5678u64.to_le_bytes())
             .unwrap();
         d.region_write(0, 0x60, &0xfeed_beefu64.to_le_bytes())
@@ -66,16 +66,16 @@ fn snapshot_saved_through_seed_restores_through_v2() {
         std::thread::sleep(std::time::Duration::from_millis(100));
         d.region_write(0, 0x08, &0u64.to_le_bytes()).unwrap();
     }
-    let before = digest(&src.path, Protocol::Seed);
-    assert_ne!(before, digest(&dst.path, Protocol::V2));
-    let snap = dir.join("snap.bin");
+    let before = digest(&src.socket, Protocol::Seed);
+    assert_ne!(before, digest(&dst.socket, Protocol::V2));
+    let snap = dir.path("snap.bin");
     let snap_ep = format!("file:{}", snap.display());
     let o = cli(&[
         "migrate",
         "--protocol",
         "seed",
         "--source",
-        &src.endpoint(),
+        &src.uri(),
         "--dest",
         &snap_ep,
         "--json",
@@ -86,10 +86,10 @@ fn snapshot_saved_through_seed_restores_through_v2() {
     // The source runs on after a snapshot (seed FAILED → RUNNING keeps its
     // state).
     {
-        let mut d = open(&src.path, Protocol::Seed).unwrap();
+        let mut d = open(&src.socket, Protocol::Seed).unwrap();
         assert_eq!(d.state().unwrap(), vfio_migrate_backend::MigState::Running);
     }
-    assert_eq!(digest(&src.path, Protocol::Seed), before);
+    assert_eq!(digest(&src.socket, Protocol::Seed), before);
     let o = cli(&[
         "migrate",
         "--protocol",
@@ -97,22 +97,21 @@ fn snapshot_saved_through_seed_restores_through_v2() {
         "--source",
         &snap_ep,
         "--dest",
-        &dst.endpoint(),
+        &dst.uri(),
         "--json",
     ]);
     let j = json(&o);
     assert!(o.status.success(), "{j}");
     assert_eq!(j["verified"], true, "{j}");
     assert_eq!(j["devices"][0]["protocol"], "vfio-user v2");
-    assert_eq!(digest(&dst.path, Protocol::V2), before);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(digest(&dst.socket, Protocol::V2), before);
 }
 
 #[test]
 fn forced_protocol_the_server_lacks_is_refused_clearly() {
-    let dir = temp_dir("force");
-    let s = Serve::start(&dir, "s.sock", "serial", None, "seed");
-    let snap = format!("file:{}", dir.join("x.bin").display());
+    let dir = Dir::new("force");
+    let s = Server::with_protocol("serial", None, "seed", &dir.path("s.sock"));
+    let snap = format!("file:{}", dir.path("x.bin").display());
     for (p, want) in [
         ("v2", "does not offer the v2 migration interface"),
         ("v1", "no v1 migration region"),
@@ -122,42 +121,34 @@ fn forced_protocol_the_server_lacks_is_refused_clearly() {
             "--protocol",
             p,
             "--source",
-            &s.endpoint(),
+            &s.uri(),
             "--dest",
             &snap,
         ]);
         assert!(!o.status.success());
         let e = String::from_utf8_lossy(&o.stderr);
         assert!(e.contains(want), "{p}: {e}");
-        assert!(!dir.join("x.bin").exists(), "{p}: nothing written");
+        assert!(!dir.path("x.bin").exists(), "{p}: nothing written");
     }
     // Auto-detection falls back to the seed region, and works.
-    let o = cli(&[
-        "migrate",
-        "--source",
-        &s.endpoint(),
-        "--dest",
-        &snap,
-        "--json",
-    ]);
+    let o = cli(&["migrate", "--source", &s.uri(), "--dest", &snap, "--json"]);
     let j = json(&o);
     assert!(o.status.success(), "{j}");
     assert_eq!(j["devices"][0]["protocol"], "vfio-user seed region");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn seed_source_to_v1_destination_over_tcp_loopback() {
     use std::io::{BufRead, BufReader};
-    let dir = temp_dir("tcp");
-    let src = Serve::start(&dir, "src.sock", "vgpu", Some("16M"), "seed");
-    let dst = Serve::start(&dir, "dst.sock", "vgpu", Some("16M"), "v1");
+    let dir = Dir::new("tcp");
+    let src = Server::with_protocol("vgpu", Some("16M"), "seed", &dir.path("src.sock"));
+    let dst = Server::with_protocol("vgpu", Some("16M"), "v1", &dir.path("dst.sock"));
     {
-        let mut d = open(&src.path, Protocol::Seed).unwrap();
+        let mut d = open(&src.socket, Protocol::Seed).unwrap();
         d.region_write(0, 0x30, &0x77u64.to_le_bytes()).unwrap();
         d.region_write(0, 0x60, &0x99u64.to_le_bytes()).unwrap();
     }
-    let want = digest(&src.path, Protocol::Seed);
+    let want = digest(&src.socket, Protocol::Seed);
     let mut recv = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
         .args([
             "receive",
@@ -167,7 +158,7 @@ fn seed_source_to_v1_destination_over_tcp_loopback() {
             "--listen",
             "tcp:127.0.0.1:0",
         ])
-        .args(["--dest", &dst.endpoint()])
+        .args(["--dest", &dst.uri()])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -184,7 +175,7 @@ fn seed_source_to_v1_destination_over_tcp_loopback() {
         "--protocol",
         "seed",
         "--source",
-        &src.endpoint(),
+        &src.uri(),
         "--dest",
         &addr,
         "--json",
@@ -198,11 +189,10 @@ fn seed_source_to_v1_destination_over_tcp_loopback() {
     let r: serde_json::Value = serde_json::from_str(&rest).unwrap();
     assert_eq!(r["status"], "ok", "{r}");
     // The destination runs the source's state (same digest once stopped).
-    let mut d = open(&dst.path, Protocol::V1).unwrap();
+    let mut d = open(&dst.socket, Protocol::V1).unwrap();
     assert_eq!(d.state().unwrap(), vfio_migrate_backend::MigState::Running);
     d.set_state(vfio_migrate_backend::MigState::Stop).unwrap();
     let mut b = [0u8; 8];
     d.region_read(0, 0x38, &mut b).unwrap();
     assert_eq!(u64::from_le_bytes(b), want);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,14 +1,16 @@
-//! The v1 and seed migration regions over the wire, against a real
-//! `vfio-migrate serve --protocol all|v1|seed` process: bad accesses get
+//! The v1 and seed migration regions over the wire, against a real server
+//! process offering all protocols, or only v1 or seed: bad accesses get
 //! an error reply with EINVAL and change nothing, the same connection keeps
 //! working, every v1 and seed state is reached through full save/resume
 //! flows, the v2 interface is withheld when only an older protocol is
 //! served, DEVICE_RESET resets the regions, and DIRTY_PAGES refuses bad
 //! requests.
 
-mod protocol_support;
+mod support;
+mod wire;
 
-use protocol_support::*;
+use std::os::fd::AsFd;
+use support::Served;
 use vfio_migrate_abi::seed::{self as sabi, SeedState};
 use vfio_migrate_abi::v1 as vabi;
 use vfio_migrate_abi::v1::{DirtyBitmapRange, DirtyPages};
@@ -54,8 +56,7 @@ fn make_state(c: &mut Client, seed: u64) {
 
 #[test]
 fn v1_region_bad_accesses_are_refused_and_change_nothing() {
-    let dir = temp_dir("v1bad");
-    let mut s = Serve::start(&dir, "d.sock", "vgpu", Some("16M"), "all");
+    let mut s = Served::with_protocol("vgpu", Some(16 << 20), "all");
     let mut c = Client::connect(&s.path).unwrap();
     let r = c.region_info(V1_REGION_INDEX).unwrap();
     assert_eq!(
@@ -136,8 +137,7 @@ fn v1_region_bad_accesses_are_refused_and_change_nothing() {
 
 #[test]
 fn seed_region_bad_accesses_are_refused_and_change_nothing() {
-    let dir = temp_dir("seedbad");
-    let mut s = Serve::start(&dir, "d.sock", "vgpu", Some("16M"), "all");
+    let mut s = Served::with_protocol("vgpu", Some(16 << 20), "all");
     let mut c = Client::connect(&s.path).unwrap();
     let r = c.region_info(SEED_REGION_INDEX).unwrap();
     assert_eq!(
@@ -300,9 +300,8 @@ fn digest_of(dev: &mut dyn MigrationDevice) -> u64 {
 #[test]
 fn every_seed_state_over_the_wire_mmap_and_messages() {
     for mmap in [true, false] {
-        let dir = temp_dir("seedflow");
-        let src = Serve::start(&dir, "s.sock", "vgpu", Some("16M"), "seed");
-        let dst = Serve::start(&dir, "d.sock", "vgpu", Some("16M"), "seed");
+        let src = Served::with_protocol("vgpu", Some(16 << 20), "seed");
+        let dst = Served::with_protocol("vgpu", Some(16 << 20), "seed");
         let mut c = Client::connect(&src.path).unwrap();
         make_state(&mut c, 0xabc);
         let mut a = SeedDevice::new(c, mmap).unwrap();
@@ -339,16 +338,14 @@ fn every_seed_state_over_the_wire_mmap_and_messages() {
         b.go(SeedState::Failed).unwrap();
         assert_eq!(b.state().unwrap(), MigState::Stop);
         assert_ne!(digest_of(&mut b), want);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
 #[test]
 fn every_v1_state_over_the_wire_mmap_and_messages() {
     for mmap in [true, false] {
-        let dir = temp_dir("v1flow");
-        let src = Serve::start(&dir, "s.sock", "vgpu", Some("16M"), "v1");
-        let dst = Serve::start(&dir, "d.sock", "vgpu", Some("16M"), "v1");
+        let src = Served::with_protocol("vgpu", Some(16 << 20), "v1");
+        let dst = Served::with_protocol("vgpu", Some(16 << 20), "v1");
         let mut c = Client::connect(&src.path).unwrap();
         make_state(&mut c, 0xdef);
         let mut a = V1Device::new(c, mmap).unwrap();
@@ -373,14 +370,12 @@ fn every_v1_state_over_the_wire_mmap_and_messages() {
         a.set_state(MigState::Running).unwrap();
         assert_eq!(a.state().unwrap(), MigState::Running);
         assert_eq!(digest_of(&mut a), want);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
 #[test]
 fn older_protocol_only_servers_withhold_v2_and_reset_clears_regions() {
-    let dir = temp_dir("nov2");
-    let s = Serve::start(&dir, "d.sock", "vgpu", Some("16M"), "seed");
+    let s = Served::with_protocol("vgpu", Some(16 << 20), "seed");
     let mut c = Client::connect(&s.path).unwrap();
     // v2: MIGRATION feature ENOTTY, MIG_DATA_READ ENOTSUP.
     let e = c
@@ -413,25 +408,23 @@ fn older_protocol_only_servers_withhold_v2_and_reset_clears_regions() {
     assert_eq!(r.errno(), None);
     assert_eq!(state_u32(&mut c, g), SeedState::Running as u32);
     // A v2-only server has neither region.
-    let v2 = Serve::start(&dir, "v2.sock", "vgpu", Some("16M"), "v2");
+    let v2 = Served::with_protocol("vgpu", Some(16 << 20), "v2");
     let mut c = Client::connect(&v2.path).unwrap();
     assert_eq!(c.device_info().unwrap().num_regions, 9);
     assert!(c.region_info(V1_REGION_INDEX).is_err());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn dirty_pages_refuses_bad_requests_and_reports_dma_writes() {
-    let dir = temp_dir("dirty");
-    let mut s = Serve::start(&dir, "d.sock", "vgpu", Some("16M"), "v1");
+    let mut s = Served::with_protocol("vgpu", Some(16 << 20), "v1");
     let mut c = Client::connect(&s.path).unwrap();
-    let ram = vfio_migrate_engine::MemfdRam::new("dirty-test", 1 << 20).unwrap();
+    let ram = wire::memfd(1 << 20);
     MigrationDevice::dma_map(
         &mut c,
         DmaWindow {
             iova: 0,
             size: 1 << 20,
-            fd: Some(ram.fd()),
+            fd: Some(ram.as_fd()),
             offset: 0,
             readable: true,
             writable: true,

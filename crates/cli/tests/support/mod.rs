@@ -1,7 +1,7 @@
-//! Shared by the engine/migrate/demo CLI tests: device servers as real
-//! `vfio-migrate serve` processes on UNIX sockets, a vfio-user client to
-//! program and inspect them between migrations (a server takes one client
-//! at a time), and running the CLI with a deadline.
+//! Shared by the CLI tests: device servers as real `vfio-migrate serve`
+//! processes on UNIX sockets (spawned by `vfio_migrate_harness`), a
+//! vfio-user client to program and inspect them between migrations (a
+//! server takes one client at a time), and running the CLI with a deadline.
 
 #![allow(dead_code)]
 
@@ -11,6 +11,7 @@ use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use vfio_migrate_backend::{MigState, MigrationDevice};
 use vfio_migrate_client::Client;
+use vfio_migrate_harness::{ServerProcess, TempDir};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vfio-migrate");
 
@@ -32,63 +33,60 @@ pub mod serial {
 }
 
 /// A private directory, removed on drop.
-pub struct Dir(pub PathBuf);
+pub struct Dir(TempDir);
 
 impl Dir {
     pub fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let p = std::env::temp_dir().join(format!("vm-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
+        Self(TempDir::new(tag).expect("temp dir"))
     }
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
 }
 
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A `vfio-migrate serve` process.
+/// A `vfio-migrate serve` process, stopped on drop.
 pub struct Server {
-    pub child: Child,
+    process: ServerProcess,
     pub socket: PathBuf,
 }
 
 impl Server {
     /// Starts `serve --device KIND [--device-mem MEM]` on `socket`.
     pub fn start(kind: &str, mem: Option<&str>, socket: &Path) -> Self {
+        Self::with_protocol(kind, mem, "all", socket)
+    }
+
+    /// Starts `serve --device KIND [--device-mem MEM] --protocol PROTOCOL`
+    /// on `socket`.
+    pub fn with_protocol(kind: &str, mem: Option<&str>, protocol: &str, socket: &Path) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--device", kind, "--socket"])
-            .arg(socket);
+        cmd.args([
+            "serve",
+            "--device",
+            kind,
+            "--protocol",
+            protocol,
+            "--socket",
+        ])
+        .arg(socket);
         if let Some(m) = mem {
             cmd.args(["--device-mem", m]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.contains("listening on"), "serve said: {line:?}");
+        let process = ServerProcess::start(cmd, socket).unwrap_or_else(|e| panic!("{e}"));
         Self {
-            child,
+            process,
             socket: socket.to_path_buf(),
         }
     }
 
     /// `unix:PATH`.
     pub fn uri(&self) -> String {
-        format!("unix:{}", self.socket.display())
+        self.process.uri()
+    }
+
+    /// The server process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.process.alive()
     }
 
     /// Connects, runs `f`, disconnects.
@@ -99,14 +97,7 @@ impl Server {
 
     /// Kills the server at once.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 
@@ -131,6 +122,14 @@ pub fn stopped_digest(c: &mut Client, off: u64) -> u64 {
     let d = read(c, off);
     MigrationDevice::set_state(c, MigState::Running).unwrap();
     d
+}
+
+/// Runs `vfio-migrate ARGS` to completion.
+pub fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run vfio-migrate")
 }
 
 /// Runs the CLI to completion within `secs`.

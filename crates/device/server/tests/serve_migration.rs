@@ -1,17 +1,19 @@
-//! End to end through `vfio-migrate serve` processes and the vfio-user
-//! client: live migration of a running vgpu (pre-copy, DMA logging into a
-//! shared memfd guest memory) and of the serial device, digests compared;
-//! plus the server's lifecycle (state survives clients, DMA maps do not,
-//! SIGTERM, socket mode, busy and stale sockets).
+//! End to end through server processes and the vfio-user client: live
+//! migration of a running vgpu (pre-copy, DMA logging into a shared memfd
+//! guest memory) and of the serial device, digests compared; plus the
+//! server's lifecycle (state survives clients, DMA maps do not, SIGTERM,
+//! socket mode, busy, live and stale sockets, a file in the way).
 
-mod serve_support;
+mod support;
+mod wire;
 
-use serve_support::*;
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
+use support::Served;
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_backend::{DmaWindow, IovaRange, MigrationDevice};
 use vfio_migrate_client::Client;
+use wire::*;
 
 const GUEST_IOVA: u64 = 0x1_0000_0000;
 const GUEST_SIZE: u64 = 8 << 20;
@@ -83,8 +85,8 @@ fn dirty_pages(c: &mut Client, seen: &mut [bool]) -> usize {
 
 #[test]
 fn vgpu_live_migration_with_precopy_and_dma_logging() {
-    let src_p = ServerProc::start("vgpu", Some("16M"));
-    let dst_p = ServerProc::start("vgpu", Some("16M"));
+    let src_p = Served::start("vgpu", Some(16 << 20));
+    let dst_p = Served::start("vgpu", Some(16 << 20));
     let mut src = src_p.client();
     let mut dst = dst_p.client();
     assert!(src.peer_is_vfio_migrate());
@@ -207,8 +209,8 @@ fn vgpu_live_migration_with_precopy_and_dma_logging() {
 
 #[test]
 fn serial_migration_stop_copy_only() {
-    let src_p = ServerProc::start("serial", None);
-    let dst_p = ServerProc::start("serial", None);
+    let src_p = Served::start("serial", None);
+    let dst_p = Served::start("serial", None);
     let mut src = src_p.client();
     let mut dst = dst_p.client();
     assert_eq!(src.migration_flags().unwrap(), 1);
@@ -255,8 +257,8 @@ fn serial_migration_stop_copy_only() {
 
 #[test]
 fn corrupted_state_is_refused_and_destination_never_runs() {
-    let src_p = ServerProc::start("serial", None);
-    let dst_p = ServerProc::start("serial", None);
+    let src_p = Served::start("serial", None);
+    let dst_p = Served::start("serial", None);
     let mut src = src_p.client();
     let mut dst = dst_p.client();
     MigrationDevice::region_write(&mut src, 0, 0, b"x").unwrap();
@@ -273,7 +275,7 @@ fn corrupted_state_is_refused_and_destination_never_runs() {
 
 #[test]
 fn device_state_survives_clients_dma_maps_do_not() {
-    let p = ServerProc::start("vgpu", Some("1M"));
+    let p = Served::start("vgpu", Some(1 << 20));
     let ram = memfd(GUEST_SIZE);
     {
         let mut c = p.client();
@@ -307,7 +309,8 @@ fn device_state_survives_clients_dma_maps_do_not() {
 
 #[test]
 fn socket_mode_sigterm_busy_and_stale_socket() {
-    let p = ServerProc::start("serial", None);
+    use vfio_migrate_server::{Listener, ServerError};
+    let p = Served::start("serial", None);
     let mode = std::fs::metadata(&p.path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     // A second client while one is connected is refused with EBUSY.
@@ -321,63 +324,31 @@ fn socket_mode_sigterm_busy_and_stale_socket() {
     let _again = p.client();
     drop(_again);
     // Another server on the same live path is refused.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
-        .args(["serve", "--device", "serial", "--socket"])
-        .arg(&p.path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("already listening"),
-        "{out:?}"
-    );
+    let e = Listener::bind(&p.path).unwrap_err();
+    assert!(matches!(e, ServerError::InUse { .. }), "{e:?}");
     let path = p.path.clone();
     assert_eq!(p.stop(), Some(0));
     assert!(!exists(&path), "socket removed on SIGTERM");
 
     // A stale socket file (nobody listening) is replaced.
-    let dir = temp_dir("stale");
+    let dir = vfio_migrate_harness::TempDir::new("stale").unwrap();
     let stale = dir.join("s.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     assert!(exists(&stale));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
-        .args(["serve", "--device", "serial", "--socket"])
-        .arg(&stale)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert!(line.starts_with("listening on unix:"), "{line}");
-    Client::connect(&stale).unwrap();
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let l = Listener::bind(&stale).unwrap();
+    std::os::unix::net::UnixStream::connect(&stale).unwrap();
+    drop(l);
+    assert!(!exists(&stale), "socket removed with the listener");
     // A regular file at the path is never deleted.
     std::fs::write(&stale, b"keep me").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
-        .args(["serve", "--device", "serial", "--socket"])
-        .arg(&stale)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not a socket"),
-        "{out:?}"
-    );
+    let e = Listener::bind(&stale).unwrap_err();
+    assert!(matches!(e, ServerError::NotASocket { .. }), "{e:?}");
     assert_eq!(std::fs::read(&stale).unwrap(), b"keep me");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn region_info_caps_and_mmap_fd() {
-    let p = ServerProc::start("vgpu", Some("1M"));
+    let p = Served::start("vgpu", Some(1 << 20));
     let mut c = p.client();
     let info = c.device_info().unwrap();
     assert!(info.num_regions >= 9);
@@ -401,8 +372,8 @@ fn region_info_caps_and_mmap_fd() {
 fn forwarding_between_servers_spliced_and_buffered() {
     use vfio_migrate_client::{forward_mig_data, ClientConfig};
     for robust in [true, false] {
-        let src_p = ServerProc::start("vgpu", Some("4M"));
-        let dst_p = ServerProc::start("vgpu", Some("4M"));
+        let src_p = Served::start("vgpu", Some(4 << 20));
+        let dst_p = Served::start("vgpu", Some(4 << 20));
         let mut src = src_p.client();
         let cfg = ClientConfig {
             propose_extension: robust,
@@ -443,7 +414,7 @@ fn forwarding_between_servers_spliced_and_buffered() {
 #[test]
 fn dma_log_reports_split_to_fit_small_transfer_limits() {
     use vfio_migrate_client::ClientConfig;
-    let p = ServerProc::start("vgpu", Some("64K"));
+    let p = Served::start("vgpu", Some(64 << 10));
     // 256-byte replies: an 8 MiB report (256 bytes of bitmap) needs pieces.
     let cfg = ClientConfig {
         max_data_xfer_size: 256,

@@ -1,19 +1,21 @@
-//! No fd leaks: many connections to a real `vfio-migrate serve` open,
+//! No fd leaks: many connections to a real server process open,
 //! map guest memory, fetch region fds, send fds the server refuses, break
 //! off in the middle of messages, and go; the server's fd count (from
 //! /proc/<pid>/fd) ends where it started.
 
-mod serve_support;
+mod support;
+mod wire;
 
-use serve_support::*;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
+use support::Served;
 use vfio_migrate_abi::vfio_user::*;
 use vfio_migrate_backend::{DmaWindow, MigrationDevice};
+use wire::*;
 
 #[test]
 fn many_connections_leak_no_fds() {
-    let p = ServerProc::start("vgpu", Some("1M"));
+    let p = Served::start("vgpu", Some(1 << 20));
     // Warm up (lazy allocations, logging), then take the baseline with one
     // client connected and answered: the server serves one client at a
     // time, so an answer proves every earlier session is closed (right after
