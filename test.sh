@@ -4,7 +4,7 @@
 #   1. the real-kernel test: a static vfio-migrate migrates the kernel's mtty
 #      device inside a Debian 6.12 guest under QEMU TCG (tests/kernel/);
 #   2. every Rust test of the workspace (unit, and integration tests that run
-#      real `vfio-migrate serve` processes over UNIX sockets and TCP loopback).
+#      real device-server processes over UNIX sockets and TCP loopback).
 # Set VFIO_SKIP_KERNEL=1 to skip step 1 (e.g. on a machine without apt).
 set -euo pipefail
 cd "$(dirname "$0")"

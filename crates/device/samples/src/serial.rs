@@ -23,7 +23,6 @@ use super::stream::{
 use super::{CONFIG_REGION, SAMPLE_VENDOR_ID};
 use std::collections::VecDeque;
 use vfio_migrate_abi::kernel::{MigState, MIGRATION_STOP_COPY};
-use vfio_migrate_backend::PrecopyInfo;
 use vfio_migrate_device::device::{Device, DeviceIdentity, Region};
 use vfio_migrate_device::error::{DeviceError, DeviceResult};
 use vfio_migrate_device::pci::{Bar, BarKind, PciConfig, CONFIG_SIZE};
@@ -566,10 +565,6 @@ impl Device for Serial {
                 "the serial device has no save stream in {state}"
             ))),
         }
-    }
-
-    fn precopy_info(&mut self) -> PrecopyInfo {
-        PrecopyInfo::default()
     }
 
     fn stop_copy_size(&mut self) -> u64 {

@@ -1,6 +1,7 @@
 //! The trait a device author implements, and the types it describes itself
 //! with. Hooks have defaults where a device may not care (IRQs, reset,
-//! digest); region access and the migration hooks are required.
+//! pre-copy info, digest); region access and the other migration hooks
+//! are required.
 //!
 //! The SDK (see [`crate::core::DeviceCore`]) is the one home of the
 //! migration state: it walks the v2 state machine, calls
@@ -134,8 +135,11 @@ pub trait Device: Send {
     /// complete.
     fn save(&mut self, state: MigState, buf: &mut [u8]) -> DeviceResult<usize>;
 
-    /// Pre-copy estimate.
-    fn precopy_info(&mut self) -> PrecopyInfo;
+    /// Pre-copy estimate (asked in PRE_COPY and PRE_COPY_P2P only). A
+    /// device without `MIGRATION_PRE_COPY` keeps the default (nothing).
+    fn precopy_info(&mut self) -> PrecopyInfo {
+        PrecopyInfo::default()
+    }
 
     /// Bytes the stop-copy phase is expected to produce from now on.
     fn stop_copy_size(&mut self) -> u64;
