@@ -71,7 +71,7 @@ pub struct Options {
     /// How long the socket may take to accept a connection.
     pub deadline: Duration,
     /// Copy the child's stderr to ours as it arrives (it is captured
-    /// either way).
+    /// either way; errors then point to it instead of repeating it).
     pub echo_stderr: bool,
     /// On drop: how long the child has to exit after SIGTERM before it is
     /// killed.
@@ -130,6 +130,7 @@ pub struct ServerProcess {
     stdout: Captured,
     stderr: Captured,
     readers: Vec<JoinHandle<()>>,
+    echo_stderr: bool,
     stop_grace: Duration,
 }
 
@@ -176,6 +177,7 @@ impl ServerProcess {
             stdout,
             stderr,
             readers: Vec::new(),
+            echo_stderr: opts.echo_stderr,
             stop_grace: opts.stop_grace,
         };
         server.readers.push(server.stdout.spawn_reader(out, false)?);
@@ -219,6 +221,9 @@ impl ServerProcess {
     }
 
     fn stderr_note(&self) -> String {
+        if self.echo_stderr {
+            return " (see its stderr above)".into();
+        }
         let e = self.stderr();
         let e = e.trim_end();
         if e.is_empty() {
