@@ -2,7 +2,7 @@
 //! the sample devices by PCI id (the engine does not).
 
 use std::sync::Arc;
-use vfio_migrate_backend::{DeviceDescriptor, MigrationDevice};
+use vfio_migrate_backend::{DeviceDescriptor, MigrationDevice, RegionAccess};
 use vfio_migrate_engine::Verifier;
 
 /// PCI vendor of the samples.
@@ -29,7 +29,7 @@ pub fn read_digest(
     offset: u64,
 ) -> vfio_migrate_backend::Result<u64> {
     let mut b = [0u8; 8];
-    dev.region_read(0, offset, &mut b)?;
+    vfio_migrate_backend::regions_of(dev)?.region_read(0, offset, &mut b)?;
     Ok(u64::from_le_bytes(b))
 }
 

@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use vfio_migrate_abi::kernel::*;
 use vfio_migrate_abi::vfio_user::*;
-use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_backend::{DmaDirtyLog, MigrationDevice};
 use vfio_migrate_client::{Client, ClientConfig, RawReply};
 
 /// A request that must succeed on a healthy connection.

@@ -9,7 +9,7 @@ use serve_support::*;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use vfio_migrate_abi::vfio_user::*;
-use vfio_migrate_backend::{DmaWindow, MigrationDevice};
+use vfio_migrate_backend::{DmaDirtyLog, DmaMapping, DmaWindow};
 
 #[test]
 fn many_connections_leak_no_fds() {

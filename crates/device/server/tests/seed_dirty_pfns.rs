@@ -9,7 +9,9 @@
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
-use vfio_migrate_backend::{DmaWindow, MigState, MigrationDevice};
+use vfio_migrate_backend::{
+    DmaDirtyLog, DmaMapping, DmaWindow, MigState, MigrationDevice, RegionAccess,
+};
 use vfio_migrate_client::{Client, SeedDevice};
 use vfio_migrate_device::{DeviceCore, DmaSpace};
 use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
@@ -48,7 +50,7 @@ fn dirty_bitmap_joins_rounds_across_the_section_limit() {
         let srv = s.spawn(|| server.serve(&listener, &shutdown));
         let ram = memfd(GUEST);
         let mut c = Client::connect(&sock).unwrap();
-        MigrationDevice::dma_map(
+        DmaMapping::dma_map(
             &mut c,
             DmaWindow {
                 iova: 0,

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 use vfio_migrate_abi::kernel::MigState;
-use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_backend::{MigrationDevice, RegionAccess};
 use vfio_migrate_client::{forward_mig_data, Client, ClientConfig};
 
 struct Srv {
@@ -130,7 +130,7 @@ fn move_sequential(src: &mut Client, dst: &mut Client) -> (u64, f64) {
 
 fn digest(c: &mut Client) -> u64 {
     let mut b = [0u8; 8];
-    MigrationDevice::region_read(c, 0, 0x38, &mut b).unwrap();
+    RegionAccess::region_read(c, 0, 0x38, &mut b).unwrap();
     u64::from_le_bytes(b)
 }
 
@@ -171,7 +171,7 @@ fn main() {
     // Give the device memory real content: run the render engine over it.
     let mem_bytes = parse_size(&mem);
     for (r, v) in [(0x30u64, 0xbe7c_u64), (0x10, 8u64 << 30), (0x08, 1)] {
-        MigrationDevice::region_write(&mut src, 0, r, &v.to_le_bytes()).unwrap();
+        RegionAccess::region_write(&mut src, 0, r, &v.to_le_bytes()).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
     src.set_state(MigState::Stop).unwrap();

@@ -577,7 +577,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         self.dma_scratch = vec![0u8; (g.pages().div_ceil(64) * 8) as usize];
         for i in 0..self.devs.len() {
             let d = &mut self.devs[i];
-            if !d.h.dma_logging_supported() {
+            let Some(log) = d.h.dma_log() else {
                 return Err(EngineError::invalid(
                     Phase::Setup,
                     format!(
@@ -585,8 +585,8 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                         d.name
                     ),
                 ));
-            }
-            d.h.dma_logging_start(g.page_size(), &[range])
+            };
+            log.dma_logging_start(g.page_size(), &[range])
                 .map_err(|e| self.dev_err(i, e))?;
             self.devs[i].logging = true;
         }
@@ -604,7 +604,13 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 continue;
             }
             let d = &mut self.devs[i];
-            d.h.dma_logging_report(
+            let log = d.h.dma_log().ok_or_else(|| {
+                EngineError::invalid(
+                    self.phase,
+                    format!("device {} stopped offering DMA logging", d.name),
+                )
+            })?;
+            log.dma_logging_report(
                 range.iova,
                 range.length,
                 g.page_size(),
@@ -1041,7 +1047,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         let mut problems = Vec::new();
         for d in &mut self.devs {
             if d.logging {
-                if let Err(e) = d.h.dma_logging_stop() {
+                if let Err(e) = d.h.dma_log().map_or(Ok(()), |l| l.dma_logging_stop()) {
                     problems.push(format!("{}: DMA logging stop: {e}", d.name));
                 }
                 d.logging = false;
@@ -1075,7 +1081,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 }
             }
             if d.logging {
-                if let Err(e) = d.h.dma_logging_stop() {
+                if let Err(e) = d.h.dma_log().map_or(Ok(()), |l| l.dma_logging_stop()) {
                     problems.push(format!("device {}: DMA logging stop: {e}", d.name));
                 }
                 d.logging = false;

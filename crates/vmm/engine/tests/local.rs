@@ -6,7 +6,7 @@
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vfio_migrate_backend::{MigState, MigrationDevice};
+use vfio_migrate_backend::{MigState, MigrationDevice, RegionAccess};
 use vfio_migrate_device::{DeviceCore, DmaSpace, LocalDevice};
 use vfio_migrate_engine::error::SourceState;
 use vfio_migrate_engine::{
@@ -60,7 +60,9 @@ fn verifier() -> Verifier {
     Arc::new(|_desc, dev: &mut dyn MigrationDevice| {
         let mut b = [0u8; 8];
         Some(
-            dev.region_read(0, DIGEST, &mut b)
+            dev.regions()
+                .expect("region access")
+                .region_read(0, DIGEST, &mut b)
                 .map(|()| u64::from_le_bytes(b)),
         )
     })
