@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use vfio_migrate_backend::{DmaMapping, DmaWindow, MigrationDevice, RegionAccess};
+use vfio_migrate_backend::{DmaWindow, MigrationDevice};
 use vfio_migrate_engine::{
     migrate_in, migrate_out, DestLink, DestOptions, GuestRam, Link, MemfdRam, MigrationReport,
     SimGuest, VcpuConfig,

@@ -6,7 +6,7 @@
 use crate::endpoint::Endpoint;
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
-use vfio_migrate_backend::{MigState, MigrationDevice, RegionAccess};
+use vfio_migrate_backend::{MigState, MigrationDevice};
 
 /// Arguments of `vfio-migrate device`.
 #[derive(clap::Args)]

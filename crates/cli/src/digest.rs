@@ -2,7 +2,7 @@
 //! the sample devices by PCI id (the engine does not).
 
 use std::sync::Arc;
-use vfio_migrate_backend::{DeviceDescriptor, MigrationDevice, RegionAccess};
+use vfio_migrate_backend::{DeviceDescriptor, MigrationDevice};
 use vfio_migrate_engine::Verifier;
 
 /// PCI vendor of the samples.

@@ -7,7 +7,7 @@
 mod protocol_support;
 
 use protocol_support::*;
-use vfio_migrate_backend::{MigrationDevice, RegionAccess};
+use vfio_migrate_backend::MigrationDevice;
 use vfio_migrate_client::{open, Protocol};
 
 #[test]
