@@ -289,7 +289,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                     let info = RamInfo::decode(self.rd.payload()).expect("length checked");
                     if !info.page_size.is_power_of_two()
                         || info.page_size > format::MAX_PAGE_SIZE
-                        || info.size % info.page_size != 0
+                        || !info.size.is_multiple_of(info.page_size)
                     {
                         return Err(self.bad(
                             &rec,

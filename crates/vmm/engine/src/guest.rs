@@ -228,7 +228,7 @@ impl Drop for MemfdRam {
 }
 
 fn check_whole_pages(n: usize) -> std::io::Result<()> {
-    if n % 4096 != 0 {
+    if !n.is_multiple_of(4096) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{n} bytes is not a whole number of 4096-byte pages"),
@@ -335,7 +335,10 @@ impl SimGuest {
         }
         let size = self.shared.ram.len();
         let end = cfg.offset.checked_add(cfg.length);
-        if cfg.length < 4096 || cfg.offset % 4096 != 0 || !matches!(end, Some(e) if e <= size) {
+        if cfg.length < 4096
+            || !cfg.offset.is_multiple_of(4096)
+            || !matches!(end, Some(e) if e <= size)
+        {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(

@@ -152,7 +152,7 @@ fn walk<R: Read>(rd: &mut RecordReader<R>, s: &mut SnapshotSummary) -> Result<()
                 let info = RamInfo::decode(rd.payload()).expect("length checked");
                 if !info.page_size.is_power_of_two()
                     || info.page_size > format::MAX_PAGE_SIZE
-                    || info.size % info.page_size != 0
+                    || !info.size.is_multiple_of(info.page_size)
                 {
                     return Err(rd.invalid(
                         &rec,
