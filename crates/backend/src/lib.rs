@@ -21,6 +21,8 @@
 //! before the source stops), [`PrecopyInfo`], [`IovaRange`] and
 //! [`BackendError`].
 
+#![forbid(unsafe_code)]
+
 use serde::{Deserialize, Serialize};
 use std::os::fd::BorrowedFd;
 use thiserror::Error;

@@ -1156,14 +1156,17 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
     }
 }
 
-/// True when every byte is zero.
+/// True when every byte is zero. OR-folding 64-byte blocks lets the
+/// compiler vectorise the test (several times faster than comparing
+/// aligned u64 words one by one), while a non-zero block still stops it
+/// early.
 fn is_zero(b: &[u8]) -> bool {
-    let (head, words, tail) = {
-        // SAFETY: reinterpreting initialized bytes as u64 words is sound
-        // for any bit pattern; align_to handles alignment.
-        unsafe { b.align_to::<u64>() }
-    };
-    head.iter().all(|x| *x == 0) && words.iter().all(|w| *w == 0) && tail.iter().all(|x| *x == 0)
+    let blocks = b.chunks_exact(64);
+    let tail = blocks.remainder();
+    blocks
+        .into_iter()
+        .all(|blk| blk.iter().fold(0u8, |acc, x| acc | x) == 0)
+        && tail.iter().all(|x| *x == 0)
 }
 
 fn bit(bm: &[u64], p: u64) -> bool {
