@@ -18,6 +18,8 @@
 //! before the source stops), [`PrecopyInfo`], [`IovaRange`], [`DmaWindow`]
 //! and [`BackendError`].
 
+#![forbid(unsafe_code)]
+
 mod capability;
 mod descriptor;
 mod error;

@@ -6,7 +6,7 @@
 mod serve_support;
 
 use serve_support::*;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use vfio_migrate_abi::kernel::*;
 use vfio_migrate_abi::vfio_user::*;
@@ -384,13 +384,7 @@ fn dma_map_overlap_and_unknown_unmap() {
 }
 
 fn pipe_read_end() -> OwnedFd {
-    let mut p = [0; 2];
-    // SAFETY: pipe2 fills both ints; we own both fds once.
-    unsafe {
-        assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        drop(OwnedFd::from_raw_fd(p[1]));
-        OwnedFd::from_raw_fd(p[0])
-    }
+    vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap().0
 }
 
 #[test]

@@ -356,10 +356,7 @@ fn socket_mode_sigterm_busy_and_stale_socket() {
     .unwrap();
     assert!(line.starts_with("listening on unix:"), "{line}");
     Client::connect(&stale).unwrap();
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
+    vfio_migrate_sys::signal::kill(&child, libc::SIGTERM).unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
     // A regular file at the path is never deleted.
     std::fs::write(&stale, b"keep me").unwrap();

@@ -3,8 +3,8 @@
 //! This file is written from the protocol specification (QEMU
 //! `docs/interop/vfio-user.rst`), not from our codec: every message is
 //! encoded by hand with `to_le_bytes`, every reply decoded by the offsets
-//! the spec gives, using std and libc only (no `vfio_migrate_abi`, no
-//! `vfio_migrate_vfio_user`). A shared misreading between our server and
+//! the spec gives, using std, libc and the `vfio_migrate_sys` syscall
+//! wrappers only (no `vfio_migrate_abi`, no `vfio_migrate_vfio_user`). A shared misreading between our server and
 //! our client cannot hide here.
 //!
 //! Each test spawns the real binary as a separate process on a UNIX
@@ -18,8 +18,8 @@
 //! `crates/vfio-user/src/ext.rs`) the check accepts every reading the
 //! spec allows and says so in a comment.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{BufRead, BufReader, IoSlice, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -228,32 +228,9 @@ fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
         (&*s).write_all(bytes).unwrap();
         return;
     }
-    let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer is `space` bytes, enough for one cmsg
-    // carrying `fds`; the pointers stay valid for the call.
-    let sent = unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(c), fd_bytes);
-        libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-    };
-    assert!(sent > 0, "sendmsg: {}", std::io::Error::last_os_error());
-    let sent = sent as usize;
+    let sent = vfio_migrate_sys::sock::send_with_fds(s.as_fd(), &[IoSlice::new(bytes)], fds)
+        .unwrap_or_else(|e| panic!("sendmsg: {e}"));
+    assert!(sent > 0, "sendmsg sent nothing");
     if sent < bytes.len() {
         (&*s).write_all(&bytes[sent..]).unwrap();
     }
@@ -264,39 +241,14 @@ fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
 fn recv_with_fds(s: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> bool {
     let mut got = 0;
     while got < buf.len() {
-        let mut cbuf = [0u64; 64];
-        let mut iov = libc::iovec {
-            iov_base: buf[got..].as_mut_ptr() as *mut libc::c_void,
-            iov_len: buf.len() - got,
-        };
-        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-        // SAFETY: iov and control buffer are ours and sized as declared.
-        let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+        let n = vfio_migrate_sys::sock::recv_with_fds(s.as_fd(), &mut buf[got..], fds, usize::MAX)
+            .unwrap_or_else(|e| panic!("recvmsg: {e}"))
+            .bytes;
         if n == 0 {
             assert_eq!(got, 0, "EOF in the middle of a reply");
             return false;
         }
-        // SAFETY: walking the control messages the kernel filled in.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c) as *const RawFd;
-                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for i in 0..len / std::mem::size_of::<RawFd>() {
-                        fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-        got += n as usize;
+        got += n;
     }
     true
 }
@@ -339,17 +291,14 @@ impl Conn {
     /// Nothing may follow a reply: `msg_size` covered every byte sent.
     fn assert_drained(&self) {
         let mut b = [0u8; 1];
-        // SAFETY: peeking one byte into our buffer, non-blocking.
-        let n = unsafe {
-            libc::recv(
-                self.s.as_raw_fd(),
-                b.as_mut_ptr() as *mut libc::c_void,
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
+        // Peeking one byte, non-blocking.
+        let r = vfio_migrate_sys::sock::recv(
+            self.s.as_fd(),
+            &mut b,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        );
         assert!(
-            n < 0,
+            r.is_err(),
             "bytes follow the reply beyond its msg_size (or the server closed)"
         );
     }
@@ -563,56 +512,25 @@ fn decode_version(p: &[u8]) -> (u16, u16, Json) {
 // ---- guest memory ----------------------------------------------------------
 
 fn memfd(size: usize) -> OwnedFd {
-    // SAFETY: memfd_create with a static NUL-terminated name.
-    let fd = unsafe { libc::memfd_create(c"conf-ram".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: fd is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ftruncate on our own memfd.
-    assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }, 0);
-    fd
+    vfio_migrate_sys::memfd::create_sized(c"conf-ram", size as u64).unwrap()
 }
 
 /// A shared read-write mapping of `len` bytes of `fd`.
-struct Map {
-    ptr: *mut u8,
-    len: usize,
-}
+struct Map(vfio_migrate_sys::MmapRegion);
 
 impl Map {
-    fn new(fd: RawFd, len: usize) -> Self {
-        // SAFETY: mapping a shared file we hold open; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-        Self {
-            ptr: ptr as *mut u8,
-            len,
-        }
+    fn new(fd: BorrowedFd<'_>, len: usize) -> Self {
+        Self(vfio_migrate_sys::MmapRegion::shared(fd, 0, len, true).unwrap())
     }
     fn bytes(&self) -> Vec<u8> {
-        // SAFETY: the mapping is `len` bytes and alive; a copy is taken
-        // (the device may write concurrently; only byte values matter).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }.to_vec()
+        // A copy is taken (the device may write concurrently; only byte
+        // values matter).
+        let mut v = vec![0u8; self.0.len()];
+        self.0.read(0, &mut v).unwrap();
+        v
     }
     fn zero(&self) {
-        // SAFETY: as above, writable shared mapping of `len` bytes.
-        unsafe { std::ptr::write_bytes(self.ptr, 0, self.len) }
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        self.0.fill(0, self.0.len(), 0).unwrap();
     }
 }
 
@@ -818,15 +736,7 @@ fn device_region_and_irq_info() {
     let pattern: Vec<u8> = (0..64u8).map(|i| i ^ 0xa5).collect();
     c.write(2, 8192, &pattern);
     let mut back = vec![0u8; 64];
-    // SAFETY: pread into our buffer from the region fd.
-    let n = unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            back.as_mut_ptr() as *mut libc::c_void,
-            64,
-            (base + 8192) as i64,
-        )
-    };
+    let n = vfio_migrate_sys::fd::read_at(fd.as_fd(), &mut back, base + 8192).unwrap();
     assert_eq!(n, 64);
     assert_eq!(back, pattern, "region fd shows what REGION_WRITE wrote");
     if let Some(a) = sparse {
@@ -884,8 +794,7 @@ fn device_region_and_irq_info() {
         .err();
     c.in_sync();
     if let Some(index) = eventfd_irq {
-        // SAFETY: eventfd with no special flags.
-        let ev = unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_CLOEXEC)) };
+        let ev = vfio_migrate_sys::fd::eventfd().unwrap();
         // DATA_EVENTFD | ACTION_TRIGGER, one vector: no reply payload.
         let r = c.call(
             DEVICE_SET_IRQS,
@@ -962,7 +871,7 @@ fn dma_map_and_dirty_logging() {
     const IOVA: u64 = 0x10_0000;
     const SIZE: u64 = 1 << 20;
     let ram = memfd(SIZE as usize);
-    let map = Map::new(ram.as_raw_fd(), SIZE as usize);
+    let map = Map::new(ram.as_fd(), SIZE as usize);
 
     // DMA_MAP with the fd: no reply payload.
     let m = le!(32u32, 3u32, 0u64, IOVA, SIZE);

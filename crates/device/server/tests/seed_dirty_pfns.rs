@@ -6,7 +6,7 @@
 //! must show exactly those pages. Server and client talk over a real UNIX
 //! socket (the server in a thread of this process).
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 use vfio_migrate_backend::{
@@ -21,17 +21,8 @@ const GUEST: u64 = 256 << 20;
 const PAGE: u64 = 4096;
 
 fn memfd(len: u64) -> OwnedFd {
-    // SAFETY: memfd_create with a static C string; result checked.
-    let fd = unsafe { libc::memfd_create(c"seed-dirty-guest".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` is ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sizing our own memfd (sparse: no memory until written).
-    assert_eq!(
-        unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len as i64) },
-        0
-    );
-    fd
+    // Sparse: no memory until written.
+    vfio_migrate_sys::memfd::create_sized(c"seed-dirty-guest", len).unwrap()
 }
 
 #[test]

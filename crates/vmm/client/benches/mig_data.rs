@@ -45,10 +45,7 @@ impl Srv {
 
 impl Drop for Srv {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        let _ = vfio_migrate_sys::signal::kill(&self.child, libc::SIGTERM);
         let _ = self.child.wait();
     }
 }
@@ -146,8 +143,7 @@ fn cpu_secs(pid: u32) -> f64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf with a constant name.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    ticks / vfio_migrate_sys::signal::clock_ticks_per_second() as f64
 }
 
 fn gib_s(bytes: u64, secs: f64) -> f64 {

@@ -56,10 +56,7 @@ impl Srv {
 
 impl Drop for Srv {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
+        let _ = vfio_migrate_sys::signal::kill(&self.child, libc::SIGTERM);
         let _ = self.child.wait();
     }
 }

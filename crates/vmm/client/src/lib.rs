@@ -12,6 +12,8 @@
 //! peer announced our extension (see [`vfio_migrate_vfio_user::ext`]), because the
 //! reference C server cannot take larger messages reliably.
 
+#![forbid(unsafe_code)]
+
 mod forward;
 mod migration;
 mod migregion;
@@ -26,7 +28,7 @@ pub use seed::SeedDevice;
 pub use v1::V1Device;
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use vfio_migrate_abi::kernel::{
@@ -154,7 +156,7 @@ impl Client {
         name: impl Into<String>,
         config: ClientConfig,
     ) -> Self {
-        set_send_buffer(stream.as_raw_fd(), config.socket_buffer);
+        set_send_buffer(stream.as_fd(), config.socket_buffer);
         Self {
             conn: Conn::blocking(stream.into()),
             name: name.into(),

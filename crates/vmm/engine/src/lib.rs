@@ -28,6 +28,8 @@
 //! Engine memory is O(chunk): device data and RAM move in records of at
 //! most a few MiB, whatever the state size.
 
+#![forbid(unsafe_code)]
+
 pub mod cancel;
 pub mod dest;
 pub mod error;
