@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, OnceLock};
 use vfio_migrate_abi::vfio_user::{Header, HEADER_SIZE};
 use vfio_migrate_samples::serial::Serial;
@@ -19,6 +19,7 @@ use vfio_migrate_device::{Device, DeviceCore, DmaSpace};
 use vfio_migrate_server::{dispatch, Reply, HEADER_ALLOWANCE};
 use vfio_migrate_vfio_user::sock::RecvFds;
 use vfio_migrate_server::Server;
+use vfio_migrate_sys as sys;
 
 fn serial() -> &'static Mutex<Server<Serial>> {
     static S: OnceLock<Mutex<Server<Serial>>> = OnceLock::new();
@@ -40,20 +41,10 @@ fn vgpu() -> &'static Mutex<Server<Vgpu>> {
 }
 
 fn some_fd(kind: u8) -> Option<OwnedFd> {
-    // SAFETY: fd-creating syscalls, checked; each fd owned once.
-    unsafe {
-        let raw = match kind % 4 {
-            1 => libc::eventfd(0, libc::EFD_CLOEXEC),
-            2 => {
-                let fd = libc::memfd_create(c"fuzz".as_ptr(), libc::MFD_CLOEXEC);
-                if fd >= 0 {
-                    libc::ftruncate(fd, 64 << 10);
-                }
-                fd
-            }
-            _ => return None,
-        };
-        (raw >= 0).then(|| OwnedFd::from_raw_fd(raw))
+    match kind % 4 {
+        1 => sys::fd::eventfd().ok(),
+        2 => sys::memfd::create_sized(c"fuzz", 64 << 10).ok(),
+        _ => None,
     }
 }
 

@@ -14,6 +14,8 @@
 //! All integers are little-endian and all structs packed. Decoders never
 //! panic on short or hostile input; they return [`wire::WireError`].
 
+#![forbid(unsafe_code)]
+
 pub mod wire;
 
 pub mod kernel;

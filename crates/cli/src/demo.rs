@@ -146,7 +146,8 @@ fn spawn_server(
 }
 
 fn write_reg(c: &mut dyn MigrationDevice, off: u64, v: u64) -> anyhow::Result<()> {
-    c.region_write(0, off, &v.to_le_bytes())
+    vfio_migrate_backend::regions_of(c)
+        .and_then(|r| r.region_write(0, off, &v.to_le_bytes()))
         .with_context(|| format!("vgpu register {off:#x}"))
 }
 
@@ -155,15 +156,16 @@ fn read_reg(c: &mut dyn MigrationDevice, off: u64) -> anyhow::Result<u64> {
 }
 
 fn map_guest(c: &mut dyn MigrationDevice, ram: &MemfdRam) -> anyhow::Result<()> {
-    c.dma_map(DmaWindow {
-        iova: 0,
-        size: ram.len(),
-        fd: Some(ram.fd()),
-        offset: 0,
-        readable: true,
-        writable: true,
-    })
-    .with_context(|| format!("mapping guest RAM into {}", c.name()))
+    vfio_migrate_backend::dma_mapping_of(c)?
+        .dma_map(DmaWindow {
+            iova: 0,
+            size: ram.len(),
+            fd: Some(ram.fd()),
+            offset: 0,
+            readable: true,
+            writable: true,
+        })
+        .with_context(|| format!("mapping guest RAM into {}", c.name()))
 }
 
 /// Runs the command; returns the process exit code.

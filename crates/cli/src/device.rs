@@ -145,7 +145,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 bail!("read length {len}: give 1 to 1048576 bytes");
             }
             let mut b = vec![0u8; len];
-            dev.region_read(region, offset, &mut b)
+            vfio_migrate_backend::regions_of(&mut *dev)
+                .and_then(|r| r.region_read(region, offset, &mut b))
                 .with_context(|| format!("{ep}: read region {region} at {offset:#x}"))?;
             println!("{}", hex(&b));
         }
@@ -155,7 +156,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             hex: h,
         } => {
             let b = parse_hex(&h)?;
-            dev.region_write(region, offset, &b)
+            vfio_migrate_backend::regions_of(&mut *dev)
+                .and_then(|r| r.region_write(region, offset, &b))
                 .with_context(|| format!("{ep}: write region {region} at {offset:#x}"))?;
         }
     }

@@ -29,7 +29,7 @@ pub fn read_digest(
     offset: u64,
 ) -> vfio_migrate_backend::Result<u64> {
     let mut b = [0u8; 8];
-    dev.region_read(0, offset, &mut b)?;
+    vfio_migrate_backend::regions_of(dev)?.region_read(0, offset, &mut b)?;
     Ok(u64::from_le_bytes(b))
 }
 

@@ -31,12 +31,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.json {
         print_json(&s);
     } else {
-        println!(
-            "{name}: vfio-migrate stream format {}, {} in {} records",
-            s.format_version,
-            bytes(s.bytes),
-            s.records
-        );
+        match &s.format_version {
+            Some(v) => println!(
+                "{name}: vfio-migrate stream format {v}, {} in {} records",
+                bytes(s.bytes),
+                s.records
+            ),
+            None => println!("{name}: not a vfio-migrate stream"),
+        }
+        if s.skipped_records > 0 {
+            println!(
+                "  skipped      {} optional records of a newer format version",
+                s.skipped_records
+            );
+        }
         for d in &s.devices {
             let x = &d.descriptor;
             println!(

@@ -3,6 +3,8 @@
 //! Each subcommand lives in its own module; this file only parses the
 //! command line, sets up logging and dispatches.
 
+#![forbid(unsafe_code)]
+
 use clap::{Parser, Subcommand};
 
 mod bench;

@@ -128,11 +128,9 @@ fn ctrl_c_cancels_and_rolls_back() {
     let dst = Server::start("vgpu", Some("16M"), &dir.path("b.sock"));
     let digest = quiet_vgpu(&src);
     let mut m = endless_migrate(&src, &dst.uri());
-    let pid = m.id() as libc::pid_t;
     let (seen, all) = wait_for_line(m.stderr.take().unwrap(), "pre-copy round 1", 30);
     assert!(seen.contains("pre-copy"), "{seen}");
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(pid, libc::SIGINT) };
+    vfio_migrate_sys::signal::kill(&m, libc::SIGINT).unwrap();
     let out = wait(m, 30);
     assert_eq!(out.status.code(), Some(130));
     let err = all.join().unwrap();

@@ -238,7 +238,7 @@ fn serial_round_trip_keeps_its_fifo() {
         let mut got = Vec::new();
         for _ in 0..5 {
             let mut b = [0u8; 1];
-            vfio_migrate_backend::MigrationDevice::region_read(c, 0, serial::DATA, &mut b).unwrap();
+            vfio_migrate_backend::RegionAccess::region_read(c, 0, serial::DATA, &mut b).unwrap();
             got.push(b[0]);
         }
         assert_eq!(&got, b"hello");

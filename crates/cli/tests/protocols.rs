@@ -44,7 +44,10 @@ fn demo_completes_verified_over_each_protocol() {
 fn digest(ep: &std::path::Path, protocol: Protocol) -> u64 {
     let mut d = open(ep, protocol).unwrap();
     let mut b = [0u8; 8];
-    d.region_read(0, 0x38, &mut b).unwrap();
+    d.regions()
+        .expect("region access")
+        .region_read(0, 0x38, &mut b)
+        .unwrap();
     u64::from_le_bytes(b)
 }
 
@@ -56,15 +59,27 @@ fn snapshot_saved_through_seed_restores_through_v2() {
     {
         // Some state: registers and rendered device memory, engines off.
         let mut d = open(&src.socket, Protocol::Seed).unwrap();
-        d.region_write(0, 0x30, &0x1234_5678u64.to_le_bytes())
+        d.regions()
+            .expect("region access")
+            .region_write(0, 0x30, &0x1234_5678u64.to_le_bytes())
             .unwrap();
-        d.region_write(0, 0x60, &0xfeed_beefu64.to_le_bytes())
+        d.regions()
+            .expect("region access")
+            .region_write(0, 0x60, &0xfeed_beefu64.to_le_bytes())
             .unwrap();
-        d.region_write(0, 0x10, &(64u64 << 20).to_le_bytes())
+        d.regions()
+            .expect("region access")
+            .region_write(0, 0x10, &(64u64 << 20).to_le_bytes())
             .unwrap();
-        d.region_write(0, 0x08, &1u64.to_le_bytes()).unwrap();
+        d.regions()
+            .expect("region access")
+            .region_write(0, 0x08, &1u64.to_le_bytes())
+            .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
-        d.region_write(0, 0x08, &0u64.to_le_bytes()).unwrap();
+        d.regions()
+            .expect("region access")
+            .region_write(0, 0x08, &0u64.to_le_bytes())
+            .unwrap();
     }
     let before = digest(&src.socket, Protocol::Seed);
     assert_ne!(before, digest(&dst.socket, Protocol::V2));
@@ -145,8 +160,14 @@ fn seed_source_to_v1_destination_over_tcp_loopback() {
     let dst = Server::with_protocol("vgpu", Some("16M"), "v1", &dir.path("dst.sock"));
     {
         let mut d = open(&src.socket, Protocol::Seed).unwrap();
-        d.region_write(0, 0x30, &0x77u64.to_le_bytes()).unwrap();
-        d.region_write(0, 0x60, &0x99u64.to_le_bytes()).unwrap();
+        d.regions()
+            .expect("region access")
+            .region_write(0, 0x30, &0x77u64.to_le_bytes())
+            .unwrap();
+        d.regions()
+            .expect("region access")
+            .region_write(0, 0x60, &0x99u64.to_le_bytes())
+            .unwrap();
     }
     let want = digest(&src.socket, Protocol::Seed);
     let mut recv = std::process::Command::new(env!("CARGO_BIN_EXE_vfio-migrate"))
@@ -193,6 +214,9 @@ fn seed_source_to_v1_destination_over_tcp_loopback() {
     assert_eq!(d.state().unwrap(), vfio_migrate_backend::MigState::Running);
     d.set_state(vfio_migrate_backend::MigState::Stop).unwrap();
     let mut b = [0u8; 8];
-    d.region_read(0, 0x38, &mut b).unwrap();
+    d.regions()
+        .expect("region access")
+        .region_read(0, 0x38, &mut b)
+        .unwrap();
     assert_eq!(u64::from_le_bytes(b), want);
 }

@@ -13,6 +13,8 @@
 //!
 //! Not published: this is the project's own test and demo plumbing.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -287,11 +289,9 @@ impl ServerProcess {
         if let Some(s) = self.child.try_wait()? {
             return Ok(s.code());
         }
-        // SAFETY: kill(2) on the pid of our own child, not yet reaped (the
-        // try_wait above saw it running, and only we reap it).
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        // Our own child, not yet reaped (the try_wait above saw it running,
+        // and only we reap it). A failure (it exited meanwhile) is fine.
+        let _ = vfio_migrate_sys::signal::kill(&self.child, libc::SIGTERM);
         let t = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait()? {

@@ -13,5 +13,7 @@
 //! The server (`vfio-migrate-server`, device side) and the client
 //! (`vfio-migrate-client`, VMM side) are built on it.
 
+#![forbid(unsafe_code)]
+
 pub mod ext;
 pub mod sock;

@@ -4,9 +4,10 @@
 //! message, and an optional cancel fd (the server's shutdown pipe) that
 //! aborts any wait.
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
+use vfio_migrate_sys as sys;
 
 /// Most file descriptors one received message may carry; more is reported
 /// as truncation (the extra ones are closed by the kernel or by us).
@@ -14,11 +15,6 @@ pub const MAX_RECV_FDS: usize = 16;
 
 /// Most file descriptors one sent message may carry.
 pub const MAX_SEND_FDS: usize = 64;
-
-/// Control-message buffer (u64 aligned): room for [`MAX_SEND_FDS`] fds, and
-/// on receive for more than [`MAX_RECV_FDS`] so an excess is seen and
-/// closed rather than left to the kernel.
-const CMSG_SPACE_WORDS: usize = 64;
 
 /// File descriptors that arrived with a message.
 #[derive(Debug, Default)]
@@ -57,7 +53,7 @@ impl Conn {
     /// `cancel` (readable = shut down) and, once a message has started, gives
     /// up after `stall` without progress.
     pub fn cancellable(fd: OwnedFd, cancel: RawFd, stall: Duration) -> io::Result<Self> {
-        set_nonblocking(fd.as_raw_fd())?;
+        set_nonblocking(fd.as_fd())?;
         Ok(Self {
             fd,
             cancel: Some(cancel),
@@ -105,15 +101,10 @@ impl Conn {
                     revents: 0,
                 },
             ];
-            // SAFETY: `p` is a valid array of two pollfd for the duration of
-            // the call.
-            let r = unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            match sys::fd::poll(&mut p, timeout_ms) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             }
             if p[1].revents != 0 {
                 return Err(cancelled());
@@ -168,51 +159,11 @@ impl Conn {
 
     /// One `recvmsg`; fds from its control message are appended to `fds`.
     fn recv_some(&self, buf: &mut [u8], fds: &mut RecvFds) -> io::Result<usize> {
-        let mut cmsg = [0u64; CMSG_SPACE_WORDS];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: an all-zero msghdr is a valid empty header.
-        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-        mh.msg_iov = &mut iov;
-        mh.msg_iovlen = 1;
-        mh.msg_control = cmsg.as_mut_ptr() as *mut libc::c_void;
-        mh.msg_controllen = std::mem::size_of_val(&cmsg) as _;
-        // SAFETY: `mh` points at `iov` (valid for `buf.len()` bytes) and at
-        // `cmsg`, both alive for the call; MSG_CMSG_CLOEXEC keeps received
-        // fds from leaking into children.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut mh, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if mh.msg_flags & libc::MSG_CTRUNC != 0 {
+        let r = sys::sock::recv_with_fds(self.fd.as_fd(), buf, &mut fds.fds, MAX_RECV_FDS)?;
+        if r.truncated {
             fds.truncated = true;
         }
-        // SAFETY: the CMSG_* macros walk the control buffer the kernel just
-        // filled, bounded by msg_controllen; each SCM_RIGHTS payload is an
-        // array of ints that we take ownership of exactly once.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&mh);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c) as *const libc::c_int;
-                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    let count = len / std::mem::size_of::<libc::c_int>();
-                    for i in 0..count {
-                        let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
-                        if fds.fds.len() < MAX_RECV_FDS {
-                            fds.fds.push(fd);
-                        } else {
-                            fds.truncated = true;
-                            drop(fd);
-                        }
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&mh, c);
-            }
-        }
-        Ok(n as usize)
+        Ok(r.bytes)
     }
 
     /// Sends `parts` as one message: a single `sendmsg` carrying all
@@ -230,96 +181,51 @@ impl Conn {
         let since = Instant::now();
         let mut first = true;
         while sent < total || first {
-            let mut iovs: Vec<libc::iovec> = Vec::with_capacity(parts.len());
+            let mut iovs: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len());
             let mut skip = sent;
             for p in parts {
                 if skip >= p.len() {
                     skip -= p.len();
                     continue;
                 }
-                iovs.push(libc::iovec {
-                    iov_base: p[skip..].as_ptr() as *mut libc::c_void,
-                    iov_len: p.len() - skip,
-                });
+                iovs.push(IoSlice::new(&p[skip..]));
                 skip = 0;
             }
-            let mut cmsg = [0u64; CMSG_SPACE_WORDS];
-            // SAFETY: an all-zero msghdr is a valid empty header.
-            let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-            mh.msg_iov = iovs.as_mut_ptr();
-            mh.msg_iovlen = iovs.len() as _;
-            if first && !fds.is_empty() {
-                let bytes = std::mem::size_of_val(fds);
-                // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations.
-                let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-                debug_assert!(space <= std::mem::size_of_val(&cmsg));
-                mh.msg_control = cmsg.as_mut_ptr() as *mut libc::c_void;
-                mh.msg_controllen = space as _;
-                // SAFETY: the control buffer is large enough for one header
-                // with `fds.len()` ints (checked above); we write inside it.
-                unsafe {
-                    let c = libc::CMSG_FIRSTHDR(&mh);
-                    (*c).cmsg_level = libc::SOL_SOCKET;
-                    (*c).cmsg_type = libc::SCM_RIGHTS;
-                    (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
-                    std::ptr::copy_nonoverlapping(
-                        fds.as_ptr() as *const u8,
-                        libc::CMSG_DATA(c),
-                        bytes,
-                    );
-                }
-            }
-            // SAFETY: `mh` references iovecs into `parts` and the control
-            // buffer, all alive for the call; MSG_NOSIGNAL turns a closed
-            // peer into EPIPE instead of SIGPIPE.
-            let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &mh, libc::MSG_NOSIGNAL) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                match e.kind() {
+            let with = if first { fds } else { &[] };
+            let n = match sys::sock::send_with_fds(self.fd.as_fd(), &iovs, with) {
+                Ok(n) => n,
+                Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => {
                         self.wait(libc::POLLOUT, false, since)?;
                         continue;
                     }
                     io::ErrorKind::Interrupted => continue,
                     _ => return Err(e),
-                }
-            }
+                },
+            };
             first = false;
-            sent += n as usize;
+            sent += n;
         }
         Ok(())
     }
 }
 
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// Sets `O_NONBLOCK`.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a valid fd with integer arguments.
-    let fl = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if fl < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    sys::fd::set_nonblocking(fd)
 }
 
 /// Sets the socket's send buffer (best effort: the kernel caps it at
 /// `wmem_max`). Large buffers let one multi-MiB message go out in few
 /// wake-ups.
-pub fn set_send_buffer(fd: RawFd, bytes: usize) {
-    let v: libc::c_int = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: setsockopt with a pointer to a live c_int and its size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+pub fn set_send_buffer(fd: BorrowedFd<'_>, bytes: usize) {
+    let _ = sys::sock::set_send_buffer(fd, bytes);
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use vfio_migrate_backend::{MigState, MigrationDevice};
+use vfio_migrate_backend::{MigState, MigrationDevice, RegionAccess};
 use vfio_migrate_client::Client;
 use vfio_migrate_harness::{ServerProcess, TempDir};
 
@@ -102,12 +102,12 @@ impl Server {
 }
 
 pub fn write(c: &mut Client, off: u64, v: u64) {
-    MigrationDevice::region_write(c, 0, off, &v.to_le_bytes()).unwrap();
+    RegionAccess::region_write(c, 0, off, &v.to_le_bytes()).unwrap();
 }
 
 pub fn read(c: &mut Client, off: u64) -> u64 {
     let mut b = [0u8; 8];
-    MigrationDevice::region_read(c, 0, off, &mut b).unwrap();
+    RegionAccess::region_read(c, 0, off, &mut b).unwrap();
     u64::from_le_bytes(b)
 }
 
@@ -210,5 +210,5 @@ pub fn wait_for_line(
 }
 
 pub fn write_byte(c: &mut Client, off: u64, v: u8) {
-    MigrationDevice::region_write(c, 0, off, &[v]).unwrap();
+    RegionAccess::region_write(c, 0, off, &[v]).unwrap();
 }

@@ -27,7 +27,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use vfio_migrate_backend::{MigState, MigrationDevice};
+use vfio_migrate_backend::{MigState, MigrationDevice, RegionAccess};
 use vfio_migrate_device::{Device, DeviceCore, DmaSpace, LocalDevice};
 use vfio_migrate_samples::hash::fill_pseudo_random;
 use vfio_migrate_samples::mem::SharedMemory;

@@ -12,6 +12,8 @@
 //! streams), [`mem`] (memfd-backed shared memory), [`hash`] (the 64-bit
 //! state digest). `docs/devices.md` describes registers and state formats.
 
+#![forbid(unsafe_code)]
+
 pub mod hash;
 pub mod mem;
 pub mod serial;

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use vfio_migrate_backend::{MigState, MigrationDevice};
+use vfio_migrate_backend::{MigState, MigrationDevice, RegionAccess};
 use vfio_migrate_samples::serial::{reg, FIFO_SIZE, LSR_DR, LSR_OE, LSR_TX_EMPTY};
 
 fn put(h: &mut SerialHandle, off: u64, v: u8) {

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use vfio_migrate_backend::{MigState, MigrationDevice};
+use vfio_migrate_backend::{DmaMapping, MigState, MigrationDevice, RegionAccess};
 use vfio_migrate_device::{Device, DmaSpace};
 use vfio_migrate_samples::hash::fill_pseudo_random;
 use vfio_migrate_samples::mem::SharedMemory;

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use vfio_migrate_backend::{IovaRange, MigState, MigrationDevice};
+use vfio_migrate_backend::{DmaDirtyLog, IovaRange, MigState, MigrationDevice, RegionAccess};
 use vfio_migrate_samples::mem::SharedMemory;
 use vfio_migrate_samples::vgpu::engines::dma_target;
 use vfio_migrate_samples::vgpu::regs::reg;
@@ -19,7 +19,9 @@ const PAGE: u64 = 4096;
 fn collect_dma_log(h: &mut impl MigrationDevice, guest_len: u64, seen: &mut BTreeSet<u64>) {
     let pages = guest_len / PAGE;
     let mut bitmap = vec![0u8; (pages.div_ceil(64) * 8) as usize];
-    h.dma_logging_report(GUEST_IOVA, guest_len, PAGE, &mut bitmap)
+    h.dma_log()
+        .expect("DMA logging")
+        .dma_logging_report(GUEST_IOVA, guest_len, PAGE, &mut bitmap)
         .expect("DMA logging report");
     for p in 0..pages {
         if bitmap[(p / 8) as usize] & (1 << (p % 8)) != 0 {

@@ -8,69 +8,28 @@
 
 use crate::error::{DeviceError, DeviceResult};
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use vfio_migrate_backend::IovaRange;
+use vfio_migrate_sys::MmapRegion;
 
 /// Largest number of ranges one DMA_LOGGING_START may name.
 pub const MAX_LOG_RANGES: usize = 1024;
 /// Largest number of pages the dirty log may track in total (1 TiB at 4 KiB).
 pub const MAX_LOG_PAGES: u64 = 1 << 28;
 
-/// An mmap'ed window of guest memory.
-struct Mmap {
-    ptr: *mut u8,
-    len: usize,
-}
-
-// SAFETY: the mapping is plain shared memory owned by this struct; all
-// access goes through bounds-checked copies.
-unsafe impl Send for Mmap {}
-// SAFETY: as above; concurrent copies into shared guest memory are the
-// same as a device's concurrent DMA and never create Rust references.
-unsafe impl Sync for Mmap {}
-
-impl Mmap {
-    fn new(fd: &OwnedFd, offset: u64, len: u64, writable: bool) -> DeviceResult<Self> {
-        let len_us =
-            usize::try_from(len).map_err(|_| DeviceError::inval("DMA window too large"))?;
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| DeviceError::inval("DMA map offset too large"))?;
-        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        // SAFETY: mapping a caller-provided fd; the kernel validates fd,
-        // offset and length; the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len_us,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                off,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            let e = std::io::Error::last_os_error();
-            return Err(DeviceError::new(
-                e.raw_os_error().unwrap_or(libc::EINVAL),
-                format!("cannot mmap DMA window fd: {e}"),
-            ));
-        }
-        Ok(Self {
-            ptr: ptr as *mut u8,
-            len: len_us,
-        })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from a successful mmap owned by self.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.len);
-        }
-    }
+/// Maps a DMA window of `len` bytes of `fd` from `offset` (shared, so the
+/// device's writes land in guest memory).
+fn map_window(fd: &OwnedFd, offset: u64, len: u64, writable: bool) -> DeviceResult<MmapRegion> {
+    let len_us = usize::try_from(len).map_err(|_| DeviceError::inval("DMA window too large"))?;
+    libc::off_t::try_from(offset).map_err(|_| DeviceError::inval("DMA map offset too large"))?;
+    MmapRegion::shared(fd.as_fd(), offset, len_us, writable).map_err(|e| {
+        DeviceError::new(
+            e.raw_os_error().unwrap_or(libc::EINVAL),
+            format!("cannot mmap DMA window fd: {e}"),
+        )
+    })
 }
 
 /// One DMA window.
@@ -78,7 +37,7 @@ struct Window {
     size: u64,
     readable: bool,
     writable: bool,
-    mem: Option<Mmap>,
+    mem: Option<MmapRegion>,
 }
 
 /// One logged IOVA range with a bit per page.
@@ -169,7 +128,7 @@ impl DmaSpace {
             }
         }
         let mem = match fd {
-            Some(fd) => Some(Mmap::new(&fd, offset, size, writable)?),
+            Some(fd) => Some(map_window(&fd, offset, size, writable)?),
             None => None,
         };
         g.windows.insert(
@@ -220,13 +179,14 @@ impl DmaSpace {
     }
 
     /// Runs `f` on each piece of `[iova, iova+len)` with its window's
-    /// pointer at that piece; every byte must be mapped with the access.
+    /// mapping and the piece's offset and length in it; every byte must be
+    /// mapped with the access.
     fn access(
         g: &Inner,
         iova: u64,
         len: u64,
         write: bool,
-        mut f: impl FnMut(*mut u8, usize, usize),
+        mut f: impl FnMut(&MmapRegion, usize, usize) -> std::io::Result<()>,
     ) -> DeviceResult<()> {
         let end = end_of(iova, len)?;
         // Two passes: check every byte first, so that an access that runs
@@ -258,10 +218,10 @@ impl DmaSpace {
                 })?;
                 let off = (at - a) as usize;
                 let n = ((a + w.size).min(end) - at) as usize;
-                debug_assert!(off + n <= mem.len);
+                debug_assert!(off + n <= mem.len());
                 if copy {
-                    // f receives the window base and an in-bounds range.
-                    f(mem.ptr, off, n);
+                    f(mem, off, n)
+                        .map_err(|e| DeviceError::fault(format!("DMA at {at:#x}: {e}")))?;
                 }
                 at += n as u64;
             }
@@ -273,13 +233,10 @@ impl DmaSpace {
     pub fn write(&self, iova: u64, data: &[u8]) -> DeviceResult<()> {
         let g = self.inner.read().unwrap();
         let mut done = 0usize;
-        Self::access(&g, iova, data.len() as u64, true, |base, off, n| {
-            // SAFETY: `access` checked that [off, off+n) lies inside the
-            // live mapping at `base`, and `data[done..done+n]` is in bounds.
-            unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr().add(done), base.add(off), n);
-            }
+        Self::access(&g, iova, data.len() as u64, true, |mem, off, n| {
+            mem.write(off, &data[done..done + n])?;
             done += n;
+            Ok(())
         })?;
         if let Some(log) = &g.log {
             log.mark(iova, data.len() as u64);
@@ -291,13 +248,10 @@ impl DmaSpace {
     pub fn read(&self, iova: u64, buf: &mut [u8]) -> DeviceResult<()> {
         let g = self.inner.read().unwrap();
         let mut done = 0usize;
-        let dst = buf.as_mut_ptr();
-        Self::access(&g, iova, buf.len() as u64, false, |base, off, n| {
-            // SAFETY: as in `write`, with source and destination swapped.
-            unsafe {
-                std::ptr::copy_nonoverlapping(base.add(off), dst.add(done), n);
-            }
+        Self::access(&g, iova, buf.len() as u64, false, |mem, off, n| {
+            mem.read(off, &mut buf[done..done + n])?;
             done += n;
+            Ok(())
         })
     }
 

@@ -20,6 +20,8 @@
 //! The SDK knows nothing of how bytes reach the device: the vfio-user
 //! server and the in-process handle both drive a `DeviceCore`.
 
+#![forbid(unsafe_code)]
+
 pub mod core;
 pub mod device;
 pub mod dirty;

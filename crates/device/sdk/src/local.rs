@@ -7,7 +7,8 @@ use crate::error::DeviceError;
 use std::sync::{Arc, Mutex};
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigrationDevice, PrecopyInfo, Result,
+    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigrationDevice,
+    PrecopyInfo, RegionAccess, Result,
 };
 
 /// A handle to a device in this process.
@@ -29,15 +30,6 @@ impl<D: Device> LocalDevice<D> {
     pub fn core(&self) -> &Arc<Mutex<DeviceCore<D>>> {
         &self.core
     }
-
-    /// Device reset: back to power-on state, RUNNING, DMA logging off.
-    pub fn reset(&mut self) -> Result<()> {
-        self.core
-            .lock()
-            .unwrap()
-            .reset()
-            .map_err(|e| err("device reset", e))
-    }
 }
 
 fn err(step: &str, e: DeviceError) -> BackendError {
@@ -48,11 +40,9 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
     fn name(&self) -> String {
         self.name.clone()
     }
-
     fn protocol(&self) -> &'static str {
         "in-process"
     }
-
     fn descriptor(&mut self) -> Result<DeviceDescriptor> {
         let c = self.core.lock().unwrap();
         let id = c.device_ref().identity();
@@ -72,15 +62,12 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
             region_sizes,
         ))
     }
-
     fn migration_flags(&mut self) -> Result<u64> {
         Ok(self.core.lock().unwrap().migration_flags())
     }
-
     fn state(&mut self) -> Result<MigState> {
         Ok(self.core.lock().unwrap().state())
     }
-
     fn set_state(&mut self, new: MigState) -> Result<()> {
         self.core
             .lock()
@@ -88,7 +75,6 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
             .set_state(new)
             .map_err(|e| err(&format!("set state {new}"), e))
     }
-
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
         self.core
             .lock()
@@ -96,7 +82,6 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
             .read_data(buf)
             .map_err(|e| err("read migration data", e))
     }
-
     fn write_data(&mut self, data: &[u8]) -> Result<()> {
         self.core
             .lock()
@@ -104,7 +89,6 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
             .write_data(data)
             .map_err(|e| err("write migration data", e))
     }
-
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         self.core
             .lock()
@@ -112,22 +96,38 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
             .precopy_info()
             .map_err(|e| err("pre-copy info", e))
     }
-
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         Ok(Some(self.core.lock().unwrap().stop_copy_size()))
     }
 
-    fn dma_logging_supported(&mut self) -> bool {
-        true
+    fn reset(&mut self) -> Result<()> {
+        self.core
+            .lock()
+            .unwrap()
+            .reset()
+            .map_err(|e| err("device reset", e))
     }
 
+    fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
+        Some(self)
+    }
+
+    fn regions(&mut self) -> Option<&mut dyn RegionAccess> {
+        Some(self)
+    }
+
+    fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
+        Some(self)
+    }
+}
+
+impl<D: Device> DmaDirtyLog for LocalDevice<D> {
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let c = self.core.lock().unwrap();
         c.dma()
             .logging_start(page_size, ranges)
             .map_err(|e| err("DMA logging start", e))
     }
-
     fn dma_logging_report(
         &mut self,
         iova: u64,
@@ -140,12 +140,28 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
             .logging_report(iova, length, page_size, bitmap)
             .map_err(|e| err("DMA logging report", e))
     }
-
     fn dma_logging_stop(&mut self) -> Result<()> {
         self.core.lock().unwrap().dma().logging_stop();
         Ok(())
     }
+}
 
+impl<D: Device> RegionAccess for LocalDevice<D> {
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let mut c = self.core.lock().unwrap();
+        check_region(&*c, index, offset, buf.len())?;
+        c.region_read(index, offset, buf)
+            .map_err(|e| err("region read", e))
+    }
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
+        let mut c = self.core.lock().unwrap();
+        check_region(&*c, index, offset, data.len())?;
+        c.region_write(index, offset, data)
+            .map_err(|e| err("region write", e))
+    }
+}
+
+impl<D: Device> DmaMapping for LocalDevice<D> {
     fn dma_map(&mut self, window: DmaWindow<'_>) -> Result<()> {
         let fd = match window.fd {
             Some(fd) => Some(
@@ -166,24 +182,9 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
             )
             .map_err(|e| err("DMA map", e))
     }
-
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
         let c = self.core.lock().unwrap();
         c.dma().unmap(iova, size).map_err(|e| err("DMA unmap", e))
-    }
-
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let mut c = self.core.lock().unwrap();
-        check_region(&*c, index, offset, buf.len())?;
-        c.region_read(index, offset, buf)
-            .map_err(|e| err("region read", e))
-    }
-
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
-        let mut c = self.core.lock().unwrap();
-        check_region(&*c, index, offset, data.len())?;
-        c.region_write(index, offset, data)
-            .map_err(|e| err("region write", e))
     }
 }
 

@@ -1,7 +1,7 @@
 //! DMA_MAP and DMA_UNMAP: guest memory windows in the device's
 //! `DmaSpace`, mmap'ed from the client's fd when one is passed.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use vfio_migrate_abi::vfio_user::{DmaMap, DmaUnmap, DMA_FLAG_READ, DMA_FLAG_WRITE};
 use vfio_migrate_device::{Device, DeviceError, DeviceResult};
 
@@ -11,19 +11,9 @@ use super::session::{Reply, Session};
 /// Size of the file behind `fd`, or EBADF when it is not a regular file
 /// (memfd, shm or plain file: the only fds that can back guest memory).
 fn mappable_size(fd: &OwnedFd) -> DeviceResult<u64> {
-    // SAFETY: fstat writes into a zeroed stat struct we own; the fd is
-    // valid for the call.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return Err(DeviceError::new(
-            libc::EBADF,
-            format!(
-                "DMA_MAP fd cannot be inspected: {}",
-                std::io::Error::last_os_error()
-            ),
-        ));
-    }
+    let st = vfio_migrate_sys::fd::fstat(fd.as_fd()).map_err(|e| {
+        DeviceError::new(libc::EBADF, format!("DMA_MAP fd cannot be inspected: {e}"))
+    })?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(DeviceError::new(
             libc::EBADF,

@@ -6,7 +6,7 @@
 use super::testdev::TestDev;
 use super::*;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_abi::vfio_user::{Header, HEADER_SIZE, TYPE_COMMAND};
 use vfio_migrate_client::{Client, ClientConfig};
@@ -55,26 +55,11 @@ impl Rng {
 }
 
 fn fd_of_some_kind(rng: &mut Rng) -> OwnedFd {
-    // SAFETY: plain fd-creating syscalls, each checked; the fd is owned
-    // exactly once.
-    unsafe {
-        let raw = match rng.below(3) {
-            0 => libc::eventfd(0, libc::EFD_CLOEXEC),
-            1 => {
-                let fd = libc::memfd_create(c"fuzz".as_ptr(), libc::MFD_CLOEXEC);
-                assert!(fd >= 0);
-                assert_eq!(libc::ftruncate(fd, (rng.below(4) * 4096) as libc::off_t), 0);
-                fd
-            }
-            _ => {
-                let mut p = [0; 2];
-                assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
-                libc::close(p[1]);
-                p[0]
-            }
-        };
-        assert!(raw >= 0);
-        OwnedFd::from_raw_fd(raw)
+    use vfio_migrate_sys as sys;
+    match rng.below(3) {
+        0 => sys::fd::eventfd().unwrap(),
+        1 => sys::memfd::create_sized(c"fuzz", rng.below(4) * 4096).unwrap(),
+        _ => sys::fd::pipe(libc::O_CLOEXEC).unwrap().0,
     }
 }
 

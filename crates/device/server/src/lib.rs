@@ -10,6 +10,8 @@
 //! [`dispatch::dispatch`] turns one message into one reply without touching
 //! sockets; one file per command group does the work.
 
+#![forbid(unsafe_code)]
+
 pub mod dispatch;
 pub mod session;
 pub mod shutdown;
@@ -22,7 +24,7 @@ pub mod migregion;
 mod region;
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ use vfio_migrate_device::{Device, DeviceCore};
 pub use dispatch::dispatch;
 pub use session::{CommandHandler, Extensions, RegionHandler, Reply, Session};
 pub use shutdown::Shutdown;
+use vfio_migrate_sys as sys;
 use vfio_migrate_vfio_user::sock::{set_send_buffer, Conn, RecvFds};
 
 /// Room for a command's own structs on top of `max_data_xfer_size` when
@@ -146,49 +149,11 @@ impl Drop for Listener {
 /// socket + bind + chmod 0600 + listen, so no client can connect before the
 /// mode is set.
 fn bind_0600(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: a zeroed sockaddr_un is valid; we fill family and path.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "socket path is {} bytes, at most {}",
-                bytes.len(),
-                addr.sun_path.len() - 1
-            ),
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: plain socket(2) call.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new fd owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
-    if unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            len,
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    let fd = sys::sock::unix_stream_socket()?;
+    sys::sock::bind_unix(fd.as_fd(), path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    // SAFETY: listen on the socket we own.
-    if unsafe { libc::listen(fd.as_raw_fd(), 16) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::sock::listen(fd.as_fd(), 16)?;
     Ok(fd)
 }
 
@@ -322,7 +287,7 @@ impl<D: Device> Server<D> {
                 return End::Client;
             }
         };
-        set_send_buffer(conn.raw_fd(), self.config.socket_buffer);
+        set_send_buffer(conn.as_fd(), self.config.socket_buffer);
         let cap = self.config.msg_size_cap();
         let mut session = Session::new(&self.core, &mut self.ext, &self.config);
         let mut inbuf: Vec<u8> = Vec::new();
@@ -456,9 +421,10 @@ fn readable_within(fd: RawFd, t: Duration) -> bool {
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: poll(2) on one valid pollfd that lives for the call.
-    let r = unsafe { libc::poll(&mut p, 1, t.as_millis() as libc::c_int) };
-    r > 0
+    matches!(
+        sys::fd::poll(std::slice::from_mut(&mut p), t.as_millis() as libc::c_int),
+        Ok(n) if n > 0
+    )
 }
 
 /// Accepts a client while another one is served: tells it EBUSY (as the
@@ -492,14 +458,10 @@ fn poll_any(fds: &[RawFd]) -> io::Result<usize> {
         })
         .collect();
     loop {
-        // SAFETY: `p` is a live array of pollfd of the given length.
-        let r = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, -1) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
+        match sys::fd::poll(&mut p, -1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
         if let Some(i) = p.iter().position(|x| x.revents != 0) {
             return Ok(i);

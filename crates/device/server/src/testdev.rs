@@ -4,7 +4,7 @@
 //! `magic | BAR0 | BAR2`; loading validates length and magic when RESUMING
 //! ends.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use vfio_migrate_abi::kernel::{MigState, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY};
 use vfio_migrate_abi::vfio_user::{IRQ_INFO_EVENTFD, PCI_MSIX_IRQ_INDEX};
@@ -28,17 +28,7 @@ pub struct TestDev {
 }
 
 fn memfd(len: usize) -> OwnedFd {
-    // SAFETY: memfd_create with a static C string; checked.
-    let raw = unsafe { libc::memfd_create(c"testdev".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ftruncate on our fd.
-    assert_eq!(
-        unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
-        0
-    );
-    fd
+    vfio_migrate_sys::memfd::create_sized(c"testdev", len as u64).unwrap()
 }
 
 impl TestDev {
@@ -66,26 +56,10 @@ impl TestDev {
 
     fn mem_rw(&self, offset: u64, buf: &mut [u8], write: Option<&[u8]>) {
         let r = match write {
-            // SAFETY: pwrite/pread on our memfd from/into live buffers.
-            Some(d) => unsafe {
-                libc::pwrite(
-                    self.mem_fd.as_raw_fd(),
-                    d.as_ptr() as *const _,
-                    d.len(),
-                    offset as i64,
-                )
-            },
-            // SAFETY: as above.
-            None => unsafe {
-                libc::pread(
-                    self.mem_fd.as_raw_fd(),
-                    buf.as_mut_ptr() as *mut _,
-                    buf.len(),
-                    offset as i64,
-                )
-            },
+            Some(d) => vfio_migrate_sys::fd::write_at(self.mem_fd.as_fd(), d, offset),
+            None => vfio_migrate_sys::fd::read_at(self.mem_fd.as_fd(), buf, offset),
         };
-        assert!(r >= 0);
+        assert!(r.is_ok());
     }
 
     fn snapshot(&self) -> Vec<u8> {

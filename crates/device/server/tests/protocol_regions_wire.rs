@@ -15,7 +15,9 @@ use vfio_migrate_abi::seed::{self as sabi, SeedState};
 use vfio_migrate_abi::v1 as vabi;
 use vfio_migrate_abi::v1::{DirtyBitmapRange, DirtyPages};
 use vfio_migrate_abi::vfio_user::{Command, MigData};
-use vfio_migrate_backend::{BackendError, DmaWindow, MigState, MigrationDevice};
+use vfio_migrate_backend::{
+    BackendError, DmaDirtyLog, DmaMapping, DmaWindow, MigState, MigrationDevice, RegionAccess,
+};
 use vfio_migrate_client::{Client, SeedDevice, V1Device};
 use vfio_migrate_server::migregion::{SEED_REGION_INDEX, V1_REGION_INDEX};
 
@@ -293,7 +295,10 @@ fn restore(dev: &mut dyn MigrationDevice, state: &[u8]) {
 
 fn digest_of(dev: &mut dyn MigrationDevice) -> u64 {
     let mut b = [0u8; 8];
-    dev.region_read(0, 0x38, &mut b).unwrap();
+    dev.regions()
+        .expect("region access")
+        .region_read(0, 0x38, &mut b)
+        .unwrap();
     u64::from_le_bytes(b)
 }
 
@@ -419,7 +424,7 @@ fn dirty_pages_refuses_bad_requests_and_reports_dma_writes() {
     let mut s = Served::with_protocol("vgpu", Some(16 << 20), "v1");
     let mut c = Client::connect(&s.path).unwrap();
     let ram = wire::memfd(1 << 20);
-    MigrationDevice::dma_map(
+    DmaMapping::dma_map(
         &mut c,
         DmaWindow {
             iova: 0,

@@ -6,10 +6,12 @@
 //! must show exactly those pages. Server and client talk over a real UNIX
 //! socket (the server in a thread of this process).
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
-use vfio_migrate_backend::{DmaWindow, MigState, MigrationDevice};
+use vfio_migrate_backend::{
+    DmaDirtyLog, DmaMapping, DmaWindow, MigState, MigrationDevice, RegionAccess,
+};
 use vfio_migrate_client::{Client, SeedDevice};
 use vfio_migrate_device::{DeviceCore, DmaSpace};
 use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
@@ -19,17 +21,8 @@ const GUEST: u64 = 256 << 20;
 const PAGE: u64 = 4096;
 
 fn memfd(len: u64) -> OwnedFd {
-    // SAFETY: memfd_create with a static C string; result checked.
-    let fd = unsafe { libc::memfd_create(c"seed-dirty-guest".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` is ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sizing our own memfd (sparse: no memory until written).
-    assert_eq!(
-        unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), len as i64) },
-        0
-    );
-    fd
+    // Sparse: no memory until written.
+    vfio_migrate_sys::memfd::create_sized(c"seed-dirty-guest", len).unwrap()
 }
 
 #[test]
@@ -48,7 +41,7 @@ fn dirty_bitmap_joins_rounds_across_the_section_limit() {
         let srv = s.spawn(|| server.serve(&listener, &shutdown));
         let ram = memfd(GUEST);
         let mut c = Client::connect(&sock).unwrap();
-        MigrationDevice::dma_map(
+        DmaMapping::dma_map(
             &mut c,
             DmaWindow {
                 iova: 0,

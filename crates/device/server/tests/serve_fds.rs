@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use support::Served;
 use vfio_migrate_abi::vfio_user::*;
-use vfio_migrate_backend::{DmaWindow, MigrationDevice};
+use vfio_migrate_backend::{DmaDirtyLog, DmaMapping, DmaWindow};
 use wire::*;
 
 #[test]
@@ -116,24 +116,11 @@ fn many_connections_leak_no_fds() {
 /// Sends `bytes` with one fd attached (SCM_RIGHTS).
 fn send_with_fd(s: &std::os::unix::net::UnixStream, bytes: &[u8], fd: BorrowedFd<'_>) {
     use std::os::fd::AsRawFd;
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut _,
-        iov_len: bytes.len(),
-    };
-    let mut cmsg = [0u64; 8];
-    // SAFETY: a zeroed msghdr is valid; we point it at live buffers and
-    // fill one SCM_RIGHTS header inside `cmsg`, which is large enough.
-    unsafe {
-        let mut mh: libc::msghdr = std::mem::zeroed();
-        mh.msg_iov = &mut iov;
-        mh.msg_iovlen = 1;
-        mh.msg_control = cmsg.as_mut_ptr() as *mut _;
-        mh.msg_controllen = libc::CMSG_SPACE(4) as _;
-        let c = libc::CMSG_FIRSTHDR(&mh);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as _;
-        *(libc::CMSG_DATA(c) as *mut i32) = fd.as_raw_fd();
-        assert_eq!(libc::sendmsg(s.as_raw_fd(), &mh, 0), bytes.len() as isize);
-    }
+    let n = vfio_migrate_sys::sock::send_with_fds(
+        s.as_fd(),
+        &[std::io::IoSlice::new(bytes)],
+        &[fd.as_raw_fd()],
+    )
+    .unwrap();
+    assert_eq!(n, bytes.len());
 }

@@ -11,7 +11,9 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use support::Served;
 use vfio_migrate_abi::kernel::MigState;
-use vfio_migrate_backend::{DmaWindow, IovaRange, MigrationDevice};
+use vfio_migrate_backend::{
+    DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigrationDevice, RegionAccess,
+};
 use vfio_migrate_client::Client;
 use wire::*;
 
@@ -35,12 +37,12 @@ mod vgpu_reg {
 
 fn reg(c: &mut Client, off: u64) -> u64 {
     let mut b = [0u8; 8];
-    MigrationDevice::region_read(c, 0, off, &mut b).unwrap();
+    RegionAccess::region_read(c, 0, off, &mut b).unwrap();
     u64::from_le_bytes(b)
 }
 
 fn set_reg(c: &mut Client, off: u64, v: u64) {
-    MigrationDevice::region_write(c, 0, off, &v.to_le_bytes()).unwrap();
+    RegionAccess::region_write(c, 0, off, &v.to_le_bytes()).unwrap();
 }
 
 fn map_guest(c: &mut Client, ram: &std::os::fd::OwnedFd) {
@@ -122,7 +124,7 @@ fn vgpu_live_migration_with_precopy_and_dma_logging() {
     set_reg(&mut src, vgpu_reg::CONTROL, 3);
     std::thread::sleep(std::time::Duration::from_millis(100));
 
-    assert!(src.dma_logging_supported());
+    assert!(src.dma_log().is_some());
     src.dma_logging_start(
         PAGE,
         &[IovaRange {
@@ -216,9 +218,9 @@ fn serial_migration_stop_copy_only() {
     assert_eq!(src.migration_flags().unwrap(), 1);
     assert_eq!(src.descriptor().unwrap().device_id, 0x00f1);
     for b in b"hello, world" {
-        MigrationDevice::region_write(&mut src, 0, 0, &[*b]).unwrap();
+        RegionAccess::region_write(&mut src, 0, 0, &[*b]).unwrap();
     }
-    MigrationDevice::region_write(&mut src, 0, 7, &[0x5a]).unwrap(); // SCR
+    RegionAccess::region_write(&mut src, 0, 7, &[0x5a]).unwrap(); // SCR
     let e = src.set_state(MigState::PreCopy).unwrap_err();
     assert_eq!(e.errno(), Some(libc::EINVAL), "serial has no pre-copy: {e}");
     let e = src.set_state(MigState::RunningP2p).unwrap_err();
@@ -241,7 +243,7 @@ fn serial_migration_stop_copy_only() {
     dst.set_state(MigState::Stop).unwrap();
     let digest = |c: &mut Client| {
         let mut d = [0u8; 8];
-        MigrationDevice::region_read(c, 0, 0x10, &mut d).unwrap();
+        RegionAccess::region_read(c, 0, 0x10, &mut d).unwrap();
         u64::from_le_bytes(d)
     };
     assert_eq!(digest(&mut src), digest(&mut dst));
@@ -249,7 +251,7 @@ fn serial_migration_stop_copy_only() {
     let mut got = Vec::new();
     for _ in 0..12 {
         let mut b = [0u8; 1];
-        MigrationDevice::region_read(&mut dst, 0, 0, &mut b).unwrap();
+        RegionAccess::region_read(&mut dst, 0, 0, &mut b).unwrap();
         got.push(b[0]);
     }
     assert_eq!(&got, b"hello, world", "the FIFO contents moved");
@@ -261,7 +263,7 @@ fn corrupted_state_is_refused_and_destination_never_runs() {
     let dst_p = Served::start("serial", None);
     let mut src = src_p.client();
     let mut dst = dst_p.client();
-    MigrationDevice::region_write(&mut src, 0, 0, b"x").unwrap();
+    RegionAccess::region_write(&mut src, 0, 0, b"x").unwrap();
     src.set_state(MigState::StopCopy).unwrap();
     dst.set_state(MigState::Resuming).unwrap();
     let mut buf = vec![0u8; 4096];
@@ -361,7 +363,7 @@ fn region_info_caps_and_mmap_fd() {
     assert_eq!(bar2.sparse_areas, vec![(0, 1 << 20)]);
     let fd = bar2.fd.expect("BAR2 comes with its fd");
     // Device memory written through the region shows through the fd.
-    MigrationDevice::region_write(&mut c, 2, 8192, b"through the region").unwrap();
+    RegionAccess::region_write(&mut c, 2, 8192, b"through the region").unwrap();
     assert_eq!(pread(&fd, 8192, 18), b"through the region");
     let bar0 = c.region_info(0).unwrap();
     assert!(bar0.fd.is_none());

@@ -14,7 +14,7 @@ use common::{binary, memcpy, raw_socket, serve_vgpu};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 use vfio_migrate_abi::kernel::MigState;
-use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_backend::{MigrationDevice, RegionAccess};
 use vfio_migrate_client::{forward_mig_data, Client, ClientConfig};
 use vfio_migrate_harness::TempDir;
 
@@ -95,7 +95,7 @@ fn move_sequential(src: &mut Client, dst: &mut Client) -> (u64, f64) {
 
 fn digest(c: &mut Client) -> u64 {
     let mut b = [0u8; 8];
-    MigrationDevice::region_read(c, 0, 0x38, &mut b).unwrap();
+    RegionAccess::region_read(c, 0, 0x38, &mut b).unwrap();
     u64::from_le_bytes(b)
 }
 
@@ -111,8 +111,7 @@ fn cpu_secs(pid: u32) -> f64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf with a constant name.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    ticks / vfio_migrate_sys::signal::clock_ticks_per_second() as f64
 }
 
 fn gib_s(bytes: u64, secs: f64) -> f64 {
@@ -135,7 +134,7 @@ fn main() {
     // Give the device memory real content: run the render engine over it.
     let mem_bytes = parse_size(&mem);
     for (r, v) in [(0x30u64, 0xbe7c_u64), (0x10, 8u64 << 30), (0x08, 1)] {
-        MigrationDevice::region_write(&mut src, 0, r, &v.to_le_bytes()).unwrap();
+        RegionAccess::region_write(&mut src, 0, r, &v.to_le_bytes()).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
     src.set_state(MigState::Stop).unwrap();

@@ -27,7 +27,7 @@ impl Client {
         name: impl Into<String>,
         config: ClientConfig,
     ) -> Self {
-        set_send_buffer(stream.as_raw_fd(), config.socket_buffer);
+        set_send_buffer(stream.as_fd(), config.socket_buffer);
         Self {
             conn: Conn::blocking(stream.into()),
             name: name.into(),

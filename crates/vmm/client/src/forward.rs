@@ -11,11 +11,12 @@
 //! buffered read/write loop.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use vfio_migrate_abi::vfio_user::{Command, Header, MigData, HEADER_SIZE, TYPE_COMMAND};
 use vfio_migrate_backend::{BackendError, Result};
 
 use super::Client;
+use vfio_migrate_sys as sys;
 use vfio_migrate_vfio_user::sock::RecvFds;
 
 /// A pipe used as the splice buffer.
@@ -27,57 +28,29 @@ struct Pipe {
 
 impl Pipe {
     fn new(want: usize) -> io::Result<Self> {
-        let mut p = [0 as libc::c_int; 2];
-        // SAFETY: pipe2 fills the two-element array on success.
-        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both fds are new and owned only here.
-        let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-        // SAFETY: fcntl with integer arguments on our pipe; a refusal just
-        // leaves the default size, which F_GETPIPE_SZ then reports.
-        let cap = unsafe {
-            libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want as libc::c_int);
-            libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ)
-        };
-        if cap <= 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self {
-            r,
-            w,
-            cap: cap as usize,
-        })
+        let (r, w) = sys::fd::pipe(libc::O_CLOEXEC)?;
+        // A refusal just leaves the default size, which F_GETPIPE_SZ then
+        // reports.
+        let _ = sys::fd::set_pipe_size(w.as_fd(), want);
+        let cap = sys::fd::pipe_size(w.as_fd())?;
+        Ok(Self { r, w, cap })
     }
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     loop {
-        // SAFETY: splice between two fds we hold, no offsets.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
-            )
+        let n = match sys::fd::splice(from, to, len, libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "socket closed during splice",
             ));
         }
-        return Ok(n as usize);
+        return Ok(n);
     }
 }
 
@@ -162,11 +135,11 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
             .map_err(|e| BackendError::io("MIG_DATA_WRITE", e))?;
         let mut left = n;
         while left > 0 {
-            let k = splice(src.conn.raw_fd(), pipe.w.as_raw_fd(), left.min(pipe.cap))
+            let k = splice(src.conn.as_fd(), pipe.w.as_fd(), left.min(pipe.cap))
                 .map_err(|e| BackendError::io(step, e))?;
             let mut out = k;
             while out > 0 {
-                out -= splice(pipe.r.as_raw_fd(), dst.conn.raw_fd(), out)
+                out -= splice(pipe.r.as_fd(), dst.conn.as_fd(), out)
                     .map_err(|e| BackendError::io(step, e))?;
             }
             left -= k;

@@ -12,6 +12,8 @@
 //! peer announced our extension (see [`vfio_migrate_vfio_user::ext`]), because the
 //! reference C server cannot take larger messages reliably.
 
+#![forbid(unsafe_code)]
+
 mod connection;
 mod device;
 mod dma;
@@ -30,7 +32,7 @@ pub use seed::SeedDevice;
 pub use v1::V1Device;
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use vfio_migrate_abi::kernel::{

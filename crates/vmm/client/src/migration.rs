@@ -8,7 +8,8 @@ use vfio_migrate_abi::kernel::{
 };
 use vfio_migrate_abi::vfio_user::{DMA_FLAG_READ, DMA_FLAG_WRITE};
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigrationDevice, PrecopyInfo, Result,
+    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigrationDevice,
+    PrecopyInfo, RegionAccess, Result,
 };
 
 use super::Client;
@@ -18,11 +19,9 @@ impl MigrationDevice for Client {
     fn name(&self) -> String {
         self.name.clone()
     }
-
     fn protocol(&self) -> &'static str {
         "vfio-user v2"
     }
-
     fn descriptor(&mut self) -> Result<DeviceDescriptor> {
         if let Some(d) = &self.descriptor {
             return Ok(d.clone());
@@ -31,11 +30,9 @@ impl MigrationDevice for Client {
         self.descriptor = Some(d.clone());
         Ok(d)
     }
-
     fn migration_flags(&mut self) -> Result<u64> {
         self.mig_flags()
     }
-
     fn state(&mut self) -> Result<MigState> {
         let d = self.feature_get(FEATURE_MIG_DEVICE_STATE, &[], FeatureMigState::SIZE)?;
         let s = FeatureMigState::decode(&d)
@@ -43,7 +40,6 @@ impl MigrationDevice for Client {
         MigState::from_u32(s.device_state)
             .map_err(|e| BackendError::protocol("get device state", e.to_string()))
     }
-
     fn set_state(&mut self, new: MigState) -> Result<()> {
         let req = FeatureMigState {
             device_state: new as u32,
@@ -53,15 +49,12 @@ impl MigrationDevice for Client {
             .map_err(|e| rename(e, format!("set state {new}")))?;
         Ok(())
     }
-
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
         self.mig_data_read(buf)
     }
-
     fn write_data(&mut self, data: &[u8]) -> Result<()> {
         self.mig_data_write(data)
     }
-
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         if !self.feature_probe(FEATURE_PRECOPY_INFO, FEATURE_GET)? {
             return Err(BackendError::unsupported(
@@ -81,7 +74,6 @@ impl MigrationDevice for Client {
             dirty_bytes: u64::from_le_bytes(d[8..16].try_into().expect("8 bytes")),
         })
     }
-
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         if !self.feature_probe(FEATURE_MIG_DATA_SIZE, FEATURE_GET)? {
             return Ok(None);
@@ -91,12 +83,36 @@ impl MigrationDevice for Client {
             .map_err(|e| BackendError::protocol("MIG_DATA_SIZE", e.to_string()))?;
         Ok(Some(v.stop_copy_length))
     }
-
-    fn dma_logging_supported(&mut self) -> bool {
-        self.feature_probe(FEATURE_DMA_LOGGING_START, FEATURE_SET)
-            .unwrap_or(false)
+    fn preferred_chunk(&self) -> usize {
+        self.max_recv_chunk()
     }
 
+    fn reset(&mut self) -> Result<()> {
+        Client::reset(self)
+    }
+
+    fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
+        // Offered only when the server answers the PROBE.
+        let offered = self
+            .feature_probe(FEATURE_DMA_LOGGING_START, FEATURE_SET)
+            .unwrap_or(false);
+        if offered {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    fn regions(&mut self) -> Option<&mut dyn RegionAccess> {
+        Some(self)
+    }
+
+    fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
+        Some(self)
+    }
+}
+
+impl DmaDirtyLog for Client {
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let mut data = Vec::with_capacity(16 + ranges.len() * 16);
         data.extend_from_slice(&page_size.to_le_bytes());
@@ -110,7 +126,6 @@ impl MigrationDevice for Client {
             .map_err(|e| rename(e, "DMA logging start".into()))?;
         Ok(())
     }
-
     fn dma_logging_report(
         &mut self,
         iova: u64,
@@ -120,13 +135,23 @@ impl MigrationDevice for Client {
     ) -> Result<()> {
         self.dma_logging_report_into(iova, length, page_size, bitmap)
     }
-
     fn dma_logging_stop(&mut self) -> Result<()> {
         self.feature_set(FEATURE_DMA_LOGGING_STOP, &[])
             .map_err(|e| rename(e, "DMA logging stop".into()))?;
         Ok(())
     }
+}
 
+impl RegionAccess for Client {
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        Client::region_read(self, index, offset, buf)
+    }
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
+        Client::region_write(self, index, offset, data)
+    }
+}
+
+impl DmaMapping for Client {
     fn dma_map(&mut self, w: DmaWindow<'_>) -> Result<()> {
         let mut flags = 0;
         if w.readable {
@@ -137,21 +162,8 @@ impl MigrationDevice for Client {
         }
         self.dma_map_fd(w.iova, w.size, w.fd, w.offset, flags)
     }
-
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
         self.dma_unmap_window(iova, size)
-    }
-
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
-        Client::region_read(self, index, offset, buf)
-    }
-
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
-        Client::region_write(self, index, offset, data)
-    }
-
-    fn preferred_chunk(&self) -> usize {
-        self.max_recv_chunk()
     }
 }
 

@@ -4,28 +4,14 @@
 //! server provides one, else REGION_READ/WRITE in chunks within
 //! `max_data_xfer_size`.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use vfio_migrate_backend::{BackendError, DeviceDescriptor, Result};
+use vfio_migrate_sys::MmapRegion;
 
 use super::Client;
 
 /// Where the data section starts when the server gives no sparse area.
 const DEFAULT_SECTION_OFFSET: u64 = 4096;
-
-/// The mapped data section.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from our successful mmap and are unmapped once.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.len);
-        }
-    }
-}
 
 /// A migration region of the connected device.
 pub struct MigRegion {
@@ -35,12 +21,8 @@ pub struct MigRegion {
     pub section_offset: u64,
     /// Data section size in bytes.
     pub section_len: u64,
-    map: Option<Mapping>,
+    map: Option<MmapRegion>,
 }
-
-// SAFETY: the mapping is private to this struct, accessed only through
-// `&mut self` methods with bounds checks; moving it between threads is fine.
-unsafe impl Send for MigRegion {}
 
 impl MigRegion {
     /// Finds the region with type `ty` (region-type capability); maps its
@@ -71,7 +53,7 @@ impl MigRegion {
             }
             let map = match (&d.fd, mmap && !d.sparse_areas.is_empty()) {
                 (Some(fd), true) => Some(map_section(
-                    fd.as_raw_fd(),
+                    fd.as_fd(),
                     d.offset + section_offset,
                     section_len,
                 )?),
@@ -116,64 +98,45 @@ impl MigRegion {
         c.region_write(self.index, off, &v.to_le_bytes())
     }
 
-    /// The mapped bytes for region range `[off, off+len)` when it lies in
-    /// the mapping.
-    fn mapped_range(&self, off: u64, len: usize) -> Option<(*mut u8, usize)> {
+    /// The mapping and the offset in it of region range `[off, off+len)`
+    /// when the range lies in the mapping.
+    fn mapped_range(&self, off: u64, len: usize) -> Option<(&MmapRegion, usize)> {
         let m = self.map.as_ref()?;
         let rel = off.checked_sub(self.section_offset)?;
         let end = rel.checked_add(len as u64)?;
-        (end <= m.len as u64).then(|| {
-            // SAFETY: rel + len ≤ m.len, so the pointer stays in the mapping.
-            (unsafe { m.ptr.add(rel as usize) }, len)
-        })
+        (end <= m.len() as u64).then_some((m, rel as usize))
     }
 
-    /// Reads `buf.len()` bytes of the data section at region offset `off`.
+    /// Reads `buf.len()` bytes of the data section at region offset `off`
+    /// (from the mapping, which the server wrote before answering the
+    /// request that staged it).
     pub fn read_data(&mut self, c: &mut Client, off: u64, buf: &mut [u8]) -> Result<()> {
-        if let Some((p, n)) = self.mapped_range(off, buf.len()) {
-            // SAFETY: `p..p+n` lies in our live shared mapping; the server
-            // wrote it before answering the request that staged it.
-            buf.copy_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
-            return Ok(());
+        if let Some((m, rel)) = self.mapped_range(off, buf.len()) {
+            return m
+                .read(rel, buf)
+                .map_err(|e| BackendError::io("reading the mapped data section", e));
         }
         c.region_read(self.index, off, buf)
     }
 
-    /// Writes `data` into the data section at region offset `off`.
+    /// Writes `data` into the data section at region offset `off` (into
+    /// the mapping, which the server reads only when the next header write
+    /// tells it to).
     pub fn write_data(&mut self, c: &mut Client, off: u64, data: &[u8]) -> Result<()> {
-        if let Some((p, n)) = self.mapped_range(off, data.len()) {
-            // SAFETY: `p..p+n` lies in our live shared mapping; the server
-            // reads it only when the next header write tells it to.
-            unsafe { std::slice::from_raw_parts_mut(p, n) }.copy_from_slice(data);
-            return Ok(());
+        if let Some((m, rel)) = self.mapped_range(off, data.len()) {
+            return m
+                .write(rel, data)
+                .map_err(|e| BackendError::io("writing the mapped data section", e));
         }
         c.region_write(self.index, off, data)
     }
 }
 
-fn map_section(fd: i32, offset: u64, len: u64) -> Result<Mapping> {
+fn map_section(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<MmapRegion> {
     let step = "mapping the migration data section";
     let len_us = usize::try_from(len)
         .map_err(|_| BackendError::protocol(step, format!("{len} bytes do not fit in memory")))?;
-    // SAFETY: a fresh shared mapping of the server's region fd at the
-    // sparse area it announced; the result is checked.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len_us,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            offset as libc::off_t,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(BackendError::io(step, std::io::Error::last_os_error()));
-    }
-    Ok(Mapping {
-        ptr: p as *mut u8,
-        len: len_us,
-    })
+    MmapRegion::shared(fd, offset, len_us, true).map_err(|e| BackendError::io(step, e))
 }
 
 /// The descriptor of a device driven through a migration region: read once

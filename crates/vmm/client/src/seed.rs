@@ -27,8 +27,8 @@
 
 use vfio_migrate_abi::seed::{self as abi, SeedState};
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigState, MigrationDevice, PrecopyInfo,
-    Result, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
+    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigState,
+    MigrationDevice, PrecopyInfo, RegionAccess, Result, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
 };
 
 use super::{Client, MigRegion};
@@ -184,11 +184,9 @@ impl MigrationDevice for SeedDevice {
     fn name(&self) -> String {
         self.c.name.clone()
     }
-
     fn protocol(&self) -> &'static str {
         "vfio-user seed region"
     }
-
     fn descriptor(&mut self) -> Result<DeviceDescriptor> {
         super::migregion::cached_descriptor(
             &mut self.c,
@@ -196,11 +194,9 @@ impl MigrationDevice for SeedDevice {
             MIGRATION_STOP_COPY | MIGRATION_PRE_COPY,
         )
     }
-
     fn migration_flags(&mut self) -> Result<u64> {
         Ok(MIGRATION_STOP_COPY | MIGRATION_PRE_COPY)
     }
-
     fn state(&mut self) -> Result<MigState> {
         Ok(match self.read_state()? {
             None | Running => MigState::Running,
@@ -212,14 +208,12 @@ impl MigrationDevice for SeedDevice {
             Failed | Cancelled => MigState::Running,
         })
     }
-
     fn set_state(&mut self, new: MigState) -> Result<()> {
         for s in self.path_to(new)? {
             self.go(s)?;
         }
         Ok(())
     }
-
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
         let want = (buf.len() as u64).min(self.r.section_len);
         if want == 0 {
@@ -259,7 +253,6 @@ impl MigrationDevice for SeedDevice {
         }
         Ok(0)
     }
-
     fn write_data(&mut self, data: &[u8]) -> Result<()> {
         let at = self.r.section_offset;
         for piece in data.chunks(self.r.section_len as usize) {
@@ -269,7 +262,6 @@ impl MigrationDevice for SeedDevice {
         }
         Ok(())
     }
-
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         let [pre, compat, _] = self.pending()?;
         Ok(PrecopyInfo {
@@ -277,7 +269,6 @@ impl MigrationDevice for SeedDevice {
             dirty_bytes: 0,
         })
     }
-
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         if !matches!(self.state, Setup | Precopy | StopNCopy) {
             return Ok(Option::None);
@@ -285,11 +276,33 @@ impl MigrationDevice for SeedDevice {
         let p = self.pending()?;
         Ok(Some(p.iter().sum()))
     }
-
-    fn dma_logging_supported(&mut self) -> bool {
-        true
+    fn preferred_chunk(&self) -> usize {
+        self.r.section_len as usize
     }
 
+    fn reset(&mut self) -> Result<()> {
+        self.c.reset()?;
+        self.threshold = Option::None;
+        self.resuming_side = false;
+        self.logging = false;
+        self.read_state()?;
+        Ok(())
+    }
+
+    fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
+        Some(self)
+    }
+
+    fn regions(&mut self) -> Option<&mut dyn RegionAccess> {
+        Some(self)
+    }
+
+    fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
+        Some(self)
+    }
+}
+
+impl DmaDirtyLog for SeedDevice {
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let _ = ranges; // the seed logs every window mapped at SETUP
         if page_size != PAGE {
@@ -312,7 +325,6 @@ impl MigrationDevice for SeedDevice {
         self.logging = true;
         Ok(())
     }
-
     fn dma_logging_report(
         &mut self,
         iova: u64,
@@ -370,7 +382,6 @@ impl MigrationDevice for SeedDevice {
         }
         Ok(())
     }
-
     fn dma_logging_stop(&mut self) -> Result<()> {
         // The log stops at SAVE_COMPLETED, FAILED or CANCELLED. Stopping it
         // during pre-copy cancels the migration (the device runs on).
@@ -381,24 +392,22 @@ impl MigrationDevice for SeedDevice {
         self.logging = false;
         Ok(())
     }
+}
 
-    fn dma_map(&mut self, w: DmaWindow<'_>) -> Result<()> {
-        MigrationDevice::dma_map(&mut self.c, w)
-    }
-
-    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
-        self.c.dma_unmap_window(iova, size)
-    }
-
+impl RegionAccess for SeedDevice {
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.c.region_read(index, offset, buf)
     }
-
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
         self.c.region_write(index, offset, data)
     }
+}
 
-    fn preferred_chunk(&self) -> usize {
-        self.r.section_len as usize
+impl DmaMapping for SeedDevice {
+    fn dma_map(&mut self, w: DmaWindow<'_>) -> Result<()> {
+        DmaMapping::dma_map(&mut self.c, w)
+    }
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
+        self.c.dma_unmap_window(iova, size)
     }
 }

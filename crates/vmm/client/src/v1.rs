@@ -19,8 +19,8 @@ use vfio_migrate_abi::v1 as abi;
 use vfio_migrate_abi::v1::{DirtyBitmapRange, DirtyPages};
 use vfio_migrate_abi::vfio_user::Command;
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigState, MigrationDevice, PrecopyInfo,
-    Result, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
+    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigState,
+    MigrationDevice, PrecopyInfo, RegionAccess, Result, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
 };
 
 use super::{Client, MigRegion};
@@ -118,11 +118,9 @@ impl MigrationDevice for V1Device {
     fn name(&self) -> String {
         self.c.name.clone()
     }
-
     fn protocol(&self) -> &'static str {
         "vfio-user v1 region"
     }
-
     fn descriptor(&mut self) -> Result<DeviceDescriptor> {
         super::migregion::cached_descriptor(
             &mut self.c,
@@ -130,11 +128,9 @@ impl MigrationDevice for V1Device {
             MIGRATION_STOP_COPY | MIGRATION_PRE_COPY,
         )
     }
-
     fn migration_flags(&mut self) -> Result<u64> {
         Ok(MIGRATION_STOP_COPY | MIGRATION_PRE_COPY)
     }
-
     fn state(&mut self) -> Result<MigState> {
         let v = self.r.read_u32(&mut self.c, abi::OFF_DEVICE_STATE)?;
         Ok(match v {
@@ -152,7 +148,6 @@ impl MigrationDevice for V1Device {
             }
         })
     }
-
     fn set_state(&mut self, new: MigState) -> Result<()> {
         let b = bits(new)?;
         self.staged = (0, 0);
@@ -161,7 +156,6 @@ impl MigrationDevice for V1Device {
             .write_u32(&mut self.c, abi::OFF_DEVICE_STATE, b)
             .map_err(|e| super::migration::rename(e, format!("set state {new} (v1 bits {b:#x})")))
     }
-
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
         // size 0: nothing right now (pre-copy), or the end was just seen
         // (stop-and-copy: pending reads 0 next). Ask twice at most.
@@ -192,7 +186,6 @@ impl MigrationDevice for V1Device {
         self.staged.1 -= n as u64;
         Ok(n)
     }
-
     fn write_data(&mut self, data: &[u8]) -> Result<()> {
         let at = match self.resume_at {
             Some(a) => a,
@@ -216,7 +209,6 @@ impl MigrationDevice for V1Device {
         }
         Ok(())
     }
-
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         let p = self.field(abi::OFF_PENDING_BYTES)?;
         Ok(PrecopyInfo {
@@ -224,16 +216,34 @@ impl MigrationDevice for V1Device {
             dirty_bytes: 0,
         })
     }
-
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         // v1 tells pending bytes of the current phase only.
         Ok(None)
     }
-
-    fn dma_logging_supported(&mut self) -> bool {
-        true
+    fn preferred_chunk(&self) -> usize {
+        self.r.section_len as usize
     }
 
+    fn reset(&mut self) -> Result<()> {
+        self.staged = (0, 0);
+        self.resume_at = None;
+        self.c.reset()
+    }
+
+    fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
+        Some(self)
+    }
+
+    fn regions(&mut self) -> Option<&mut dyn RegionAccess> {
+        Some(self)
+    }
+
+    fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
+        Some(self)
+    }
+}
+
+impl DmaDirtyLog for V1Device {
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let _ = ranges; // DIRTY_PAGES logs every mapped window
         if page_size != PAGE {
@@ -245,7 +255,6 @@ impl MigrationDevice for V1Device {
         self.dirty_pages(abi::DIRTY_PAGES_START, None)?;
         Ok(())
     }
-
     fn dma_logging_report(
         &mut self,
         iova: u64,
@@ -304,29 +313,26 @@ impl MigrationDevice for V1Device {
         }
         Ok(())
     }
-
     fn dma_logging_stop(&mut self) -> Result<()> {
         self.dirty_pages(abi::DIRTY_PAGES_STOP, None)?;
         Ok(())
     }
+}
 
-    fn dma_map(&mut self, w: DmaWindow<'_>) -> Result<()> {
-        MigrationDevice::dma_map(&mut self.c, w)
-    }
-
-    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
-        self.c.dma_unmap_window(iova, size)
-    }
-
+impl RegionAccess for V1Device {
     fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.c.region_read(index, offset, buf)
     }
-
     fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
         self.c.region_write(index, offset, data)
     }
+}
 
-    fn preferred_chunk(&self) -> usize {
-        self.r.section_len as usize
+impl DmaMapping for V1Device {
+    fn dma_map(&mut self, w: DmaWindow<'_>) -> Result<()> {
+        DmaMapping::dma_map(&mut self.c, w)
+    }
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
+        self.c.dma_unmap_window(iova, size)
     }
 }

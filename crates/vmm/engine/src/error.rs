@@ -1,11 +1,12 @@
 //! Why a migration failed: what went wrong, where (which device or peer)
 //! and in which phase — and, on the source, what state it was left in.
+//! Every failure is a variant a caller can match.
 
-use crate::format::StreamError;
+use crate::format::{Kind, StreamError};
 use crate::progress::Phase;
 use crate::report::MigrationReport;
 use thiserror::Error;
-use vfio_migrate_backend::BackendError;
+use vfio_migrate_backend::{BackendError, MigState};
 
 /// A failed migration step.
 #[derive(Debug, Error)]
@@ -13,62 +14,187 @@ pub enum EngineError {
     /// A device refused or its channel failed.
     #[error("{phase}: device {device}: {source}")]
     Device {
+        /// Where the migration was.
         phase: Phase,
+        /// The device's name.
         device: String,
+        /// What the backend reported.
         #[source]
         source: BackendError,
     },
     /// The stream (socket or file) failed or held bad data.
     #[error("{phase}: stream {peer}: {source}")]
     Stream {
+        /// Where the migration was.
         phase: Phase,
+        /// The other end.
         peer: String,
+        /// What was wrong.
         #[source]
         source: StreamError,
     },
     /// The destination refused the migration at setup.
     #[error("{phase}: the destination {peer} refused the migration: {reason}")]
     Refused {
+        /// Where the migration was.
         phase: Phase,
+        /// The destination.
         peer: String,
+        /// Its reason.
         reason: String,
     },
     /// The destination reported a failure after accepting.
     #[error("{phase}: the destination {peer} failed: {reason}")]
     DestinationFailed {
+        /// Where the migration was.
         phase: Phase,
+        /// The destination.
         peer: String,
+        /// Its reason.
         reason: String,
     },
     /// The source gave up (seen on the destination).
     #[error("{phase}: the source {peer} aborted the migration: {reason}")]
     SourceAborted {
+        /// Where the migration was.
         phase: Phase,
+        /// The source.
         peer: String,
+        /// Its reason.
         reason: String,
     },
     /// The peer did not answer in time.
     #[error("{phase}: {peer} did not answer within {secs} s (waiting for {what})")]
     Timeout {
+        /// Where the migration was.
         phase: Phase,
+        /// Who did not answer.
         peer: String,
+        /// What was awaited.
         what: &'static str,
+        /// The deadline, seconds.
         secs: u64,
     },
     /// Cancelled by the caller (Ctrl-C).
     #[error("{phase}: cancelled by the user")]
-    Cancelled { phase: Phase },
+    Cancelled {
+        /// Where the migration was.
+        phase: Phase,
+    },
     /// Guest RAM could not be read or written.
     #[error("{phase}: guest RAM: {source}")]
     Guest {
+        /// Where the migration was.
         phase: Phase,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
-    /// The request cannot be carried out as given (incompatible devices,
-    /// a device in the wrong state, a verification mismatch, …).
-    #[error("{phase}: {what}")]
-    Invalid { phase: Phase, what: String },
+    /// Nothing to migrate.
+    #[error("setup: no device to migrate")]
+    NoDevices,
+    /// More devices than one stream carries.
+    #[error("setup: {count} devices; one stream carries at most {max}")]
+    TooManyDevices {
+        /// Devices given.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A source device is in a state a migration cannot start from.
+    #[error("setup: device {device} is in {state}; a migration source must be RUNNING (or STOP)")]
+    NotASource {
+        /// The device.
+        device: String,
+        /// Its state.
+        state: MigState,
+    },
+    /// A device descriptor does not fit in a record.
+    #[error("setup: device {device}: descriptor of {bytes} bytes is too large")]
+    DescriptorTooLarge {
+        /// The device.
+        device: String,
+        /// Its size.
+        bytes: usize,
+    },
+    /// The guest RAM page size cannot be carried.
+    #[error("setup: guest page size {page_size} is not a power of two up to 2 MiB")]
+    BadPageSize {
+        /// The page size.
+        page_size: u64,
+    },
+    /// Pre-copy with guest RAM needs every device to log its DMA writes.
+    #[error("{phase}: device {device} cannot log its DMA writes, so guest RAM it writes during pre-copy would be lost; migrate it with pre-copy off")]
+    NoDmaLogging {
+        /// Where the migration was.
+        phase: Phase,
+        /// The device.
+        device: String,
+    },
+    /// The peer sent a message that is valid but not expected now.
+    #[error("{phase}: the destination {peer} answered out of turn (a {got} record)")]
+    OutOfTurn {
+        /// Where the migration was.
+        phase: Phase,
+        /// The peer.
+        peer: String,
+        /// What it sent.
+        got: Kind,
+    },
+    /// The destination cannot take the state (seen on the destination).
+    #[error("setup: incompatible: {reason}")]
+    Incompatible {
+        /// Every mismatch.
+        reason: String,
+    },
+    /// A destination device left RESUMING while loading.
+    #[error("{phase}: device {device} left RESUMING (it is {state}): someone else is using it")]
+    LeftResuming {
+        /// Where the migration was.
+        phase: Phase,
+        /// The device.
+        device: String,
+        /// Its state now.
+        state: MigState,
+    },
+    /// A device's digest differs between source and destination.
+    #[error("{phase}: device {device}: digest {source_digest:#018x} at the source, {dest_digest:#018x} at the destination; the destination was not started")]
+    DigestMismatch {
+        /// Where the migration was.
+        phase: Phase,
+        /// The device.
+        device: String,
+        /// At the source.
+        source_digest: u64,
+        /// At the destination.
+        dest_digest: u64,
+    },
+    /// The destination reported digests for another number of devices.
+    #[error("{phase}: the destination reported {got} device digests for {expected} devices")]
+    DigestCount {
+        /// Where the migration was.
+        phase: Phase,
+        /// Devices migrated.
+        expected: usize,
+        /// Digests reported.
+        got: usize,
+    },
+    /// Guest RAM differs between source and destination.
+    #[error("{phase}: guest RAM differs: source hash {source_hash:#018x}, destination hash {dest_hash:#018x}")]
+    RamMismatch {
+        /// Where the migration was.
+        phase: Phase,
+        /// At the source.
+        source_hash: u64,
+        /// At the destination.
+        dest_hash: u64,
+    },
+    /// After a snapshot, the source could not be put back as it was.
+    #[error("cleanup: {}", .problems.join("; "))]
+    RestoreFailed {
+        /// What could not be restored.
+        problems: Vec<String>,
+    },
 }
 
 impl EngineError {
@@ -83,7 +209,19 @@ impl EngineError {
             | EngineError::Timeout { phase, .. }
             | EngineError::Cancelled { phase }
             | EngineError::Guest { phase, .. }
-            | EngineError::Invalid { phase, .. } => *phase,
+            | EngineError::NoDmaLogging { phase, .. }
+            | EngineError::OutOfTurn { phase, .. }
+            | EngineError::LeftResuming { phase, .. }
+            | EngineError::DigestMismatch { phase, .. }
+            | EngineError::DigestCount { phase, .. }
+            | EngineError::RamMismatch { phase, .. } => *phase,
+            EngineError::NoDevices
+            | EngineError::TooManyDevices { .. }
+            | EngineError::NotASource { .. }
+            | EngineError::DescriptorTooLarge { .. }
+            | EngineError::BadPageSize { .. }
+            | EngineError::Incompatible { .. } => Phase::Setup,
+            EngineError::RestoreFailed { .. } => Phase::Cleanup,
         }
     }
 
@@ -96,11 +234,12 @@ impl EngineError {
         }
     }
 
-    /// A request that cannot be carried out.
-    pub fn invalid(phase: Phase, what: impl Into<String>) -> Self {
-        EngineError::Invalid {
+    /// A stream error in `phase`.
+    pub fn stream(phase: Phase, peer: impl Into<String>, source: StreamError) -> Self {
+        EngineError::Stream {
             phase,
-            what: what.into(),
+            peer: peer.into(),
+            source,
         }
     }
 }

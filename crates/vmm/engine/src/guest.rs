@@ -4,12 +4,13 @@
 //! writing it at a set rate and logging what it dirtied, as KVM's dirty log
 //! would).
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vfio_migrate_backend::IovaRange;
+use vfio_migrate_sys::{memfd, MmapRegion};
 
 /// Guest RAM: what the engine needs to migrate it.
 ///
@@ -80,16 +81,8 @@ pub trait GuestRam: Send + Sync {
 /// Guest RAM in a memfd, mapped here and shareable with devices by fd.
 pub struct MemfdRam {
     fd: OwnedFd,
-    ptr: *mut u8,
-    len: usize,
+    map: MmapRegion,
 }
-
-// SAFETY: the mapping is shared memory owned by this value; every access
-// goes through bounds-checked raw copies (no Rust references into it), the
-// same way a device's DMA touches it from another process.
-unsafe impl Send for MemfdRam {}
-// SAFETY: as above.
-unsafe impl Sync for MemfdRam {}
 
 impl MemfdRam {
     /// `size` bytes of zeroed RAM (rounded up to 4 KiB).
@@ -107,37 +100,10 @@ impl MemfdRam {
         let cname = std::ffi::CString::new(name).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in memfd name")
         })?;
-        // SAFETY: memfd_create with a valid C string; the result is checked.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: ftruncate on our own fd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: shared read/write mapping of our own fd of `len` bytes;
-        // the result is checked before use.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            fd,
-            ptr: ptr as *mut u8,
-            len,
-        })
+        let fd = memfd::create(&cname)?;
+        memfd::set_len(fd.as_fd(), size)?;
+        let map = MmapRegion::shared(fd.as_fd(), 0, len, true)?;
+        Ok(Self { fd, map })
     }
 
     /// The memfd (for `DMA_MAP`).
@@ -147,7 +113,7 @@ impl MemfdRam {
 
     /// Size in bytes.
     pub fn len(&self) -> u64 {
-        self.len as u64
+        self.map.len() as u64
     }
 
     /// Never empty (construction refuses 0 bytes).
@@ -157,12 +123,12 @@ impl MemfdRam {
 
     fn check(&self, offset: u64, n: usize) -> std::io::Result<usize> {
         match offset.checked_add(n as u64) {
-            Some(end) if end <= self.len as u64 => Ok(offset as usize),
+            Some(end) if end <= self.len() => Ok(offset as usize),
             _ => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(
                     "{offset:#x}+{n:#x} is outside guest RAM ({:#x} bytes)",
-                    self.len
+                    self.len()
                 ),
             )),
         }
@@ -171,64 +137,44 @@ impl MemfdRam {
     /// Bytes from `offset` on that are a hole (never written: zero, with no
     /// memory behind them), by `lseek(SEEK_DATA)`.
     pub fn hole_at(&self, offset: u64) -> u64 {
-        if offset >= self.len as u64 {
+        if offset >= self.len() {
             return 0;
         }
-        // SAFETY: lseek on our own fd; it only reports a position.
-        let r = unsafe { libc::lseek(self.fd.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
-        if r >= 0 {
-            (r as u64).saturating_sub(offset)
-        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+        match memfd::seek_data(self.fd.as_fd(), offset) {
+            Ok(r) => r.saturating_sub(offset),
             // No data from here to the end.
-            self.len as u64 - offset
-        } else {
-            0
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => self.len() - offset,
+            Err(_) => 0,
         }
     }
 
     /// Bytes from `offset` on that hold data (up to the next hole), by
     /// `lseek(SEEK_HOLE)`.
     pub fn data_at(&self, offset: u64) -> u64 {
-        if offset >= self.len as u64 {
+        if offset >= self.len() {
             return 0;
         }
-        // SAFETY: lseek on our own fd; it only reports a position.
-        let r = unsafe { libc::lseek(self.fd.as_raw_fd(), offset as libc::off_t, libc::SEEK_HOLE) };
-        if r >= 0 {
-            (r as u64).saturating_sub(offset)
-        } else {
-            self.len as u64 - offset
+        match memfd::seek_hole(self.fd.as_fd(), offset) {
+            Ok(r) => r.saturating_sub(offset),
+            Err(_) => self.len() - offset,
         }
     }
 
     /// Copies `buf.len()` bytes at byte `offset` into `buf`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let off = self.check(offset, buf.len())?;
-        // SAFETY: [off, off+len) is inside the live mapping (checked).
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(off), buf.as_mut_ptr(), buf.len()) };
-        Ok(())
+        self.map.read(off, buf)
     }
 
     /// Copies `data` to byte `offset`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
         let off = self.check(offset, data.len())?;
-        // SAFETY: [off, off+len) is inside the live mapping (checked).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(off), data.len()) };
-        Ok(())
-    }
-}
-
-impl Drop for MemfdRam {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from the successful mmap owned by self.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.len);
-        }
+        self.map.write(off, data)
     }
 }
 
 fn check_whole_pages(n: usize) -> std::io::Result<()> {
-    if n % 4096 != 0 {
+    if !n.is_multiple_of(4096) {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{n} bytes is not a whole number of 4096-byte pages"),
@@ -239,7 +185,7 @@ fn check_whole_pages(n: usize) -> std::io::Result<()> {
 
 impl GuestRam for MemfdRam {
     fn size(&self) -> u64 {
-        self.len as u64
+        self.len()
     }
     fn read_pages(&self, first: u64, buf: &mut [u8]) -> std::io::Result<()> {
         check_whole_pages(buf.len())?;
@@ -335,7 +281,10 @@ impl SimGuest {
         }
         let size = self.shared.ram.len();
         let end = cfg.offset.checked_add(cfg.length);
-        if cfg.length < 4096 || cfg.offset % 4096 != 0 || !matches!(end, Some(e) if e <= size) {
+        if cfg.length < 4096
+            || !cfg.offset.is_multiple_of(4096)
+            || !matches!(end, Some(e) if e <= size)
+        {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(

@@ -17,8 +17,10 @@
 //! - [`dest::migrate_in`]: the destination: checks descriptors, loads
 //!   RESUMING, validates (→ STOP), verifies digests, runs only when told.
 //! - [`format`]: the versioned, CRC32C-checked record stream
-//!   (`docs/stream-format.md`), the same over TCP, UNIX sockets and files;
-//!   [`snapshot`] reads and checks a snapshot file whole.
+//!   (`docs/stream-format.md`), the same over TCP, UNIX sockets and files:
+//!   records, codec, the one grammar parser, the reply channel;
+//!   [`snapshot`] reads and checks a snapshot file whole with that parser.
+//! - [`metrics`]: what a migration measures, apart from the logic.
 //! - [`link`]: the transports, with the back channel of live migrations.
 //! - [`guest`]: the [`GuestRam`] trait, memfd RAM and a simulated guest with
 //!   a vCPU dirty log; [`verify`]: device-digest hook and RAM hash.
@@ -26,12 +28,15 @@
 //! Engine memory is O(chunk): device data and RAM move in records of at
 //! most a few MiB, whatever the state size.
 
+#![forbid(unsafe_code)]
+
 pub mod cancel;
 pub mod dest;
 pub mod error;
 pub mod format;
 pub mod guest;
 pub mod link;
+pub mod metrics;
 pub mod progress;
 pub mod report;
 pub mod snapshot;
@@ -40,10 +45,10 @@ pub mod verify;
 
 pub use cancel::Cancel;
 pub use dest::{migrate_in, DestOptions, DestReport};
-pub use error::{EngineError, SourceFailure};
+pub use error::{EngineError, SourceFailure, SourceState};
 pub use guest::{GuestRam, MemfdRam, SimGuest, VcpuConfig};
 pub use link::{DestLink, Link};
 pub use progress::{Phase, Progress, ProgressFn};
 pub use report::{DeviceReport, MigrationReport};
-pub use source::{migrate_out, SourceOptions};
+pub use source::{migrate_out, Convergence, Decision, SourceOptions};
 pub use verify::Verifier;

@@ -1,12 +1,11 @@
 //! Reading a snapshot file whole: what it holds (devices, their
 //! descriptors, record counts and sizes, guest RAM) and whether every
-//! record and the structure around them check out. `inspect` prints this;
-//! a restore runs it first so that a damaged file is refused before any
+//! record and the structure around them check out — by the same
+//! [`StreamParser`] the destination loads with. `inspect` prints this; a
+//! restore runs it first so that a damaged file is refused before any
 //! device is touched.
 
-use crate::format::{
-    self, DeviceEnd, Digest, Kind, RamInfo, RamRun, RecordReader, SetupEnd, StreamError,
-};
+use crate::format::{Event, StreamError, StreamParser};
 use crate::report::digest_hex;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -16,16 +15,29 @@ use vfio_migrate_backend::DeviceDescriptor;
 /// Count and payload bytes of one record type.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Count {
+    /// Records.
     pub records: u64,
+    /// Payload bytes.
     pub bytes: u64,
+}
+
+impl Count {
+    fn add(&mut self, bytes: usize) {
+        self.records += 1;
+        self.bytes += bytes as u64;
+    }
 }
 
 /// One device in a snapshot.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotDevice {
+    /// Its index in the stream.
     pub index: u32,
+    /// What a destination must match.
     pub descriptor: DeviceDescriptor,
+    /// Pre-copy data records.
     pub precopy: Count,
+    /// Stop-copy data records.
     pub stopcopy: Count,
     /// The device's save stream is complete (its end record was seen).
     pub complete: bool,
@@ -36,8 +48,11 @@ pub struct SnapshotDevice {
 /// Guest RAM in a snapshot.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotRam {
+    /// Size in bytes.
     pub size: u64,
+    /// Page size.
     pub page_size: u64,
+    /// Page runs (with data or zero).
     pub runs: Count,
     /// Distinct pages present.
     pub pages_present: u64,
@@ -46,11 +61,19 @@ pub struct SnapshotRam {
 /// What a snapshot holds and whether it checks out.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotSummary {
+    /// The file, as named by the caller.
     pub name: String,
-    pub format_version: u32,
+    /// Format version `major.minor`, once the header was read.
+    pub format_version: Option<String>,
+    /// Bytes read.
     pub bytes: u64,
+    /// Records read.
     pub records: u64,
+    /// Optional records of kinds this build does not know, skipped.
+    pub skipped_records: u64,
+    /// The devices described.
     pub devices: Vec<SnapshotDevice>,
+    /// Guest RAM, when the snapshot carries it.
     pub ram: Option<SnapshotRam>,
     /// Record counts by type name.
     pub record_types: BTreeMap<String, Count>,
@@ -64,29 +87,31 @@ pub struct SnapshotSummary {
 pub fn check(r: impl Read, name: &str) -> SnapshotSummary {
     let mut s = SnapshotSummary {
         name: name.to_string(),
-        format_version: format::VERSION,
+        format_version: None,
         bytes: 0,
         records: 0,
+        skipped_records: 0,
         devices: Vec::new(),
         ram: None,
         record_types: BTreeMap::new(),
         ok: false,
         problems: Vec::new(),
     };
-    let mut rd = RecordReader::new(
+    let mut p = StreamParser::new(
         std::io::BufReader::with_capacity(1 << 20, r),
         name.to_string(),
     );
-    let res = walk(&mut rd, &mut s);
-    s.bytes = rd.offset();
-    s.records = rd.records();
+    let res = walk(&mut p, &mut s);
+    s.bytes = p.offset();
+    s.records = p.records();
+    s.skipped_records = p.skipped();
     match res {
         Ok(()) => {
             // Nothing may follow the end marker.
             let mut extra = 0u64;
             let mut buf = [0u8; 8192];
             loop {
-                match rd.get_mut().read(&mut buf) {
+                match p.get_mut().read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => extra += n as u64,
                     Err(e) => {
@@ -106,62 +131,40 @@ pub fn check(r: impl Read, name: &str) -> SnapshotSummary {
     s
 }
 
-fn walk<R: Read>(rd: &mut RecordReader<R>, s: &mut SnapshotSummary) -> Result<(), StreamError> {
-    rd.read_stream_header()?;
-    let mut setup_done = false;
+fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(), StreamError> {
+    let (major, minor) = p.read_header()?;
+    s.format_version = Some(format!("{major}.{minor}"));
     let mut pages: Vec<u64> = Vec::new();
     loop {
-        let rec = rd.next_record()?;
-        let c = s
-            .record_types
-            .entry(rec.kind.name().to_string())
-            .or_default();
-        c.records += 1;
-        c.bytes += rd.payload().len() as u64;
-        let dev = rec.device as usize;
-        let need_dev = |s: &SnapshotSummary| -> Result<(), StreamError> {
-            if dev >= s.devices.len() {
-                return Err(rd.invalid(
-                    &rec,
-                    format!("device {dev} was not described in the setup section"),
-                ));
-            }
-            Ok(())
+        let ev = p.read_event()?;
+        let name = match &ev {
+            Event::Device { .. } => "device",
+            Event::Ram(_) => "ram",
+            Event::SetupEnd { .. } => "setup-end",
+            Event::DeviceData {
+                stop_copy: false, ..
+            } => "device-precopy",
+            Event::DeviceData { .. } => "device-stopcopy",
+            Event::DeviceEnd { .. } => "device-end",
+            Event::Round { .. } => "round",
+            Event::Verify { .. } => "verify",
+            Event::RamPages { .. } => "ram-pages",
+            Event::RamZero { .. } => "ram-zero",
+            Event::Abort { .. } => "abort",
+            Event::End => "end",
+            Event::Go => "go",
         };
-        match rec.kind {
-            Kind::Device if !setup_done => {
-                if dev != s.devices.len() {
-                    return Err(
-                        rd.invalid(&rec, format!("descriptor of device {dev} out of order"))
-                    );
-                }
-                let descriptor: DeviceDescriptor =
-                    serde_json::from_slice(rd.payload()).map_err(|e| {
-                        rd.invalid(&rec, format!("device descriptor is not valid: {e}"))
-                    })?;
-                s.devices.push(SnapshotDevice {
-                    index: rec.device,
-                    descriptor,
-                    precopy: Count::default(),
-                    stopcopy: Count::default(),
-                    complete: false,
-                    digest: None,
-                });
-            }
-            Kind::Ram if !setup_done && s.ram.is_none() => {
-                let info = RamInfo::decode(rd.payload()).expect("length checked");
-                if !info.page_size.is_power_of_two()
-                    || info.page_size > format::MAX_PAGE_SIZE
-                    || info.size % info.page_size != 0
-                {
-                    return Err(rd.invalid(
-                        &rec,
-                        format!(
-                            "guest RAM of {} bytes in pages of {} is not valid",
-                            info.size, info.page_size
-                        ),
-                    ));
-                }
+        let mut end = false;
+        match ev {
+            Event::Device { index, descriptor } => s.devices.push(SnapshotDevice {
+                index: index as u32,
+                descriptor,
+                precopy: Count::default(),
+                stopcopy: Count::default(),
+                complete: false,
+                digest: None,
+            }),
+            Event::Ram(info) => {
                 pages = vec![0; (info.size / info.page_size).div_ceil(64) as usize];
                 s.ram = Some(SnapshotRam {
                     size: info.size,
@@ -170,114 +173,53 @@ fn walk<R: Read>(rd: &mut RecordReader<R>, s: &mut SnapshotSummary) -> Result<()
                     pages_present: 0,
                 });
             }
-            Kind::SetupEnd if !setup_done => {
-                let e = SetupEnd::decode(rd.payload()).expect("length checked");
-                if e.devices as usize != s.devices.len() || e.flags != 0 {
-                    return Err(rd.invalid(
-                        &rec,
-                        format!(
-                            "announces {} devices but {} were described",
-                            e.devices,
-                            s.devices.len()
-                        ),
-                    ));
-                }
-                setup_done = true;
-            }
-            Kind::DevicePrecopy | Kind::DeviceStopCopy if setup_done => {
-                need_dev(s)?;
-                let d = &mut s.devices[dev];
-                if d.complete {
-                    return Err(rd.invalid(&rec, format!("data for device {dev} after its end")));
-                }
-                let c = if rec.kind == Kind::DevicePrecopy {
-                    &mut d.precopy
-                } else {
+            Event::DeviceData {
+                index,
+                stop_copy,
+                data,
+            } => {
+                let d = &mut s.devices[index];
+                if stop_copy {
                     &mut d.stopcopy
-                };
-                c.records += 1;
-                c.bytes += rd.payload().len() as u64;
-            }
-            Kind::DeviceEnd if setup_done => {
-                need_dev(s)?;
-                let d = &mut s.devices[dev];
-                let e = DeviceEnd::decode(rd.payload()).expect("length checked");
-                if e.bytes != d.precopy.bytes + d.stopcopy.bytes {
-                    return Err(rd.invalid(
-                        &rec,
-                        format!(
-                            "device {dev}: {} bytes of state announced, {} present",
-                            e.bytes,
-                            d.precopy.bytes + d.stopcopy.bytes
-                        ),
-                    ));
-                }
-                d.complete = true;
-            }
-            Kind::Round if setup_done => {}
-            Kind::Verify if setup_done => {
-                need_dev(s)?;
-                s.devices[dev].digest = Some(digest_hex(
-                    Digest::decode(rd.payload()).expect("length checked").digest,
-                ));
-            }
-            Kind::RamPages | Kind::RamZero if setup_done => {
-                let Some(ram) = s.ram.as_mut() else {
-                    return Err(rd.invalid(
-                        &rec,
-                        "guest RAM pages, but the snapshot announced no guest RAM",
-                    ));
-                };
-                let run = RamRun::decode(rd.payload()).expect("length checked");
-                let data = rd.payload().len() - RamRun::SIZE;
-                let total = ram.size / ram.page_size;
-                let fits = matches!(run.first_page.checked_add(u64::from(run.count)), Some(e) if e <= total);
-                let want = if rec.kind == Kind::RamPages {
-                    u64::from(run.count) * ram.page_size
                 } else {
-                    0
-                };
-                if run.reserved != 0 || run.count == 0 || data as u64 != want || !fits {
-                    return Err(rd.invalid(
-                        &rec,
-                        format!(
-                            "RAM run of {} pages at page {} does not fit guest RAM",
-                            run.count, run.first_page
-                        ),
-                    ));
+                    &mut d.precopy
                 }
-                ram.runs.records += 1;
-                ram.runs.bytes += data as u64;
-                for p in run.first_page..run.first_page + u64::from(run.count) {
-                    let (w, b) = ((p / 64) as usize, 1u64 << (p % 64));
-                    if pages[w] & b == 0 {
-                        pages[w] |= b;
-                        ram.pages_present += 1;
-                    }
-                }
+                .add(data.len());
             }
-            Kind::End if setup_done => {
-                rd.check_end(&rec)?;
-                if let Some(d) = s.devices.iter().find(|d| !d.complete) {
-                    return Err(
-                        rd.invalid(&rec, format!("device {}'s state is incomplete", d.index))
-                    );
-                }
-                return Ok(());
+            Event::DeviceEnd { index, .. } => s.devices[index].complete = true,
+            Event::Verify { index, digest } => s.devices[index].digest = Some(digest_hex(digest)),
+            Event::RamPages {
+                first_page,
+                count,
+                data,
+            } => note_run(s, &mut pages, first_page, count, data.len()),
+            Event::RamZero { first_page, count } => note_run(s, &mut pages, first_page, count, 0),
+            Event::Abort { reason } => {
+                return Err(p.invalid(format!("the source aborted this stream: {reason}")))
             }
-            k => {
-                return Err(rd.invalid(
-                    &rec,
-                    format!(
-                        "a {k} record does not belong {}",
-                        if setup_done {
-                            "after setup"
-                        } else {
-                            "in the setup section"
-                        }
-                    ),
-                ))
-            }
+            Event::Go => return Err(p.invalid("a go record does not belong in a snapshot")),
+            Event::End => end = true,
+            Event::SetupEnd { .. } | Event::Round { .. } => {}
+        }
+        s.record_types
+            .entry(name.to_string())
+            .or_default()
+            .add(p.payload_len());
+        if end {
+            return Ok(());
+        }
+    }
+}
+
+/// Counts a RAM run (the parser checked it fits guest RAM).
+fn note_run(s: &mut SnapshotSummary, pages: &mut [u64], first: u64, count: u32, data: usize) {
+    let Some(ram) = s.ram.as_mut() else { return };
+    ram.runs.add(data);
+    for p in first..first + u64::from(count) {
+        let (w, b) = ((p / 64) as usize, 1u64 << (p % 64));
+        if pages[w] & b == 0 {
+            pages[w] |= b;
+            ram.pages_present += 1;
         }
     }
 }

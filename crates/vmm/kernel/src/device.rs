@@ -11,8 +11,8 @@ use vfio_migrate_abi::vfio_user::{
     DeviceInfo, RegionInfo, PCI_CONFIG_REGION_INDEX, REGION_FLAG_READ, REGION_FLAG_WRITE,
 };
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaWindow, IovaRange, MigState, MigrationDevice, PrecopyInfo,
-    Result,
+    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigState,
+    MigrationDevice, PrecopyInfo, RegionAccess, Result,
 };
 
 /// One region as the device fd exposes it.
@@ -289,11 +289,9 @@ impl MigrationDevice for KernelDevice {
     fn name(&self) -> String {
         format!("kernel:{}", self.spec)
     }
-
     fn protocol(&self) -> &'static str {
         "kernel v2"
     }
-
     fn descriptor(&mut self) -> Result<DeviceDescriptor> {
         let c = self.read_config()?;
         let u16at = |o: usize| u16::from_le_bytes([c[o], c[o + 1]]);
@@ -307,11 +305,9 @@ impl MigrationDevice for KernelDevice {
             self.regions.iter().map(|r| r.size).collect(),
         ))
     }
-
     fn migration_flags(&mut self) -> Result<u64> {
         Ok(self.flags)
     }
-
     fn state(&mut self) -> Result<MigState> {
         let mut d = k::FeatureMigState {
             device_state: 0,
@@ -325,7 +321,6 @@ impl MigrationDevice for KernelDevice {
         MigState::from_u32(s.device_state)
             .map_err(|e| BackendError::protocol(self.step("device state"), e.to_string()))
     }
-
     fn set_state(&mut self, new: MigState) -> Result<()> {
         // ERROR is passed on too: the kernel itself refuses it (EINVAL).
         let mut d = k::FeatureMigState {
@@ -357,7 +352,6 @@ impl MigrationDevice for KernelDevice {
         tracing::debug!(device = %self.name(), state = %new, "state set");
         Ok(())
     }
-
     fn read_data(&mut self, buf: &mut [u8]) -> Result<usize> {
         let step = self.step("read migration data");
         let f = self.data.as_mut().ok_or_else(|| {
@@ -376,7 +370,6 @@ impl MigrationDevice for KernelDevice {
             }
         }
     }
-
     fn write_data(&mut self, data: &[u8]) -> Result<()> {
         let step = self.step("write migration data");
         let f = self.data.as_mut().ok_or_else(|| {
@@ -391,7 +384,6 @@ impl MigrationDevice for KernelDevice {
             BackendError::refused(step, errno, format!("{e} — the driver refused the state (saved from a different device model or port count?)"))
         })
     }
-
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         let step = self.step("VFIO_MIG_GET_PRECOPY_INFO");
         let f = self.data.as_ref().ok_or_else(|| {
@@ -415,7 +407,6 @@ impl MigrationDevice for KernelDevice {
             dirty_bytes: p.dirty_bytes,
         })
     }
-
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         let mut d = [0u8; 8];
         match self.feature(k::FEATURE_GET | k::FEATURE_MIG_DATA_SIZE, &mut d) {
@@ -432,15 +423,39 @@ impl MigrationDevice for KernelDevice {
         }
     }
 
-    fn dma_logging_supported(&mut self) -> bool {
-        let mut d = [];
-        self.feature(
-            k::FEATURE_PROBE | k::FEATURE_SET | k::FEATURE_DMA_LOGGING_START,
-            &mut d,
-        )
-        .is_ok()
+    fn reset(&mut self) -> Result<()> {
+        sys::ioctl_val(&self.device, k::VFIO_DEVICE_RESET, 0)
+            .map_err(|e| self.err("VFIO_DEVICE_RESET", e))?;
+        // A reset device is RUNNING: any data fd is stale.
+        self.data = None;
+        Ok(())
     }
 
+    fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
+        let mut d = [];
+        let offered = self
+            .feature(
+                k::FEATURE_PROBE | k::FEATURE_SET | k::FEATURE_DMA_LOGGING_START,
+                &mut d,
+            )
+            .is_ok();
+        if offered {
+            Some(self)
+        } else {
+            None
+        }
+    }
+
+    fn regions(&mut self) -> Option<&mut dyn RegionAccess> {
+        Some(self)
+    }
+
+    fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
+        Some(self)
+    }
+}
+
+impl DmaDirtyLog for KernelDevice {
     fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()> {
         let mut raw: Vec<u8> = Vec::with_capacity(ranges.len() * k::DmaLoggingRange::SIZE);
         for r in ranges {
@@ -462,7 +477,6 @@ impl MigrationDevice for KernelDevice {
         drop(raw);
         r.map_err(|e| self.err("DMA_LOGGING_START", e))
     }
-
     fn dma_logging_report(
         &mut self,
         iova: u64,
@@ -488,13 +502,29 @@ impl MigrationDevice for KernelDevice {
         self.feature(k::FEATURE_GET | k::FEATURE_DMA_LOGGING_REPORT, &mut d)
             .map_err(|e| self.err("DMA_LOGGING_REPORT", e))
     }
-
     fn dma_logging_stop(&mut self) -> Result<()> {
         let mut d = [];
         self.feature(k::FEATURE_SET | k::FEATURE_DMA_LOGGING_STOP, &mut d)
             .map_err(|e| self.err("DMA_LOGGING_STOP", e))
     }
+}
 
+impl RegionAccess for KernelDevice {
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let at = self.region(index, offset, buf.len(), false)?;
+        self.device
+            .read_exact_at(buf, at)
+            .map_err(|e| self.err(&format!("read region {index}"), e))
+    }
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
+        let at = self.region(index, offset, data.len(), true)?;
+        self.device
+            .write_all_at(data, at)
+            .map_err(|e| self.err(&format!("write region {index}"), e))
+    }
+}
+
+impl DmaMapping for KernelDevice {
     fn dma_map(&mut self, w: DmaWindow<'_>) -> Result<()> {
         let fd = w.fd.ok_or_else(|| {
             BackendError::unsupported(
@@ -517,7 +547,6 @@ impl MigrationDevice for KernelDevice {
         self.mappings.push((w.iova, w.size, m));
         Ok(())
     }
-
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
         let i = self
             .mappings
@@ -541,19 +570,5 @@ impl MigrationDevice for KernelDevice {
             .map_err(|e| self.err("VFIO_IOMMU_UNMAP_DMA", e))?;
         self.mappings.remove(i);
         Ok(())
-    }
-
-    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let at = self.region(index, offset, buf.len(), false)?;
-        self.device
-            .read_exact_at(buf, at)
-            .map_err(|e| self.err(&format!("read region {index}"), e))
-    }
-
-    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
-        let at = self.region(index, offset, data.len(), true)?;
-        self.device
-            .write_all_at(data, at)
-            .map_err(|e| self.err(&format!("write region {index}"), e))
     }
 }

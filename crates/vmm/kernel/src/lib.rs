@@ -26,6 +26,10 @@
 //!    │ read_data(buf)      ──▶ read(data fd)   (0: whole state read)
 //! ```
 
+// Every `unsafe` of this crate is a VFIO ioctl, in `sys` (which allows
+// it); the rest of the OS comes safe from `vfio-migrate-sys`.
+#![deny(unsafe_code)]
+
 pub mod device;
 pub mod locate;
 mod sys;

@@ -1,9 +1,14 @@
-//! Thin wrappers over the syscalls the backend needs. Every `unsafe` block
-//! of the crate lives here.
+//! Thin wrappers over the VFIO ioctls the backend needs. Every `unsafe`
+//! block of the crate lives here; everything else the crate needs from the
+//! OS (the mapping of guest memory below) comes safe from
+//! `vfio-migrate-sys`.
+
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use vfio_migrate_sys::MmapRegion;
 
 /// `ioctl(fd, req, arg)` with an integer argument; returns the result.
 pub fn ioctl_val(f: &impl AsRawFd, req: u32, arg: libc::c_ulong) -> io::Result<i32> {
@@ -71,48 +76,20 @@ pub fn own_fd(fd: i32) -> File {
 
 /// A shared memory mapping kept alive while an IOMMU mapping uses it.
 pub struct Mapping {
-    pub ptr: *mut u8,
-    pub len: usize,
+    /// Address of the first byte (the IOMMU mapping's `vaddr`).
+    pub ptr: usize,
+    _map: MmapRegion,
 }
-
-// SAFETY: the mapping is only used as an address handed to the IOMMU; no
-// Rust references into it are created.
-unsafe impl Send for Mapping {}
 
 impl Mapping {
     /// mmap(MAP_SHARED) of `len` bytes of `fd` at `offset`.
-    pub fn new(fd: &impl AsRawFd, offset: u64, len: u64, writable: bool) -> io::Result<Self> {
+    pub fn new(fd: &impl AsFd, offset: u64, len: u64, writable: bool) -> io::Result<Self> {
         let len = usize::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let off = libc::off_t::try_from(offset)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        // SAFETY: mapping a caller-provided fd; the kernel validates it and
-        // the result is checked before use.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let map = MmapRegion::shared(fd.as_fd(), offset, len, writable)?;
         Ok(Self {
-            ptr: p as *mut u8,
-            len,
+            ptr: map.addr(),
+            _map: map,
         })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from a successful mmap owned by self.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.len);
-        }
     }
 }

@@ -37,25 +37,32 @@ pub fn serial(name: &str) -> SerialHandle {
 
 /// Maps `guest` at [`GUEST_IOVA`] for the device behind `h`.
 pub fn map_guest(h: &mut impl MigrationDevice, guest: &SharedMemory) {
-    h.dma_map(DmaWindow {
-        iova: GUEST_IOVA,
-        size: guest.len(),
-        fd: Some(std::os::fd::AsFd::as_fd(&**guest.fd())),
-        offset: 0,
-        readable: true,
-        writable: true,
-    })
-    .expect("DMA map");
+    h.dma_mapping()
+        .expect("DMA mapping")
+        .dma_map(DmaWindow {
+            iova: GUEST_IOVA,
+            size: guest.len(),
+            fd: Some(std::os::fd::AsFd::as_fd(&**guest.fd())),
+            offset: 0,
+            readable: true,
+            writable: true,
+        })
+        .expect("DMA map");
 }
 
 pub fn read_reg(h: &mut impl MigrationDevice, off: u64) -> u64 {
     let mut b = [0u8; 8];
-    h.region_read(0, off, &mut b).expect("register read");
+    h.regions()
+        .expect("region access")
+        .region_read(0, off, &mut b)
+        .expect("register read");
     u64::from_le_bytes(b)
 }
 
 pub fn write_reg(h: &mut impl MigrationDevice, off: u64, v: u64) {
-    h.region_write(0, off, &v.to_le_bytes())
+    h.regions()
+        .expect("region access")
+        .region_write(0, off, &v.to_le_bytes())
         .expect("register write");
 }
 
@@ -87,7 +94,10 @@ pub fn fill_bar2(h: &mut impl MigrationDevice, mem_size: u64, seed: u64) {
     let mut at = 0;
     while at < mem_size {
         vfio_migrate_samples::hash::fill_pseudo_random(seed ^ at, &mut page);
-        h.region_write(2, at, &page).expect("BAR2 write");
+        h.regions()
+            .expect("region access")
+            .region_write(2, at, &page)
+            .expect("BAR2 write");
         at += page.len() as u64;
     }
 }

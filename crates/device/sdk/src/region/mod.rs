@@ -19,8 +19,9 @@ pub mod v1;
 use crate::core::DeviceCore;
 use crate::device::{Device, Region, RegionMmap};
 use crate::error::{DeviceError, DeviceResult};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use vfio_migrate_sys::{memfd, MmapRegion};
 
 pub use seed::SeedRegion;
 pub use v1::V1Region;
@@ -33,13 +34,8 @@ pub const DEFAULT_DATA_SECTION: u64 = 1 << 20;
 /// The memfd-backed data section of a migration region.
 pub struct DataSection {
     fd: Arc<OwnedFd>,
-    ptr: *mut u8,
-    len: usize,
+    map: MmapRegion,
 }
-
-// SAFETY: the mapping is owned by this struct and only accessed through
-// `&self`/`&mut self` methods that bounds-check every access.
-unsafe impl Send for DataSection {}
 
 impl DataSection {
     /// A zeroed data section of `len` bytes (the memfd covers the header
@@ -50,100 +46,61 @@ impl DataSection {
         let total = DATA_SECTION_OFFSET + len;
         let cname =
             std::ffi::CString::new(name).map_err(|_| DeviceError::inval("bad memfd name"))?;
-        // SAFETY: memfd_create with a valid C string; result checked.
-        let raw = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(DeviceError::new(
+        let fd = memfd::create(&cname).map_err(|e| {
+            DeviceError::new(
                 e.raw_os_error().unwrap_or(libc::ENOMEM),
                 format!("memfd_create: {e}"),
-            ));
-        }
-        // SAFETY: `raw` is a new fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        use std::os::fd::AsRawFd;
-        // SAFETY: ftruncate on our own memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), total as libc::off_t) } < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(DeviceError::new(
-                libc::ENOMEM,
-                format!("sizing data section: {e}"),
-            ));
-        }
-        // SAFETY: mapping our own memfd at a page-aligned offset; checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len_us,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                DATA_SECTION_OFFSET as libc::off_t,
             )
-        };
-        if p == libc::MAP_FAILED {
-            let e = std::io::Error::last_os_error();
-            return Err(DeviceError::new(
-                libc::ENOMEM,
-                format!("mapping data section: {e}"),
-            ));
-        }
+        })?;
+        memfd::set_len(fd.as_fd(), total)
+            .map_err(|e| DeviceError::new(libc::ENOMEM, format!("sizing data section: {e}")))?;
+        let map = MmapRegion::shared(fd.as_fd(), DATA_SECTION_OFFSET, len_us, true)
+            .map_err(|e| DeviceError::new(libc::ENOMEM, format!("mapping data section: {e}")))?;
         Ok(Self {
             fd: Arc::new(fd),
-            ptr: p as *mut u8,
-            len: len_us,
+            map,
         })
     }
 
     /// Size in bytes.
     pub fn len(&self) -> u64 {
-        self.len as u64
+        self.map.len() as u64
     }
 
     /// True when empty (never, for a built section).
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.map.is_empty()
     }
 
-    /// The whole section.
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: ptr/len describe our live mapping; a client mapping the
-        // same memfd may change the bytes, which is the protocol's intent
-        // (the device reads what the client wrote).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    /// The whole section (`&mut self`: a slice view of the mapping needs
+    /// exclusive access; a client mapping the same memfd may still change
+    /// the bytes, which is the protocol's intent: the device reads what the
+    /// client wrote).
+    pub fn bytes(&mut self) -> &[u8] {
+        self.map.as_mut_slice()
     }
 
     /// The whole section, writable.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`, with exclusive access through `&mut self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        self.map.as_mut_slice()
     }
 
     /// The region's mmap description (data section only).
     pub fn mmap(&self) -> RegionMmap {
         RegionMmap {
             fd: self.fd.clone(),
-            areas: vec![(DATA_SECTION_OFFSET, self.len as u64)],
+            areas: vec![(DATA_SECTION_OFFSET, self.len())],
         }
     }
 
     /// Checks that `[off, off+len)` (relative to the section) lies inside.
     pub fn check(&self, off: u64, len: u64) -> DeviceResult<()> {
         match off.checked_add(len) {
-            Some(end) if end <= self.len as u64 => Ok(()),
+            Some(end) if end <= self.len() => Ok(()),
             _ => Err(DeviceError::inval(format!(
                 "data section access {off:#x}+{len:#x} is outside the {}-byte data section",
-                self.len
+                self.len()
             ))),
-        }
-    }
-}
-
-impl Drop for DataSection {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from our successful mmap.
-        unsafe {
-            libc::munmap(self.ptr as *mut libc::c_void, self.len);
         }
     }
 }

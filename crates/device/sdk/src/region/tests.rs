@@ -5,7 +5,6 @@ use super::*;
 use crate::device::{Device, DeviceIdentity, Region};
 use crate::dma::DmaSpace;
 use crate::error::DeviceResult;
-use std::os::fd::{FromRawFd, OwnedFd};
 use vfio_migrate_abi::kernel::{MigState, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY};
 use vfio_migrate_abi::seed::{self as sabi, SeedState};
 use vfio_migrate_abi::v1 as vabi;
@@ -312,15 +311,7 @@ fn seed_save_loop(r: &mut SeedRegion, c: &mut DeviceCore<Blob>, stop: bool) -> V
 
 /// memfd "guest memory" of `pages` pages mapped at IOVA 0.
 fn map_guest(c: &DeviceCore<Blob>, pages: u64) {
-    // SAFETY-free test helper: memfd via libc.
-    let name = std::ffi::CString::new("guest").unwrap();
-    // SAFETY: creating and sizing a memfd we own.
-    let fd = unsafe {
-        let raw = libc::memfd_create(name.as_ptr(), 0);
-        assert!(raw >= 0);
-        assert_eq!(libc::ftruncate(raw, (pages * 4096) as i64), 0);
-        OwnedFd::from_raw_fd(raw)
-    };
+    let fd = vfio_migrate_sys::memfd::create_sized(c"guest", pages * 4096).unwrap();
     c.dma()
         .map(0, pages * 4096, Some(fd), 0, true, true)
         .unwrap();

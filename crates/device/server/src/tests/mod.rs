@@ -8,7 +8,7 @@ mod negotiation;
 
 use super::testdev::{TestDev, MEM};
 use super::*;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use vfio_migrate_abi::kernel::*;
 use vfio_migrate_abi::vfio_user::*;
 use vfio_migrate_vfio_user::ext::{
@@ -73,25 +73,11 @@ fn get_state(s: &mut Session<'_, TestDev>) -> u32 {
 }
 
 fn memfd(len: usize) -> OwnedFd {
-    // SAFETY: test helper; memfd_create with a static name, checked.
-    let raw = unsafe { libc::memfd_create(c"guest".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ftruncate on our fd.
-    assert_eq!(
-        unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
-        0
-    );
-    fd
+    vfio_migrate_sys::memfd::create_sized(c"guest", len as u64).unwrap()
 }
 
 fn eventfd() -> OwnedFd {
-    // SAFETY: plain eventfd(2), checked.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd.
-    unsafe { OwnedFd::from_raw_fd(raw) }
+    vfio_migrate_sys::fd::eventfd().unwrap()
 }
 
 fn version_payload(json: &[u8], major: u16) -> Vec<u8> {

@@ -3,13 +3,7 @@
 use super::*;
 
 fn pipe_read_end() -> OwnedFd {
-    let mut p = [0; 2];
-    // SAFETY: pipe2 fills both ints; we own both fds once.
-    unsafe {
-        assert_eq!(libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC), 0);
-        drop(OwnedFd::from_raw_fd(p[1]));
-        OwnedFd::from_raw_fd(p[0])
-    }
+    vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap().0
 }
 
 #[test]

@@ -13,12 +13,12 @@ mod framing;
 mod migration;
 mod regions_dma;
 
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use support::Served;
 use vfio_migrate_abi::kernel::*;
 use vfio_migrate_abi::vfio_user::*;
-use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_backend::{DmaDirtyLog, MigrationDevice};
 use vfio_migrate_client::{Client, ClientConfig, RawReply};
 use wire::*;
 

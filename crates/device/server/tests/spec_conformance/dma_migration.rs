@@ -9,7 +9,7 @@ fn dma_map_and_dirty_logging() {
     const IOVA: u64 = 0x10_0000;
     const SIZE: u64 = 1 << 20;
     let ram = memfd(SIZE as usize);
-    let map = Map::new(ram.as_raw_fd(), SIZE as usize);
+    let map = Map::new(ram.as_fd(), SIZE as usize);
 
     // DMA_MAP with the fd: no reply payload.
     let m = le!(32u32, 3u32, 0u64, IOVA, SIZE);

@@ -195,15 +195,7 @@ fn device_region_and_irq_info() {
     let pattern: Vec<u8> = (0..64u8).map(|i| i ^ 0xa5).collect();
     c.write(2, 8192, &pattern);
     let mut back = vec![0u8; 64];
-    // SAFETY: pread into our buffer from the region fd.
-    let n = unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            back.as_mut_ptr() as *mut libc::c_void,
-            64,
-            (base + 8192) as i64,
-        )
-    };
+    let n = vfio_migrate_sys::fd::read_at(fd.as_fd(), &mut back, base + 8192).unwrap();
     assert_eq!(n, 64);
     assert_eq!(back, pattern, "region fd shows what REGION_WRITE wrote");
     if let Some(a) = sparse {
@@ -261,8 +253,7 @@ fn device_region_and_irq_info() {
         .err();
     c.in_sync();
     if let Some(index) = eventfd_irq {
-        // SAFETY: eventfd with no special flags.
-        let ev = unsafe { OwnedFd::from_raw_fd(libc::eventfd(0, libc::EFD_CLOEXEC)) };
+        let ev = vfio_migrate_sys::fd::eventfd().unwrap();
         // DATA_EVENTFD | ACTION_TRIGGER, one vector: no reply payload.
         let r = c.call(
             DEVICE_SET_IRQS,

@@ -3,8 +3,8 @@
 //! These tests are written from the protocol specification (QEMU
 //! `docs/interop/vfio-user.rst`), not from our codec: every message is
 //! encoded by hand with `to_le_bytes`, every reply decoded by the offsets
-//! the spec gives, using std and libc only (no `vfio_migrate_abi`, no
-//! `vfio_migrate_vfio_user`). A shared misreading between our server and
+//! the spec gives, using std, libc and the `vfio_migrate_sys` syscall
+//! wrappers only (no `vfio_migrate_abi`, no `vfio_migrate_vfio_user`). A shared misreading between our server and
 //! our client cannot hide here.
 //!
 //! Each test runs the server (a vgpu with 16 MiB of device memory, every
@@ -27,7 +27,7 @@ mod dma_migration;
 mod info;
 
 use spec::*;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use support::Served;

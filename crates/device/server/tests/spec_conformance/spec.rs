@@ -1,10 +1,10 @@
 //! The protocol as the spec writes it, by hand: its numbers, little-endian
 //! encoding, a raw connection that sends and receives whole messages with
 //! fds (`sendmsg`/`recvmsg`), a small JSON reader for VERSION, and guest
-//! memory. std and libc only.
+//! memory. std, libc and the `vfio_migrate_sys` syscall wrappers only.
 
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -146,32 +146,9 @@ pub fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
         (&*s).write_all(bytes).unwrap();
         return;
     }
-    let fd_bytes = std::mem::size_of_val(fds);
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space as _;
-    // SAFETY: the control buffer is `space` bytes, enough for one cmsg
-    // carrying `fds`; the pointers stay valid for the call.
-    let sent = unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr() as *const u8, libc::CMSG_DATA(c), fd_bytes);
-        libc::sendmsg(s.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
-    };
-    assert!(sent > 0, "sendmsg: {}", std::io::Error::last_os_error());
-    let sent = sent as usize;
+    let sent = vfio_migrate_sys::sock::send_with_fds(s.as_fd(), &[IoSlice::new(bytes)], fds)
+        .unwrap_or_else(|e| panic!("sendmsg: {e}"));
+    assert!(sent > 0, "sendmsg sent nothing");
     if sent < bytes.len() {
         (&*s).write_all(&bytes[sent..]).unwrap();
     }
@@ -182,39 +159,14 @@ pub fn send_with_fds(s: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
 pub fn recv_with_fds(s: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> bool {
     let mut got = 0;
     while got < buf.len() {
-        let mut cbuf = [0u64; 64];
-        let mut iov = libc::iovec {
-            iov_base: buf[got..].as_mut_ptr() as *mut libc::c_void,
-            iov_len: buf.len() - got,
-        };
-        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
-        msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-        // SAFETY: iov and control buffer are ours and sized as declared.
-        let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        assert!(n >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+        let n = vfio_migrate_sys::sock::recv_with_fds(s.as_fd(), &mut buf[got..], fds, usize::MAX)
+            .unwrap_or_else(|e| panic!("recvmsg: {e}"))
+            .bytes;
         if n == 0 {
             assert_eq!(got, 0, "EOF in the middle of a reply");
             return false;
         }
-        // SAFETY: walking the control messages the kernel filled in.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c) as *const RawFd;
-                    let len = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    for i in 0..len / std::mem::size_of::<RawFd>() {
-                        fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-        got += n as usize;
+        got += n;
     }
     true
 }
@@ -257,17 +209,14 @@ impl Conn {
     /// Nothing may follow a reply: `msg_size` covered every byte sent.
     pub fn assert_drained(&self) {
         let mut b = [0u8; 1];
-        // SAFETY: peeking one byte into our buffer, non-blocking.
-        let n = unsafe {
-            libc::recv(
-                self.s.as_raw_fd(),
-                b.as_mut_ptr() as *mut libc::c_void,
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
+        // Peeking one byte, non-blocking.
+        let r = vfio_migrate_sys::sock::recv(
+            self.s.as_fd(),
+            &mut b,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        );
         assert!(
-            n < 0,
+            r.is_err(),
             "bytes follow the reply beyond its msg_size (or the server closed)"
         );
     }
@@ -481,56 +430,25 @@ pub fn decode_version(p: &[u8]) -> (u16, u16, Json) {
 // ---- guest memory ----------------------------------------------------------
 
 pub fn memfd(size: usize) -> OwnedFd {
-    // SAFETY: memfd_create with a static NUL-terminated name.
-    let fd = unsafe { libc::memfd_create(c"conf-ram".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: fd is a fresh descriptor we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ftruncate on our own memfd.
-    assert_eq!(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }, 0);
-    fd
+    vfio_migrate_sys::memfd::create_sized(c"conf-ram", size as u64).unwrap()
 }
 
 /// A shared read-write mapping of `len` bytes of `fd`.
-pub struct Map {
-    pub ptr: *mut u8,
-    pub len: usize,
-}
+pub struct Map(vfio_migrate_sys::MmapRegion);
 
 impl Map {
-    pub fn new(fd: RawFd, len: usize) -> Self {
-        // SAFETY: mapping a shared file we hold open; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
-        Self {
-            ptr: ptr as *mut u8,
-            len,
-        }
+    pub fn new(fd: BorrowedFd<'_>, len: usize) -> Self {
+        Self(vfio_migrate_sys::MmapRegion::shared(fd, 0, len, true).unwrap())
     }
     pub fn bytes(&self) -> Vec<u8> {
-        // SAFETY: the mapping is `len` bytes and alive; a copy is taken
-        // (the device may write concurrently; only byte values matter).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }.to_vec()
+        // A copy is taken (the device may write concurrently; only byte
+        // values matter).
+        let mut v = vec![0u8; self.0.len()];
+        self.0.read(0, &mut v).unwrap();
+        v
     }
     pub fn zero(&self) {
-        // SAFETY: as above, writable shared mapping of `len` bytes.
-        unsafe { std::ptr::write_bytes(self.ptr, 0, self.len) }
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped.
-        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+        self.0.fill(0, self.0.len(), 0).unwrap();
     }
 }
 

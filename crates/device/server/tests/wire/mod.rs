@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use vfio_migrate_abi::vfio_user::{Header, HEADER_SIZE, TYPE_COMMAND};
@@ -61,26 +61,12 @@ pub fn closed_by_peer(s: &mut UnixStream) -> bool {
 
 /// A memfd of `len` bytes.
 pub fn memfd(len: u64) -> OwnedFd {
-    // SAFETY: memfd_create with a static name; checked; owned once.
-    let raw = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ftruncate on our fd.
-    assert_eq!(
-        unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
-        0
-    );
-    fd
+    vfio_migrate_sys::memfd::create_sized(c"guest-ram", len).unwrap()
 }
 
 /// An eventfd.
 pub fn eventfd() -> OwnedFd {
-    // SAFETY: eventfd(2), checked, owned once.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    assert!(raw >= 0);
-    // SAFETY: fresh fd.
-    unsafe { OwnedFd::from_raw_fd(raw) }
+    vfio_migrate_sys::fd::eventfd().unwrap()
 }
 
 /// Reads `len` bytes of `fd` at `off`.
@@ -88,17 +74,10 @@ pub fn pread(fd: &OwnedFd, off: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     let mut done = 0;
     while done < len {
-        // SAFETY: pread into the live vector's unfilled tail.
-        let n = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                v[done..].as_mut_ptr() as *mut libc::c_void,
-                len - done,
-                (off + done as u64) as libc::off_t,
-            )
-        };
+        let n =
+            vfio_migrate_sys::fd::read_at(fd.as_fd(), &mut v[done..], off + done as u64).unwrap();
         assert!(n > 0);
-        done += n as usize;
+        done += n;
     }
     v
 }

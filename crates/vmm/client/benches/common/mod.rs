@@ -15,17 +15,7 @@ use vfio_migrate_harness::{ServerProcess, TempDir};
 pub fn raw_socket(bytes: u64, chunk: usize, sndbuf: usize) -> f64 {
     let (a, b) = UnixStream::pair().unwrap();
     for s in [&a, &b] {
-        let v = sndbuf as libc::c_int;
-        // SAFETY: setsockopt with a live c_int.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(s),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUF,
-                &v as *const _ as *const libc::c_void,
-                4,
-            );
-        }
+        let _ = vfio_migrate_sys::sock::set_send_buffer(std::os::fd::AsFd::as_fd(s), sndbuf);
     }
     let src = vec![0x5au8; chunk];
     let t0 = Instant::now();

@@ -1,0 +1,81 @@
+//! The optional capabilities a backend may offer beside the migration
+//! core, each a small trait: DMA dirty logging (what the engine needs to
+//! migrate guest RAM a device writes), raw region access and DMA mapping
+//! (what a VMM, a test or the CLI's `device` command needs).
+
+use crate::{BackendError, DmaWindow, IovaRange, MigrationDevice, Result};
+
+/// Dirty logging of the device's DMA writes into guest memory
+/// (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`, the v1 `DIRTY_PAGES` command, the
+/// seed's `dirty_pfns`).
+pub trait DmaDirtyLog {
+    /// Starts logging over `ranges` (empty = everything mapped).
+    fn dma_logging_start(&mut self, page_size: u64, ranges: &[IovaRange]) -> Result<()>;
+
+    /// Reads and clears the dirty bitmap of `[iova, iova+length)`; bit n of
+    /// `bitmap` (LSB first in little-endian u64 words) is page n.
+    fn dma_logging_report(
+        &mut self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: &mut [u8],
+    ) -> Result<()>;
+
+    /// Stops logging.
+    fn dma_logging_stop(&mut self) -> Result<()>;
+}
+
+/// Raw reads and writes of the device's regions (BARs, config space).
+pub trait RegionAccess {
+    /// Reads region `index` at `offset` into `buf`.
+    fn region_read(&mut self, index: u32, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Writes `data` into region `index` at `offset`.
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<()>;
+}
+
+/// Guest memory mapped for the device's DMA.
+pub trait DmaMapping {
+    /// Maps a window of guest memory.
+    fn dma_map(&mut self, window: DmaWindow<'_>) -> Result<()>;
+
+    /// Unmaps the window at `iova` of `size` bytes.
+    fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()>;
+}
+
+/// The device's region access, or [`BackendError::Unsupported`] naming the
+/// device when its backend has none.
+pub fn regions_of<D: MigrationDevice + ?Sized>(dev: &mut D) -> Result<&mut dyn RegionAccess> {
+    let name = dev.name();
+    dev.regions().ok_or_else(|| {
+        BackendError::unsupported(
+            format!("{name}: region access"),
+            "this backend offers no raw region access",
+        )
+    })
+}
+
+/// The device's DMA mapping, or [`BackendError::Unsupported`] naming the
+/// device when its backend has none.
+pub fn dma_mapping_of<D: MigrationDevice + ?Sized>(dev: &mut D) -> Result<&mut dyn DmaMapping> {
+    let name = dev.name();
+    dev.dma_mapping().ok_or_else(|| {
+        BackendError::unsupported(
+            format!("{name}: DMA mapping"),
+            "this backend does not map guest memory",
+        )
+    })
+}
+
+/// The device's DMA dirty log, or [`BackendError::Unsupported`] naming the
+/// device when it offers none.
+pub fn dma_log_of<D: MigrationDevice + ?Sized>(dev: &mut D) -> Result<&mut dyn DmaDirtyLog> {
+    let name = dev.name();
+    dev.dma_log().ok_or_else(|| {
+        BackendError::unsupported(
+            format!("{name}: DMA dirty logging"),
+            "the device offers no DMA dirty logging",
+        )
+    })
+}

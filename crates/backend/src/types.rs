@@ -1,0 +1,34 @@
+//! Plain types every backend shares: the pre-copy estimate, IOVA ranges
+//! and DMA windows.
+
+use serde::{Deserialize, Serialize};
+use std::os::fd::BorrowedFd;
+
+/// Pre-copy estimate (`struct vfio_precopy_info`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrecopyInfo {
+    /// Bytes of the initial state not read yet.
+    pub initial_bytes: u64,
+    /// Bytes dirtied since they were last read (an estimate).
+    pub dirty_bytes: u64,
+}
+
+/// A range of I/O virtual addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IovaRange {
+    pub iova: u64,
+    pub length: u64,
+}
+
+/// One guest-memory window handed to a device for DMA.
+#[derive(Debug, Clone, Copy)]
+pub struct DmaWindow<'a> {
+    pub iova: u64,
+    pub size: u64,
+    /// The memory, shared by fd (memfd or file), when mappable.
+    pub fd: Option<BorrowedFd<'a>>,
+    /// Offset of the window in `fd`.
+    pub offset: u64,
+    pub readable: bool,
+    pub writable: bool,
+}

@@ -1,0 +1,321 @@
+//! The destination side of a migration: [`migrate_in`].
+//!
+//! ```text
+//! setup     read descriptors + RAM layout; check them against the local
+//!           devices and RAM; devices → RESUMING; answer ACCEPT / REFUSE
+//!                                                         (setup.rs)
+//! load      device data → write_data, RAM runs → guest RAM (RAM hash kept
+//!           up to date page by page), digests remembered, until END
+//!                                                         (load.rs)
+//! resume    devices → STOP (validates); compare digests; answer READY;
+//!           wait for GO (live); devices → RUNNING; answer RUNNING
+//!                                                         (resume.rs)
+//! ```
+//!
+//! What may follow what is decided by [`crate::format::StreamParser`], the
+//! same parser a snapshot check uses. The destination never runs on
+//! partial or unverified state: any failure leaves its devices out of
+//! RUNNING and is answered with FAILED (live).
+
+mod load;
+mod resume;
+mod setup;
+
+use crate::cancel::Cancel;
+use crate::error::EngineError;
+use crate::format::{self, Event, RamInfo, RecordWriter, Reply, StreamParser};
+use crate::guest::GuestRam;
+use crate::link::DestLink;
+use crate::progress::Phase;
+use crate::report::digest_hex;
+use crate::verify::{RamHash, Verifier};
+use serde::Serialize;
+use std::io::{BufReader, Read, Write};
+use std::time::{Duration, Instant};
+use vfio_migrate_backend::{DeviceDescriptor, MigrationDevice};
+
+pub use crate::format::ReadyInfo;
+
+/// How the destination loads.
+#[derive(Default)]
+pub struct DestOptions {
+    /// Reads device digests to compare with the source's.
+    pub verifier: Option<Verifier>,
+    /// Keep a hash of guest RAM as pages arrive, for the source to compare.
+    pub hash_ram: bool,
+    /// Cancels the load (the destination then never runs).
+    pub cancel: Cancel,
+    /// Called with the stream bytes read so far, about every 64 MiB and at
+    /// phase changes.
+    pub progress: Option<Box<dyn FnMut(Phase, u64) + Send>>,
+}
+
+/// What the destination loaded.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DestReport {
+    /// Each device's part.
+    pub devices: Vec<DestDevice>,
+    /// Stream bytes read.
+    pub bytes: u64,
+    /// Guest RAM page bytes written.
+    pub ram_bytes: u64,
+    /// Guest RAM hash as loaded, when kept.
+    pub ram_hash: Option<String>,
+    /// Every device digest compared and equal, and at least one compared.
+    pub verified: bool,
+    /// Time from the first byte to RUNNING.
+    pub total_ms: f64,
+}
+
+/// One destination device's part.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestDevice {
+    /// Where the device is.
+    pub name: String,
+    /// Its model, from the source's descriptor.
+    pub model: String,
+    /// State bytes written into it.
+    pub data_bytes: u64,
+    /// The source's digest, when sent.
+    pub digest_source: Option<String>,
+    /// Its digest after loading, when read.
+    pub digest_dest: Option<String>,
+    /// Digests compared and equal (None: nothing to compare).
+    pub verified: Option<bool>,
+}
+
+/// One destination device.
+struct DevIn<'a, D> {
+    h: &'a mut D,
+    name: String,
+    written: u64,
+    source_digest: Option<u64>,
+    dest_digest: Option<u64>,
+}
+
+type Input = StreamParser<BufReader<Box<dyn Read + Send>>>;
+
+/// Everything the destination keeps besides the parser, so that an event
+/// borrowed from the parser can be applied to it.
+struct Loader<'a, D> {
+    devs: Vec<DevIn<'a, D>>,
+    descs: Vec<DeviceDescriptor>,
+    guest: Option<&'a dyn GuestRam>,
+    /// The guest RAM layout the stream announced.
+    ram: Option<RamInfo>,
+    wr: Option<RecordWriter<Box<dyn Write + Send>>>,
+    peer: String,
+    opts: DestOptions,
+    phase: Phase,
+    hash: Option<RamHash>,
+    old_page: Vec<u8>,
+    ram_bytes: u64,
+    next_progress: u64,
+    /// REFUSE was sent already.
+    refused: bool,
+    /// Zeros to clear pages with (allocated on first use).
+    zeros: Vec<u8>,
+    /// CRC32C of a zero page, for the RAM hash.
+    zero_crc: u32,
+    /// Last time the devices were checked between rounds.
+    last_check: Instant,
+}
+
+struct Dest<'a, D> {
+    input: Input,
+    st: Loader<'a, D>,
+}
+
+/// Loads a migration from `link` into `devices` (and `guest` RAM), and
+/// starts them. Live links are answered at every step; a snapshot file is
+/// checked record by record (use [`crate::snapshot::check`] first to refuse
+/// a damaged file before any device is touched).
+pub fn migrate_in<D: MigrationDevice>(
+    devices: &mut [D],
+    guest: Option<&dyn GuestRam>,
+    link: DestLink,
+    opts: DestOptions,
+) -> Result<DestReport, EngineError> {
+    let t0 = Instant::now();
+    let peer = link.peer.clone();
+    let mut d = Dest {
+        input: StreamParser::new(
+            BufReader::with_capacity(256 << 10, link.rx),
+            format!("the source {peer}"),
+        ),
+        st: Loader {
+            devs: Vec::new(),
+            descs: Vec::new(),
+            guest,
+            ram: None,
+            wr: link
+                .tx
+                .map(|w| RecordWriter::new(w, format!("the source {peer}"))),
+            peer,
+            opts,
+            phase: Phase::Setup,
+            hash: None,
+            old_page: Vec::new(),
+            ram_bytes: 0,
+            next_progress: 0,
+            refused: false,
+            zeros: Vec::new(),
+            zero_crc: 0,
+            last_check: t0,
+        },
+    };
+    let r = match d.run(devices) {
+        Ok(()) => Ok(d.st.report(d.input.offset(), t0)),
+        Err(e) => {
+            d.fail(&e);
+            Err(e)
+        }
+    };
+    if let Some(close) = link.close {
+        close();
+    }
+    r
+}
+
+impl<'a, D: MigrationDevice> Dest<'a, D> {
+    fn run(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
+        if let Some(w) = self.st.wr.as_mut() {
+            w.write_stream_header()
+                .and_then(|()| w.flush())
+                .map_err(|e| EngineError::stream(Phase::Setup, &self.st.peer, e))?;
+        }
+        self.input
+            .read_header()
+            .map_err(|e| EngineError::stream(Phase::Setup, &self.st.peer, e))?;
+        self.setup(devices)?;
+        self.st.phase = Phase::PreCopy;
+        self.load()?;
+        self.st.phase = Phase::Resume;
+        self.st.progress(self.input.offset());
+        self.resume()
+    }
+
+    /// An event the parser should not have let through here.
+    fn unexpected(&self, place: &str) -> EngineError {
+        EngineError::stream(
+            self.st.phase,
+            &self.st.peer,
+            self.input.invalid(format!("unexpected record {place}")),
+        )
+    }
+
+    /// Sends a reply (live only); a failed write prefers the reason the
+    /// source gave in what is still unread.
+    fn reply(&mut self, reply: &Reply) -> Result<(), EngineError> {
+        match self.st.send(reply) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self
+                .closed_early()
+                .unwrap_or_else(|| EngineError::stream(self.st.phase, &self.st.peer, e))),
+        }
+    }
+
+    /// The source closed its side: if it said why (ABORT) in what is still
+    /// unread, that is the error to report.
+    fn closed_early(&mut self) -> Option<EngineError> {
+        for _ in 0..1024 {
+            match self.input.read_event() {
+                Ok(Event::Abort { reason }) => {
+                    return Some(EngineError::SourceAborted {
+                        phase: self.st.phase,
+                        peer: self.st.peer.clone(),
+                        reason,
+                    })
+                }
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
+    /// After a failure: tell the source, and let it finish sending so the
+    /// reason is not lost to a connection reset.
+    fn fail(&mut self, e: &EngineError) {
+        if self.st.refused {
+            return;
+        }
+        if self.st.wr.is_none() {
+            return;
+        }
+        if self.st.send(&Reply::Failed(e.to_string())).is_err() {
+            return;
+        }
+        self.st.wr = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut sink = [0u8; 64 << 10];
+        while Instant::now() < deadline {
+            match self.input.get_mut().read(&mut sink) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// The next event; an ABORT from the source ends the load. A free
+/// function so that the event borrows only the parser, and can be applied
+/// to the [`Loader`].
+fn next_event<'p, D>(input: &'p mut Input, st: &Loader<'_, D>) -> Result<Event<'p>, EngineError> {
+    if st.opts.cancel.is_cancelled() {
+        return Err(EngineError::Cancelled { phase: st.phase });
+    }
+    match input.read_event() {
+        Ok(Event::Abort { reason }) => Err(EngineError::SourceAborted {
+            phase: st.phase,
+            peer: st.peer.clone(),
+            reason,
+        }),
+        Ok(ev) => Ok(ev),
+        Err(e) => Err(EngineError::stream(st.phase, st.peer.clone(), e)),
+    }
+}
+
+impl<D: MigrationDevice> Loader<'_, D> {
+    /// Writes and flushes a reply on a live link; nothing for a file.
+    fn send(&mut self, reply: &Reply) -> Result<(), format::StreamError> {
+        let Some(w) = self.wr.as_mut() else {
+            return Ok(());
+        };
+        format::write_reply(w, reply).and_then(|()| w.flush())
+    }
+
+    fn progress(&mut self, offset: u64) {
+        if let Some(f) = self.opts.progress.as_mut() {
+            f(self.phase, offset);
+        }
+    }
+
+    fn report(&self, bytes: u64, t0: Instant) -> DestReport {
+        let devices: Vec<DestDevice> = self
+            .devs
+            .iter()
+            .zip(&self.descs)
+            .map(|(x, desc)| DestDevice {
+                name: x.name.clone(),
+                model: desc.model.clone(),
+                data_bytes: x.written,
+                digest_source: x.source_digest.map(digest_hex),
+                digest_dest: x.dest_digest.map(digest_hex),
+                verified: match (x.source_digest, x.dest_digest) {
+                    (Some(a), Some(b)) => Some(a == b),
+                    _ => None,
+                },
+            })
+            .collect();
+        let compared: Vec<bool> = devices.iter().filter_map(|x| x.verified).collect();
+        DestReport {
+            verified: !compared.is_empty() && compared.iter().all(|v| *v),
+            devices,
+            bytes,
+            ram_bytes: self.ram_bytes,
+            ram_hash: self.hash.map(|h| digest_hex(h.0)),
+            total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+}

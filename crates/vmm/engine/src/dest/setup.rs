@@ -1,0 +1,122 @@
+//! The destination's setup: read the descriptors and the RAM layout, check
+//! them against the local devices and RAM, put the devices in RESUMING and
+//! answer ACCEPT — or REFUSE with every reason.
+
+use super::{next_event, Dest, DevIn};
+use crate::error::EngineError;
+use crate::format::{Event, RamInfo, Reply};
+use crate::progress::Phase;
+use crate::verify::{ram_hash, zero_page_crc};
+use vfio_migrate_backend::{DeviceDescriptor, MigState, MigrationDevice};
+
+impl<'a, D: MigrationDevice> Dest<'a, D> {
+    /// Reads the setup section and answers it.
+    pub(super) fn setup(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
+        let mut descs: Vec<DeviceDescriptor> = Vec::new();
+        let mut ram: Option<RamInfo> = None;
+        loop {
+            match next_event(&mut self.input, &self.st)? {
+                Event::Device { descriptor, .. } => descs.push(descriptor),
+                Event::Ram(info) => ram = Some(info),
+                Event::SetupEnd { .. } => break,
+                // The parser allows nothing else in the setup section.
+                _ => return Err(self.unexpected("in the setup section")),
+            }
+        }
+        if let Err(reason) = self.check_compatible(devices, &descs, ram) {
+            let _ = self.reply(&Reply::Refuse(reason.clone()));
+            self.st.refused = true;
+            return Err(EngineError::Incompatible { reason });
+        }
+        for h in devices.iter_mut() {
+            self.st.devs.push(DevIn {
+                name: h.name(),
+                h,
+                written: 0,
+                source_digest: None,
+                dest_digest: None,
+            });
+        }
+        self.st.descs = descs;
+        self.st.ram = ram;
+        for i in 0..self.st.devs.len() {
+            let d = &mut self.st.devs[i];
+            if let Err(e) = d.h.set_state(MigState::Resuming) {
+                let err = EngineError::device(Phase::Setup, d.name.clone(), e);
+                let _ = self.reply(&Reply::Refuse(err.to_string()));
+                self.st.refused = true;
+                return Err(err);
+            }
+        }
+        if let (Some(g), true) = (self.st.guest, self.st.opts.hash_ram && ram.is_some()) {
+            let h = ram_hash(g).map_err(|e| EngineError::Guest {
+                phase: Phase::Setup,
+                source: e,
+            })?;
+            self.st.hash = Some(h);
+            self.st.old_page = vec![0u8; g.page_size() as usize];
+            self.st.zero_crc = zero_page_crc(g.page_size());
+        }
+        self.reply(&Reply::Accept)
+    }
+
+    /// Why state from `descs` cannot be loaded here, if it cannot.
+    fn check_compatible(
+        &self,
+        devices: &mut [D],
+        descs: &[DeviceDescriptor],
+        ram: Option<RamInfo>,
+    ) -> Result<(), String> {
+        if descs.len() != devices.len() {
+            return Err(format!(
+                "the stream carries {} device(s), the destination has {}",
+                descs.len(),
+                devices.len()
+            ));
+        }
+        let mut why = Vec::new();
+        for (i, (h, src)) in devices.iter_mut().zip(descs).enumerate() {
+            match h.descriptor() {
+                Ok(local) => {
+                    if let Err(r) = src.check_compatible(&local) {
+                        why.push(format!("device {i} ({}): {r}", h.name()));
+                    }
+                }
+                Err(e) => why.push(format!(
+                    "device {i} ({}): cannot read its descriptor: {e}",
+                    h.name()
+                )),
+            }
+            match h.state() {
+                Ok(MigState::Running | MigState::Stop) => {}
+                Ok(s) => why.push(format!(
+                    "device {i} ({}) is in {s}; a destination must be RUNNING or STOP to load",
+                    h.name()
+                )),
+                Err(e) => why.push(format!(
+                    "device {i} ({}): cannot read its state: {e}",
+                    h.name()
+                )),
+            }
+        }
+        match (ram, self.st.guest) {
+            (Some(r), Some(g)) if r.size != g.size() || r.page_size != g.page_size() => why.push(format!(
+                "guest RAM is {} bytes in {}-byte pages at the source, {} bytes in {}-byte pages here",
+                r.size,
+                r.page_size,
+                g.size(),
+                g.page_size()
+            )),
+            (Some(r), None) => why.push(format!(
+                "the stream carries {} bytes of guest RAM but the destination has no guest RAM",
+                r.size
+            )),
+            _ => {}
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The stream's building blocks: the header, the record header, every
+//! record kind with its payload bounds, and the fixed-layout payloads.
+//! Adding a record kind starts here (its number, name, bounds and whether
+//! it names a device), then [`crate::format::grammar`] says where it may
+//! appear.
+
+use vfio_migrate_abi::wire_struct;
+
+/// The first 8 bytes of every stream.
+pub const MAGIC: [u8; 8] = *b"VFIOMIGR";
+/// The major format version this build writes and reads. A stream of
+/// another major version is refused.
+pub const FORMAT_MAJOR: u16 = 1;
+/// The minor format version this build writes. A reader accepts any minor
+/// version of its major: newer minors only add records marked
+/// [`FLAG_OPTIONAL`], which an older reader skips.
+pub const FORMAT_MINOR: u16 = 0;
+/// Stream header size.
+pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
+/// Record header size.
+pub const RECORD_HEADER_SIZE: usize = RecordHeader::SIZE;
+/// `device` value of records that belong to no device.
+pub const NO_DEVICE: u32 = u32::MAX;
+/// Most devices one stream may carry.
+pub const MAX_DEVICES: usize = 64;
+/// Largest device-data payload (pre-copy or stop-copy) in one record.
+pub const MAX_DEVICE_DATA: usize = 8 << 20;
+/// Largest run of guest pages in one record, in bytes of page data.
+pub const MAX_RAM_RUN_BYTES: usize = 8 << 20;
+/// Largest guest page size accepted.
+pub const MAX_PAGE_SIZE: u64 = 1 << 21;
+/// Largest descriptor / control JSON payload.
+pub const MAX_JSON: usize = 64 << 10;
+/// Largest reason text in a refusal or failure.
+pub const MAX_REASON: usize = 4096;
+/// Largest payload of an optional record this build does not know (it is
+/// read, checked and skipped).
+pub const MAX_OPTIONAL: usize = 1 << 20;
+/// Record flag: readers that do not know this record's kind skip it. Set
+/// by writers of a newer minor version on the records that minor adds.
+pub const FLAG_OPTIONAL: u16 = 1 << 0;
+
+wire_struct! {
+    /// Stream header: magic, format version (major, minor), flags (0).
+    pub struct StreamHeader {
+        pub magic: u64,
+        pub major: u16,
+        pub minor: u16,
+        pub flags: u32,
+    }
+}
+
+wire_struct! {
+    /// Record header. `crc` is CRC32C over the first 12 bytes of this header
+    /// followed by the payload.
+    pub struct RecordHeader {
+        pub kind: u16,
+        pub flags: u16,
+        pub device: u32,
+        pub length: u32,
+        pub crc: u32,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::Ram`]: the guest RAM layout.
+    pub struct RamInfo {
+        pub size: u64,
+        pub page_size: u64,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::SetupEnd`].
+    pub struct SetupEnd {
+        pub devices: u32,
+        pub flags: u32,
+    }
+}
+
+wire_struct! {
+    /// Head of a [`Kind::RamPages`] payload; `count` pages of data follow.
+    pub struct RamRun {
+        pub first_page: u64,
+        pub count: u32,
+        pub reserved: u32,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::DeviceEnd`]: bytes of device data sent in total.
+    pub struct DeviceEnd {
+        pub bytes: u64,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::Round`]: the round just completed.
+    pub struct Round {
+        pub iteration: u64,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::Verify`]: the device digest at the source, read
+    /// while the device was stopped.
+    pub struct Digest {
+        pub digest: u64,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::End`]: how many records came before it and their
+    /// total size (headers included), so a truncated stream is detected
+    /// even when it ends on a record boundary.
+    pub struct End {
+        pub records: u64,
+        pub bytes: u64,
+    }
+}
+
+/// `StreamHeader::magic` as a little-endian integer.
+pub fn magic_u64() -> u64 {
+    u64::from_le_bytes(MAGIC)
+}
+
+/// Record types. Forward records go source → destination; replies go
+/// back on live migrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u16)]
+pub enum Kind {
+    /// A device's compatibility descriptor (JSON).
+    Device = 0x01,
+    /// Guest RAM layout ([`RamInfo`]).
+    Ram = 0x02,
+    /// End of the setup section ([`SetupEnd`]); a live source waits for
+    /// [`Kind::Accept`] or [`Kind::Refuse`] here.
+    SetupEnd = 0x03,
+    /// Device pre-copy data.
+    DevicePrecopy = 0x10,
+    /// Device stop-copy data.
+    DeviceStopCopy = 0x11,
+    /// A device's save stream is complete ([`DeviceEnd`]).
+    DeviceEnd = 0x12,
+    /// End of a pre-copy round ([`Round`]): the destination checks that
+    /// its devices are still there.
+    Round = 0x13,
+    /// A run of guest RAM pages ([`RamRun`] + data).
+    RamPages = 0x20,
+    /// A run of guest RAM pages that are all zero ([`RamRun`], no data).
+    RamZero = 0x21,
+    /// A device digest for verification ([`Digest`]).
+    Verify = 0x30,
+    /// The source gives up; payload is the reason.
+    Abort = 0x7e,
+    /// End of the stream ([`End`]).
+    End = 0x7f,
+    /// Source → destination after [`Kind::Ready`]: start running.
+    Go = 0x80,
+    /// Reply: the devices are compatible and RESUMING.
+    Accept = 0x81,
+    /// Reply: refused at setup; payload is the reason.
+    Refuse = 0x82,
+    /// Reply: loaded, validated and verified; payload is JSON
+    /// ([`crate::format::ReadyInfo`]).
+    Ready = 0x83,
+    /// Reply: the destination failed; payload is the reason.
+    Failed = 0x84,
+    /// Reply: the destination devices are RUNNING.
+    Running = 0x85,
+    /// Reply: everything up to this pre-copy round ([`Round`]) is loaded.
+    RoundAck = 0x86,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 19] = [
+        Kind::Device,
+        Kind::Ram,
+        Kind::SetupEnd,
+        Kind::DevicePrecopy,
+        Kind::DeviceStopCopy,
+        Kind::DeviceEnd,
+        Kind::Round,
+        Kind::RamPages,
+        Kind::RamZero,
+        Kind::Verify,
+        Kind::Abort,
+        Kind::End,
+        Kind::Go,
+        Kind::Accept,
+        Kind::Refuse,
+        Kind::Ready,
+        Kind::Failed,
+        Kind::Running,
+        Kind::RoundAck,
+    ];
+
+    /// The kind for a wire value.
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|k| *k as u16 == v)
+    }
+
+    /// Short name, for messages and `inspect`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Device => "device",
+            Kind::Ram => "ram",
+            Kind::SetupEnd => "setup-end",
+            Kind::DevicePrecopy => "device-precopy",
+            Kind::DeviceStopCopy => "device-stopcopy",
+            Kind::DeviceEnd => "device-end",
+            Kind::Round => "round",
+            Kind::RamPages => "ram-pages",
+            Kind::RamZero => "ram-zero",
+            Kind::Verify => "verify",
+            Kind::Abort => "abort",
+            Kind::End => "end",
+            Kind::Go => "go",
+            Kind::Accept => "accept",
+            Kind::Refuse => "refuse",
+            Kind::Ready => "ready",
+            Kind::Failed => "failed",
+            Kind::Running => "running",
+            Kind::RoundAck => "round-ack",
+        }
+    }
+
+    /// The payload sizes allowed: `(min, max)`.
+    pub fn length_bounds(self) -> (usize, usize) {
+        match self {
+            Kind::Device | Kind::Ready => (2, MAX_JSON),
+            Kind::Ram => (RamInfo::SIZE, RamInfo::SIZE),
+            Kind::SetupEnd => (SetupEnd::SIZE, SetupEnd::SIZE),
+            Kind::DevicePrecopy | Kind::DeviceStopCopy => (1, MAX_DEVICE_DATA),
+            Kind::DeviceEnd => (DeviceEnd::SIZE, DeviceEnd::SIZE),
+            Kind::Round | Kind::RoundAck => (Round::SIZE, Round::SIZE),
+            Kind::RamPages => (RamRun::SIZE + 1, RamRun::SIZE + MAX_RAM_RUN_BYTES),
+            Kind::RamZero => (RamRun::SIZE, RamRun::SIZE),
+            Kind::Verify => (Digest::SIZE, Digest::SIZE),
+            Kind::End => (End::SIZE, End::SIZE),
+            Kind::Abort | Kind::Refuse | Kind::Failed => (0, MAX_REASON),
+            Kind::Go | Kind::Accept | Kind::Running => (0, 0),
+        }
+    }
+
+    /// True when the record belongs to one device (its `device` field is an
+    /// index); false when it must be [`NO_DEVICE`].
+    pub fn per_device(self) -> bool {
+        matches!(
+            self,
+            Kind::Device
+                | Kind::DevicePrecopy
+                | Kind::DeviceStopCopy
+                | Kind::DeviceEnd
+                | Kind::Verify
+        )
+    }
+
+    /// True for the replies a live destination sends back.
+    pub fn is_reply(self) -> bool {
+        matches!(
+            self,
+            Kind::Accept
+                | Kind::Refuse
+                | Kind::Ready
+                | Kind::Failed
+                | Kind::Running
+                | Kind::RoundAck
+        )
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Truncates a reason to what fits in a record.
+pub fn reason_bytes(reason: &str) -> &[u8] {
+    let b = reason.as_bytes();
+    if b.len() <= MAX_REASON {
+        return b;
+    }
+    let mut n = MAX_REASON;
+    while !reason.is_char_boundary(n) {
+        n -= 1;
+    }
+    &b[..n]
+}

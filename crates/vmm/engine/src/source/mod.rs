@@ -1,0 +1,339 @@
+//! The source side of a migration: [`migrate_out`].
+//!
+//! ```text
+//! setup      descriptors + RAM layout → destination; wait ACCEPT (live);
+//!            DMA logging on; devices → PRE_COPY               (mod.rs)
+//! pre-copy   rounds: fetch vCPU + DMA dirty logs, send dirty pages
+//!            interleaved with device pre-copy data; measure bandwidth;
+//!            switch when the expected downtime is under the limit
+//!                                                  (precopy.rs, ram.rs)
+//! stop-copy  pause vCPUs; devices → (PRE_COPY_)P2P, then STOP_COPY;
+//!            final device data, final dirty pages, END  (switchover.rs)
+//! resume     live: READY (loaded, validated, verified) → GO → RUNNING;
+//!            snapshot: digests in the stream, the source runs again
+//! cleanup    DMA logging off; live source devices → STOP  (rollback.rs)
+//! ```
+//!
+//! A live migration and a snapshot are two [`Mode`](replies::Mode)s of the
+//! same driver: they differ only in whether a destination answers.
+//! Any failure before GO rolls the source back: devices to their original
+//! state, logging off, vCPUs resumed, ABORT sent to the destination.
+
+mod devices;
+mod precopy;
+mod ram;
+mod replies;
+mod rollback;
+mod switchover;
+
+use crate::cancel::Cancel;
+use crate::error::{EngineError, SourceFailure, SourceState};
+use crate::format::{
+    self, Kind, RamInfo, RecordWriter, SetupEnd, StreamError, MAX_DEVICES, MAX_DEVICE_DATA,
+    NO_DEVICE,
+};
+use crate::guest::GuestRam;
+use crate::link::Link;
+use crate::metrics::{ms, Metrics};
+use crate::progress::{Phase, Progress, ProgressFn};
+use crate::report::{DeviceReport, MigrationReport};
+use crate::verify::Verifier;
+use devices::Dev;
+use ram::RamWalk;
+use replies::{Mode, Reply};
+use std::io::BufWriter;
+use std::time::Duration;
+use vfio_migrate_backend::{MigState, MigrationDevice, MIGRATION_PRE_COPY};
+
+pub use precopy::{Convergence, Decision};
+
+/// Largest run of guest pages sent in one record.
+const RAM_RUN_BYTES: u64 = 1 << 20;
+
+/// How the source migrates.
+pub struct SourceOptions {
+    /// Run pre-copy rounds (otherwise stop at once and copy everything).
+    pub precopy: bool,
+    /// Switch over once the expected downtime is at most this.
+    pub downtime_limit: Duration,
+    /// Switch over after this many pre-copy rounds whatever the estimate.
+    pub max_iterations: u32,
+    /// Reads device digests for verification.
+    pub verifier: Option<Verifier>,
+    /// Cancels the migration (before the destination is told to run).
+    pub cancel: Cancel,
+    /// Called with progress at every round and phase change.
+    pub progress: Option<ProgressFn>,
+    /// How long to wait for each answer of the destination.
+    pub reply_timeout: Duration,
+    /// Names the source in the report (`unix:/…`).
+    pub source_name: String,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            precopy: true,
+            downtime_limit: Duration::from_millis(300),
+            max_iterations: 30,
+            verifier: None,
+            cancel: Cancel::new(),
+            progress: None,
+            reply_timeout: Duration::from_secs(60),
+            source_name: String::new(),
+        }
+    }
+}
+
+type Out = RecordWriter<BufWriter<Box<dyn std::io::Write + Send>>>;
+
+/// One source-side migration in progress.
+struct Source<'a, D> {
+    devs: Vec<Dev<'a, D>>,
+    guest: Option<&'a dyn GuestRam>,
+    ram: Option<RamWalk<'a>>,
+    out: Out,
+    mode: Mode,
+    close: Option<Box<dyn Fn() + Send>>,
+    peer: String,
+    opts: SourceOptions,
+    phase: Phase,
+    /// Device data buffer (one chunk).
+    buf: Vec<u8>,
+    guest_paused: bool,
+    /// GO was sent: the destination may run, no rollback any more.
+    committed: bool,
+    metrics: Metrics,
+    report: MigrationReport,
+}
+
+/// Migrates `devices` (and `guest` RAM, if given) out over `link`.
+///
+/// On success the source devices are left in STOP (live link) or back in
+/// their original state (snapshot file), and the report says what was
+/// measured and verified. On failure before the destination was told to
+/// run, the source is rolled back; [`SourceFailure`] says what failed and
+/// what the source was left as.
+pub fn migrate_out<D: MigrationDevice>(
+    devices: &mut [D],
+    guest: Option<&dyn GuestRam>,
+    link: Link,
+    opts: SourceOptions,
+) -> Result<MigrationReport, SourceFailure> {
+    let metrics = Metrics::start();
+    let mut report = MigrationReport::new(opts.source_name.clone(), link.peer.clone());
+    report.precopy = opts.precopy;
+    report.downtime_limit_ms = ms(opts.downtime_limit);
+    let mode = match Mode::for_link(link.rx, &link.peer) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(SourceFailure {
+                error: EngineError::stream(Phase::Setup, link.peer.clone(), e),
+                state: SourceState::Restored,
+                report: Box::new(report),
+            })
+        }
+    };
+    let mut s = Source {
+        devs: Vec::new(),
+        guest,
+        ram: guest.map(RamWalk::new),
+        out: RecordWriter::new(
+            BufWriter::with_capacity(256 << 10, link.tx),
+            link.peer.clone(),
+        ),
+        mode,
+        close: link.close,
+        peer: link.peer,
+        opts,
+        phase: Phase::Setup,
+        buf: Vec::new(),
+        guest_paused: false,
+        committed: false,
+        metrics,
+        report,
+    };
+    let r = s.run(devices);
+    s.finish(r)
+}
+
+impl<'a, D: MigrationDevice> Source<'a, D> {
+    /// The whole migration, phase after phase.
+    fn run(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
+        self.setup(devices)?;
+        self.metrics.precopy_start = Some(std::time::Instant::now());
+        if self.opts.precopy {
+            self.precopy()?;
+        }
+        self.stop_and_copy()?;
+        self.resume()?;
+        self.cleanup();
+        Ok(())
+    }
+
+    fn dev_err(&self, i: usize, e: vfio_migrate_backend::BackendError) -> EngineError {
+        EngineError::device(self.phase, self.devs[i].name.clone(), e)
+    }
+
+    fn guest_err(&self, e: std::io::Error) -> EngineError {
+        EngineError::Guest {
+            phase: self.phase,
+            source: e,
+        }
+    }
+
+    /// A write to the stream failed: the destination most likely said why
+    /// before closing; prefer its reason.
+    fn stream_err(&mut self, e: StreamError) -> EngineError {
+        if let Some(reason) = self.mode.last_words() {
+            return EngineError::DestinationFailed {
+                phase: self.phase,
+                peer: self.peer.clone(),
+                reason,
+            };
+        }
+        EngineError::stream(self.phase, self.peer.clone(), e)
+    }
+
+    fn write(&mut self, kind: Kind, device: u32, parts: &[&[u8]]) -> Result<(), EngineError> {
+        match self.out.write_parts(kind, device, parts) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.stream_err(e)),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), EngineError> {
+        match self.out.flush() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.stream_err(e)),
+        }
+    }
+
+    fn check_cancel(&self) -> Result<(), EngineError> {
+        if self.opts.cancel.is_cancelled() {
+            return Err(EngineError::Cancelled { phase: self.phase });
+        }
+        Ok(())
+    }
+
+    fn emit(&mut self, remaining: u64, dirty_rate: f64, expected_ms: f64) {
+        let p = Progress {
+            phase: self.phase,
+            iteration: self.metrics.rounds,
+            remaining_bytes: remaining,
+            transferred_bytes: self.out.bytes(),
+            dirty_rate,
+            bandwidth: self.metrics.bandwidth(),
+            expected_downtime_ms: expected_ms,
+            elapsed: self.metrics.t0.elapsed(),
+        };
+        if let Some(f) = self.opts.progress.as_mut() {
+            f(&p);
+        }
+    }
+
+    /// Opens every device, writes the setup section, waits for the
+    /// destination's answer (live), then starts logging and pre-copy.
+    fn setup(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
+        if devices.is_empty() {
+            return Err(EngineError::NoDevices);
+        }
+        if devices.len() > MAX_DEVICES {
+            return Err(EngineError::TooManyDevices {
+                count: devices.len(),
+                max: MAX_DEVICES,
+            });
+        }
+        self.emit(0, 0.0, 0.0);
+        let mut chunk = 1usize << 20;
+        for h in devices.iter_mut() {
+            let name = h.name();
+            let desc = h
+                .descriptor()
+                .map_err(|e| EngineError::device(Phase::Setup, name.clone(), e))?;
+            let initial = h
+                .state()
+                .map_err(|e| EngineError::device(Phase::Setup, name.clone(), e))?;
+            if !matches!(initial, MigState::Running | MigState::Stop) {
+                return Err(EngineError::NotASource {
+                    device: name,
+                    state: initial,
+                });
+            }
+            chunk = chunk.max(h.preferred_chunk().min(MAX_DEVICE_DATA));
+            let precopy = self.opts.precopy
+                && desc.migration_flags & MIGRATION_PRE_COPY != 0
+                && initial == MigState::Running;
+            let report = DeviceReport::new(name.clone(), h.protocol(), &desc);
+            self.devs
+                .push(Dev::new(h, name, desc, initial, precopy, report));
+        }
+        self.buf = vec![0u8; chunk];
+
+        // Descriptors and RAM layout go first; a live destination answers.
+        if let Err(e) = self.out.write_stream_header() {
+            return Err(self.stream_err(e));
+        }
+        for i in 0..self.devs.len() {
+            let json = serde_json::to_vec(&self.devs[i].desc).expect("descriptor serializes");
+            if json.len() > format::MAX_JSON {
+                return Err(EngineError::DescriptorTooLarge {
+                    device: self.devs[i].name.clone(),
+                    bytes: json.len(),
+                });
+            }
+            self.write(Kind::Device, i as u32, &[&json])?;
+        }
+        if let Some(g) = self.guest {
+            let page_size = g.page_size();
+            if page_size == 0 || page_size > format::MAX_PAGE_SIZE || !page_size.is_power_of_two() {
+                return Err(EngineError::BadPageSize { page_size });
+            }
+            let info = RamInfo {
+                size: g.size(),
+                page_size,
+            };
+            self.report.ram_size = g.size();
+            self.write(Kind::Ram, NO_DEVICE, &[&info.to_bytes()])?;
+        }
+        let end = SetupEnd {
+            devices: self.devs.len() as u32,
+            flags: 0,
+        };
+        self.write(Kind::SetupEnd, NO_DEVICE, &[&end.to_bytes()])?;
+        self.flush()?;
+        if self.mode.is_live() {
+            match self.wait_reply("the compatibility answer", true)? {
+                Reply::Accept => {}
+                r => return Err(self.out_of_turn(&r)),
+            }
+        }
+        self.check_cancel()?;
+
+        // Every page goes at least once; vCPU writes from now on are logged.
+        if let Some(ram) = self.ram.as_mut() {
+            ram.mark_all();
+            if self.opts.precopy {
+                self.start_dma_logging()?;
+            }
+        }
+        for i in 0..self.devs.len() {
+            if self.devs[i].precopy {
+                self.devs[i].touched = true;
+                self.devs[i]
+                    .h
+                    .set_state(MigState::PreCopy)
+                    .map_err(|e| self.dev_err(i, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn out_of_turn(&self, r: &Reply) -> EngineError {
+        EngineError::OutOfTurn {
+            phase: self.phase,
+            peer: self.peer.clone(),
+            got: r.kind(),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The switchover: stop the guest and the devices (through the P2P states
+//! first, so no device DMAs into a stopped peer), send what is left, then
+//! either hand over to a live destination (READY → compare digests → GO →
+//! RUNNING) or, for a snapshot, record the digests and let the source run
+//! again.
+
+use super::replies::Reply;
+use super::Source;
+use crate::error::EngineError;
+use crate::format::{DeviceEnd, Digest, Kind, ReadyInfo};
+use crate::progress::Phase;
+use crate::report::digest_hex;
+use crate::verify::ram_hash;
+use std::time::Instant;
+use vfio_migrate_backend::{MigState, MigrationDevice, MIGRATION_P2P};
+
+impl<D: MigrationDevice> Source<'_, D> {
+    /// Stops everything and sends the rest of the state and the end marker.
+    pub(super) fn stop_and_copy(&mut self) -> Result<(), EngineError> {
+        self.wait_drained()?;
+        self.check_cancel()?;
+        self.phase = Phase::StopCopy;
+        self.metrics.stop_start = Some(Instant::now());
+        if let Some(g) = self.guest {
+            g.pause();
+            self.guest_paused = true;
+        }
+        // Quiesce every device first (no P2P DMA), then stop them all.
+        for i in 0..self.devs.len() {
+            let d = &mut self.devs[i];
+            if d.desc.migration_flags & MIGRATION_P2P == 0 {
+                continue;
+            }
+            let target = match d.initial {
+                MigState::Running if d.precopy => MigState::PreCopyP2p,
+                MigState::Running => MigState::RunningP2p,
+                _ => continue,
+            };
+            d.touched = true;
+            d.report.p2p = true;
+            d.h.set_state(target).map_err(|e| self.dev_err(i, e))?;
+        }
+        for i in 0..self.devs.len() {
+            self.devs[i].touched = true;
+            self.devs[i]
+                .h
+                .set_state(MigState::StopCopy)
+                .map_err(|e| self.dev_err(i, e))?;
+        }
+        self.metrics.stopped = Some(Instant::now());
+        self.emit(0, 0.0, 0.0);
+
+        for i in 0..self.devs.len() {
+            let (n, _) = self.send_device(i, Kind::DeviceStopCopy, u64::MAX)?;
+            let d = &mut self.devs[i];
+            d.report.stopcopy_bytes += n;
+            self.metrics.device_bytes += n;
+            self.metrics.device_bytes_stopped += n;
+            let total = d.report.precopy_bytes + d.report.stopcopy_bytes;
+            self.write(
+                Kind::DeviceEnd,
+                i as u32,
+                &[&DeviceEnd { bytes: total }.to_bytes()],
+            )?;
+        }
+        // A snapshot carries the digests for the restore to check; a live
+        // source reads them in `resume`, while the destination loads.
+        if !self.mode.is_live() {
+            for i in self.read_digests()? {
+                let digest = self.devs[i].digest.expect("just read");
+                self.write(Kind::Verify, i as u32, &[&Digest { digest }.to_bytes()])?;
+            }
+        }
+        // The devices are stopped: their DMA reports are final.
+        self.sync_dirty()?;
+        while self.send_ram(u64::MAX)? > 0 {}
+        if let Err(e) = self.out.write_end() {
+            return Err(self.stream_err(e));
+        }
+        self.flush()?;
+        self.metrics.sent = Some(Instant::now());
+        self.phase = Phase::Resume;
+        self.emit(0, 0.0, 0.0);
+        Ok(())
+    }
+
+    /// Live: waits for the destination to be loaded and verified, compares,
+    /// tells it to run. Snapshot: the source runs again.
+    pub(super) fn resume(&mut self) -> Result<(), EngineError> {
+        if !self.mode.is_live() {
+            self.phase = Phase::Cleanup;
+            self.restore_source()
+                .map_err(|problems| EngineError::RestoreFailed { problems })?;
+            self.metrics.resumed = Some(Instant::now());
+            return Ok(());
+        }
+        self.read_digests()?;
+        let ready = match self.wait_reply("the destination to load and validate", true)? {
+            Reply::Ready(r) => r,
+            r => return Err(self.out_of_turn(&r)),
+        };
+        self.check_ready(&ready)?;
+        self.check_cancel()?;
+        // Past this point the destination may run: no rollback.
+        self.committed = true;
+        self.write(Kind::Go, crate::format::NO_DEVICE, &[])?;
+        self.flush()?;
+        match self.wait_reply("the destination to start running", false)? {
+            Reply::Running => {}
+            r => return Err(self.out_of_turn(&r)),
+        }
+        self.metrics.resumed = Some(Instant::now());
+        self.report.ram_hash_dest = ready.ram_hash.map(digest_hex);
+        self.metrics.dest_digest_ms = ready.digest_ms;
+        if let (Some(g), Some(dest_hash)) = (self.guest, ready.ram_hash) {
+            // The source RAM is frozen for good: hash it now, off the
+            // critical path.
+            let t = Instant::now();
+            let h = ram_hash(g).map_err(|e| self.guest_err(e))?;
+            self.metrics.verify_ms = crate::metrics::ms(t.elapsed());
+            self.report.ram_hash_source = Some(digest_hex(h.0));
+            if h.0 != dest_hash {
+                return Err(EngineError::RamMismatch {
+                    phase: self.phase,
+                    source_hash: h.0,
+                    dest_hash,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The destination's digests must equal the source's.
+    fn check_ready(&mut self, ready: &ReadyInfo) -> Result<(), EngineError> {
+        if ready.digests.len() != self.devs.len() {
+            return Err(EngineError::DigestCount {
+                phase: self.phase,
+                expected: self.devs.len(),
+                got: ready.digests.len(),
+            });
+        }
+        for (d, dest) in self.devs.iter_mut().zip(&ready.digests) {
+            d.report.digest_dest = dest.map(digest_hex);
+            if let (Some(a), Some(b)) = (d.digest, *dest) {
+                d.report.verified = Some(a == b);
+                if a != b {
+                    return Err(EngineError::DigestMismatch {
+                        phase: self.phase,
+                        device: d.name.clone(),
+                        source_digest: a,
+                        dest_digest: b,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
