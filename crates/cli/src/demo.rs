@@ -22,9 +22,8 @@ use std::time::Duration;
 use vfio_migrate_backend::{DmaWindow, MigrationDevice};
 use vfio_migrate_engine::{
     migrate_in, migrate_out, DestLink, DestOptions, GuestRam, Link, MemfdRam, MigrationReport,
-    SimGuest, VcpuConfig,
 };
-use vfio_migrate_harness::{Options, ServerProcess, TempDir};
+use vfio_migrate_harness::{Options, ServerProcess, SimGuest, TempDir, VcpuConfig};
 
 /// vgpu BAR0 registers the demo programs.
 mod reg {

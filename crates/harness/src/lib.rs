@@ -6,7 +6,9 @@
 //! accepts a connection; it captures the child's stdout and stderr (stderr
 //! goes into error messages, optionally echoed as it arrives) and stops the
 //! child on drop: SIGTERM, then SIGKILL after a grace period. A [`TempDir`]
-//! is a private directory for sockets, removed on drop.
+//! is a private directory for sockets, removed on drop. A [`SimGuest`]
+//! ([`guest`]) is a guest whose vCPU dirties its RAM, for the engine to
+//! migrate.
 //!
 //! The readiness check connects once and hangs up at once: a vfio-user
 //! server sees a client that leaves without a word.
@@ -14,6 +16,10 @@
 //! Not published: this is the project's own test and demo plumbing.
 
 #![forbid(unsafe_code)]
+
+pub mod guest;
+
+pub use guest::{SimGuest, VcpuConfig};
 
 use std::ffi::OsStr;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -22,8 +22,8 @@
 //!   [`snapshot`] reads and checks a snapshot file whole with that parser.
 //! - [`metrics`]: what a migration measures, apart from the logic.
 //! - [`link`]: the transports, with the back channel of live migrations.
-//! - [`guest`]: the [`GuestRam`] trait, memfd RAM and a simulated guest with
-//!   a vCPU dirty log; [`verify`]: device-digest hook and RAM hash.
+//! - [`guest`]: the [`GuestRam`] trait and memfd RAM; [`verify`]: the
+//!   device-digest hook and the RAM hash.
 //!
 //! Engine memory is O(chunk): device data and RAM move in records of at
 //! most a few MiB, whatever the state size.
@@ -46,7 +46,7 @@ pub mod verify;
 pub use cancel::Cancel;
 pub use dest::{migrate_in, DestOptions, DestReport};
 pub use error::{EngineError, SourceFailure, SourceState};
-pub use guest::{GuestRam, MemfdRam, SimGuest, VcpuConfig};
+pub use guest::{GuestRam, MemfdRam};
 pub use link::{DestLink, Link};
 pub use progress::{Phase, Progress, ProgressFn};
 pub use report::{DeviceReport, MigrationReport};

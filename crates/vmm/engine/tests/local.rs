@@ -12,8 +12,9 @@ use vfio_migrate_engine::error::SourceState;
 use vfio_migrate_engine::format::{RecordProblem, StreamError};
 use vfio_migrate_engine::{
     migrate_in, migrate_out, Cancel, DestLink, DestOptions, EngineError, GuestRam, Link, MemfdRam,
-    Phase, SimGuest, SourceOptions, VcpuConfig, Verifier,
+    Phase, SourceOptions, Verifier,
 };
+use vfio_migrate_harness::{SimGuest, VcpuConfig};
 use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
 
 const MIB: u64 = 1 << 20;
