@@ -86,6 +86,14 @@ pub enum MigState {
     PreCopyP2p = 7,
 }
 
+/// Serialized as its name (`"RUNNING"`, `"PRE_COPY_P2P"`, ...), as
+/// reports show it.
+impl serde::Serialize for MigState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 impl MigState {
     /// Every state, in numeric order.
     pub const ALL: [MigState; 8] = [

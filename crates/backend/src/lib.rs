@@ -32,7 +32,7 @@ pub use capability::{
 pub use descriptor::DeviceDescriptor;
 pub use error::{errno_name, BackendError, Result};
 pub use migration::MigrationDevice;
-pub use types::{DmaWindow, IovaRange, PrecopyInfo};
+pub use types::{DeviceStatus, DmaWindow, IovaRange, PrecopyInfo};
 pub use vfio_migrate_abi::kernel::{
     MigState, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
 };

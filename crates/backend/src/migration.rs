@@ -2,7 +2,7 @@
 //! the door to its optional capabilities.
 
 use crate::capability::{DmaDirtyLog, DmaMapping, RegionAccess};
-use crate::{DeviceDescriptor, MigState, PrecopyInfo, Result};
+use crate::{DeviceDescriptor, DeviceStatus, MigState, PrecopyInfo, Result};
 
 /// The migration core of a device: what the engine drives.
 ///
@@ -65,6 +65,12 @@ pub trait MigrationDevice: Send {
     /// ever running what was loaded, and to recover a device in ERROR.
     fn reset(&mut self) -> Result<()>;
 
+    /// What the device says about its use, `None` when its backend cannot
+    /// tell (foreign vfio-user servers, kernel devices).
+    fn status(&mut self) -> Result<Option<DeviceStatus>> {
+        Ok(None)
+    }
+
     /// Best chunk size for `read_data`/`write_data`.
     fn preferred_chunk(&self) -> usize {
         1 << 20
@@ -121,6 +127,9 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     }
     fn reset(&mut self) -> Result<()> {
         (**self).reset()
+    }
+    fn status(&mut self) -> Result<Option<DeviceStatus>> {
+        (**self).status()
     }
     fn preferred_chunk(&self) -> usize {
         (**self).preferred_chunk()

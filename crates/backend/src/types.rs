@@ -13,6 +13,23 @@ pub struct PrecopyInfo {
     pub dirty_bytes: u64,
 }
 
+/// What a device says about its use, where its backend can tell (our
+/// vfio-user server's extension feature; an in-process device). A
+/// migration uses it to refuse overwriting a device that is in use, or
+/// starting a second copy of a device that was already migrated out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    /// Nothing has been done with the device since it started or was
+    /// last reset: no region writes (config space aside), no state loaded.
+    pub pristine: bool,
+    /// It was started to receive a migration (`serve --incoming`) and has
+    /// not received one yet: it refuses a workload until then.
+    pub incoming: bool,
+    /// Its state was read to the end in STOP_COPY and it has not run since:
+    /// a copy of it may be running elsewhere.
+    pub migrated_out: bool,
+}
+
 /// A range of I/O virtual addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IovaRange {

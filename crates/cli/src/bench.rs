@@ -168,9 +168,10 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
             render_rate: 64 << 20,
             dma_rate: 32 << 20,
             protocol: crate::endpoint::ProtocolArg::Auto,
+            liveness: crate::liveness::Liveness::default(),
             verify,
         };
-        let out = demo::execute(&args, Style::Off)?;
+        let out = demo::execute(&args, Style::Off, &crate::interrupt::install()?)?;
         if let Some(f) = out.failure {
             bail!("{name} run {i}: {f}");
         }

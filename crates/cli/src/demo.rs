@@ -8,20 +8,22 @@
 
 use crate::digest::{read_digest, sample_verifier};
 use crate::endpoint::ProtocolArg;
+use crate::liveness::Liveness;
 use crate::migrate::{OnOff, Tuning};
 use crate::progress::Style;
 use crate::report::{bytes, print_human, print_json};
 use crate::serve::parse_size;
 use anyhow::{anyhow, bail, Context};
 use serde::Serialize;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 use vfio_migrate_backend::{DmaWindow, MigrationDevice};
 use vfio_migrate_engine::{
-    migrate_in, migrate_out, DestLink, DestOptions, GuestRam, Link, MemfdRam, MigrationReport,
+    accept_tcp, connect_tcp, migrate_in, migrate_out, Cancel, DestLink, DestOptions, GuestRam,
+    Link, MemfdRam, MigrationReport,
 };
 use vfio_migrate_harness::{Options, ServerProcess, SimGuest, TempDir, VcpuConfig};
 
@@ -41,6 +43,7 @@ mod reg {
 
 /// Arguments of `vfio-migrate demo`.
 #[derive(clap::Args)]
+#[command(after_help = crate::exit::HELP)]
 pub struct Args {
     /// Print one JSON object instead of the human report.
     #[arg(long)]
@@ -73,6 +76,8 @@ pub struct Args {
     /// detected, v2 preferred).
     #[arg(long, value_enum, default_value = "auto")]
     pub(crate) protocol: ProtocolArg,
+    #[command(flatten)]
+    pub(crate) liveness: Liveness,
     /// Compare digests and RAM hashes (always, from the command line; the
     /// benchmark also measures without, to show what verification costs).
     #[arg(skip = true)]
@@ -105,6 +110,8 @@ pub(crate) struct Outcome {
     pub(crate) report: DemoReport,
     /// Why it failed, when it did.
     pub(crate) failure: Option<String>,
+    /// The exit status of the failure.
+    pub(crate) exit: Option<i32>,
 }
 
 /// Starts a `vfio-migrate serve --device vgpu` child process and waits
@@ -170,7 +177,8 @@ fn map_guest(c: &mut dyn MigrationDevice, ram: &MemfdRam) -> anyhow::Result<()> 
 /// Runs the command; returns the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let style = Style::detect(args.json);
-    let out = execute(&args, style)?;
+    let cancel = crate::interrupt::install()?;
+    let out = execute(&args, style, &cancel)?;
     let title = format!(
         "vfio-migrate demo: live migration of a running vgpu ({} device memory) and {} of guest RAM over loopback TCP",
         bytes(args.device_mem),
@@ -191,11 +199,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     if let Some(f) = &out.failure {
         eprintln!("error: {f}");
-        return Ok(if crate::interrupt::interrupted() {
-            130
-        } else {
-            1
-        });
+        return Ok(out.exit.unwrap_or(crate::exit::FAILED));
     }
     if !(out.report.migration.verified && out.report.dest_running) {
         eprintln!("error: the demo migration was not verified");
@@ -206,21 +210,23 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 /// Sets up the servers, guest and workload, migrates, and checks the
 /// destination runs.
-pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
+pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Result<Outcome> {
     if args.guest_mem < (1 << 20) {
-        bail!(
+        return Err(crate::exit::usage(format!(
             "--guest-mem {}: the demo guest needs at least 1M of RAM",
             args.guest_mem
-        );
+        )));
     }
-    let cancel = crate::interrupt::install()?;
+    let cancel = cancel.clone();
+    let client = args.liveness.client_config(&cancel)?;
+    let deadlines = args.liveness.deadlines(&cancel);
     let dir = TempDir::new("demo").context("creating a directory for the sockets")?;
     let (src_sock, dst_sock) = (dir.join("source.sock"), dir.join("dest.sock"));
     let src_server = spawn_server(args.device_mem, &src_sock, args.protocol)?;
     let dst_server = spawn_server(args.device_mem, &dst_sock, args.protocol)?;
-    let mut src = vfio_migrate_client::open(&src_sock, args.protocol.into())
+    let mut src = vfio_migrate_client::open_with(&src_sock, args.protocol.into(), client.clone())
         .context("connecting to the source vgpu")?;
-    let mut dst = vfio_migrate_client::open(&dst_sock, args.protocol.into())
+    let mut dst = vfio_migrate_client::open_with(&dst_sock, args.protocol.into(), client)
         .context("connecting to the destination vgpu")?;
 
     // Guests: the source runs, the destination's RAM waits empty. Both are
@@ -266,16 +272,20 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
     let listener = TcpListener::bind("127.0.0.1:0").context("listening on 127.0.0.1")?;
     let addr = listener.local_addr()?;
     let dest_name = format!("tcp:{addr} → {}", dst.name());
-    let mut opts = tuning.source_options(src.name(), cancel.clone(), style);
+    let mut opts = tuning.source_options(src.name(), cancel.clone(), style, false);
     let verifier = args.verify.then(sample_verifier);
     opts.verifier = verifier.clone();
 
+    let (dcancel, ddeadlines) = (cancel.clone(), deadlines.clone());
+    let src_deadlines = deadlines;
     let (result, dest_result, mut dst) = std::thread::scope(|s| -> anyhow::Result<_> {
         let dst_ram = &dst_ram;
+        let (cancel, deadlines) = (dcancel, ddeadlines);
         let receiver = s.spawn(move || {
             let r = (|| {
-                let (stream, peer) = listener.accept().context("accepting the migration")?;
-                let link = DestLink::tcp(stream, format!("tcp:{peer}"))?;
+                let (stream, peer) = accept_tcp(&listener, Some(deadlines.connect), &cancel)
+                    .context("accepting the migration")?;
+                let link = DestLink::tcp(stream, format!("tcp:{peer}"), &deadlines)?;
                 migrate_in(
                     std::slice::from_mut(&mut dst),
                     Some(dst_ram as &dyn GuestRam),
@@ -287,12 +297,13 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
                         ..Default::default()
                     },
                 )
-                .map_err(anyhow::Error::from)
+                .map_err(|e| anyhow!("{e}"))
             })();
             (r, dst)
         });
-        let stream = TcpStream::connect(addr).context("connecting to the receiver")?;
-        let link = Link::tcp(stream, dest_name.clone())?;
+        let stream =
+            connect_tcp(&addr.to_string(), &src_deadlines).context("connecting to the receiver")?;
+        let link = Link::tcp(stream, dest_name.clone(), &src_deadlines)?;
         let r = migrate_out(
             std::slice::from_mut(&mut src),
             Some(&guest as &dyn GuestRam),
@@ -320,6 +331,7 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
             if let Err(e) = dest_result {
                 failure += &format!("\ndestination: {e:#}");
             }
+            let exit = crate::exit::for_source_failure(&f, &cancel);
             return Ok(Outcome {
                 report: DemoReport {
                     migration: *f.report,
@@ -327,6 +339,7 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
                     workload,
                 },
                 failure: Some(failure),
+                exit: Some(exit),
             });
         }
     };
@@ -350,5 +363,6 @@ pub(crate) fn execute(args: &Args, style: Style) -> anyhow::Result<Outcome> {
             workload,
         },
         failure: None,
+        exit: None,
     })
 }

@@ -8,6 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use std::fmt;
 use std::path::PathBuf;
 use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_client::ClientConfig;
 
 /// One end of a migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,25 +89,40 @@ impl Endpoint {
     }
 
     /// Connects to the device this endpoint names (migration protocol
-    /// detected).
+    /// detected, default deadlines).
     pub fn open_device(&self) -> anyhow::Result<Box<dyn MigrationDevice>> {
-        self.open_device_with(ProtocolArg::Auto)
+        self.open_device_with(ProtocolArg::Auto, &ClientConfig::default())
     }
 
     /// Connects to the device this endpoint names; `unix:` devices are
-    /// driven through `protocol` (`kernel:` devices always speak v2).
+    /// driven through `protocol` (`kernel:` devices always speak v2) with
+    /// the deadlines and cancel fd of `config`.
     pub fn open_device_with(
         &self,
         protocol: ProtocolArg,
+        config: &ClientConfig,
     ) -> anyhow::Result<Box<dyn MigrationDevice>> {
         Ok(match self {
             Endpoint::Unix(p) => {
                 if !p.exists() {
                     bail!("cannot reach the device server at {self}: no such socket (is `vfio-migrate serve` running there?)");
                 }
-                vfio_migrate_client::open(p, protocol.into()).with_context(|| {
-                    format!("cannot use the device server at {self} (is `vfio-migrate serve` running there?)")
-                })?
+                match vfio_migrate_client::open_with(p, protocol.into(), config.clone()) {
+                    Ok(d) => d,
+                    Err(e) if e.errno() == Some(libc::EBUSY) => {
+                        return Err(anyhow!(e).context(format!(
+                            "the device server at {self} is busy: another client holds the device (a migration in progress?); wait for it to finish, or stop it"
+                        )))
+                    }
+                    Err(e) if e.errno() == Some(libc::ECONNREFUSED) => {
+                        return Err(anyhow!(e).context(format!(
+                            "nothing listens at {self} (a stale socket file? is `vfio-migrate serve` running there?)"
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(anyhow!(e).context(format!("cannot use the device server at {self}")))
+                    }
+                }
             }
             Endpoint::Kernel(_) if !matches!(protocol, ProtocolArg::Auto | ProtocolArg::V2) => {
                 bail!("{self}: kernel devices migrate with the v2 protocol only; drop --protocol or use --protocol v2")

@@ -1,20 +1,10 @@
-//! Ctrl-C: a SIGINT handler that only sets a flag, which the engine polls
-//! (through [`vfio_migrate_engine::Cancel`]) and answers by rolling back.
+//! SIGINT and SIGTERM: the first one cancels the migration (every wait
+//! wakes at once and the normal rollback runs), a second one ends the
+//! process at once with 128 + the signal number.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use vfio_migrate_engine::Cancel;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Installs the handler (SIGINT and SIGTERM) and returns the cancel flag
-/// it sets.
+/// Installs the handlers and returns the cancel they fire.
 pub fn install() -> anyhow::Result<Cancel> {
-    vfio_migrate_sys::signal::set_flag_on(&[libc::SIGINT, libc::SIGTERM], &INTERRUPTED)
-        .map_err(|e| anyhow::anyhow!("installing the signal handler: {e}"))?;
-    Ok(Cancel::with_static(&INTERRUPTED))
-}
-
-/// True once SIGINT/SIGTERM arrived.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    Cancel::on_signals().map_err(|e| anyhow::anyhow!("installing the signal handlers: {e}"))
 }

@@ -12,8 +12,10 @@ mod demo;
 mod device;
 mod digest;
 mod endpoint;
+mod exit;
 mod inspect;
 mod interrupt;
+mod liveness;
 mod migrate;
 mod progress;
 mod receive;
@@ -95,7 +97,12 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::exit(1);
+            let code = if e.downcast_ref::<exit::Usage>().is_some() {
+                exit::USAGE
+            } else {
+                exit::FAILED
+            };
+            std::process::exit(code);
         }
     }
 }

@@ -5,17 +5,18 @@
 
 use crate::digest::sample_verifier;
 use crate::endpoint::{Endpoint, ProtocolArg};
+use crate::exit;
+use crate::liveness::Liveness;
 use crate::progress::{Printer, Style};
 use crate::report::{print_human, print_json};
 use anyhow::{bail, Context};
 use std::fs::File;
-use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use vfio_migrate_backend::MigrationDevice;
 use vfio_migrate_engine::snapshot;
 use vfio_migrate_engine::{
-    migrate_in, migrate_out, Cancel, DestLink, DestOptions, EngineError, Link, MigrationReport,
+    connect_tcp, migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport,
     SourceFailure, SourceOptions,
 };
 
@@ -47,6 +48,7 @@ impl Tuning {
         source_name: String,
         cancel: Cancel,
         progress: Style,
+        force: bool,
     ) -> SourceOptions {
         SourceOptions {
             precopy: self.precopy == OnOff::On,
@@ -56,13 +58,14 @@ impl Tuning {
             cancel,
             progress: (progress != Style::Off).then(|| Printer::new(progress).callback()),
             source_name,
-            ..Default::default()
+            force,
         }
     }
 }
 
 /// Arguments of `vfio-migrate migrate`.
 #[derive(clap::Args)]
+#[command(after_help = crate::exit::HELP)]
 pub struct Args {
     /// Where the state comes from: unix:PATH (a vfio-user device server),
     /// kernel:DEVICE, or file:PATH (restore a snapshot).
@@ -83,33 +86,57 @@ pub struct Args {
     /// Print one JSON object instead of the human report.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    liveness: Liveness,
+    /// Override the safety checks: migrate a source that was migrated out
+    /// already (two copies may run), load into a destination that is not
+    /// expecting a migration (its state is overwritten).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Runs the command; returns the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let src = Endpoint::parse(&args.source).context("--source")?;
-    let dst = Endpoint::parse(&args.dest).context("--dest")?;
+    let src = Endpoint::parse(&args.source)
+        .context("--source")
+        .map_err(exit::usage)?;
+    let dst = Endpoint::parse(&args.dest)
+        .context("--dest")
+        .map_err(exit::usage)?;
     let cancel = crate::interrupt::install()?;
+    if args.force {
+        eprintln!("warning: --force: the safety checks are off; a destination in use will be overwritten and a source already migrated out will be migrated again");
+    }
     let style = Style::detect(args.json);
     let title = format!("vfio-migrate: {src} → {dst}");
+    let client = args.liveness.client_config(&cancel)?;
+    let deadlines = args.liveness.deadlines(&cancel);
     let result = match (&src, &dst) {
-        (s, d) if s.is_device() && d.is_device() => device_to_device(&src, &dst, &args, cancel, style)?,
+        (s, d) if s.is_device() && d.is_device() => {
+            device_to_device(&src, &dst, &args, cancel.clone(), style)?
+        }
         (s, Endpoint::Tcp { .. }) if s.is_device() => {
-            let mut dev = src.open_device_with(args.protocol)?;
+            let mut dev = src.open_device_with(args.protocol, &client)?;
             let addr = dst.socket_addr().expect("tcp");
-            let stream = TcpStream::connect(&addr)
-                .with_context(|| format!("cannot connect to {dst} (is `vfio-migrate receive` listening there?)"))?;
-            let link = Link::tcp(stream, dst.to_string()).context("setting up the TCP connection")?;
-            let opts = args.tuning.source_options(src.to_string(), cancel, style);
+            let stream = connect_tcp(&addr, &deadlines).with_context(|| {
+                format!("cannot connect to {dst} (is `vfio-migrate receive` listening there?)")
+            })?;
+            let link = Link::tcp(stream, dst.to_string(), &deadlines)
+                .context("setting up the TCP connection")?;
+            let opts = args
+                .tuning
+                .source_options(src.to_string(), cancel.clone(), style, args.force);
             migrate_out(std::slice::from_mut(&mut dev), None, link, opts)
         }
         (s, Endpoint::File(path)) if s.is_device() => {
-            let mut dev = src.open_device_with(args.protocol)?;
+            let mut dev = src.open_device_with(args.protocol, &client)?;
             let f = File::options().write(true).create_new(true).open(path).with_context(|| {
                 format!("cannot create the snapshot {dst} (an existing file is never overwritten: remove it or pick another path)")
             })?;
             let sync = f.try_clone().context("snapshot file")?;
-            let opts = args.tuning.source_options(src.to_string(), cancel, style);
+            let opts = args
+                .tuning
+                .source_options(src.to_string(), cancel.clone(), style, args.force);
             let r = migrate_out(std::slice::from_mut(&mut dev), None, Link::file(f, dst.to_string()), opts);
             match r.as_ref().map(|_| sync.sync_all()) {
                 Ok(Ok(())) => {}
@@ -123,17 +150,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
             r
         }
-        (Endpoint::File(path), d) if d.is_device() => return restore(path, &src, &dst, &args, cancel),
-        (Endpoint::Tcp { .. }, _) => {
-            bail!("--source {src}: a tcp endpoint can only be a destination; on the receiving host run `vfio-migrate receive --listen {src} --dest unix:PATH`")
+        (Endpoint::File(path), d) if d.is_device() => {
+            return restore(path, &src, &dst, &args, cancel)
         }
-        _ => bail!("migrating from {src} to {dst} is not supported: the source must be a device or a snapshot file, the destination a device, tcp:HOST:PORT or file:PATH, and at least one of them a device"),
+        (Endpoint::Tcp { .. }, _) => {
+            return Err(exit::usage(format!("--source {src}: a tcp endpoint can only be a destination; on the receiving host run `vfio-migrate receive --listen {src} --dest unix:PATH`")))
+        }
+        _ => return Err(exit::usage(format!("migrating from {src} to {dst} is not supported: the source must be a device or a snapshot file, the destination a device, tcp:HOST:PORT or file:PATH, and at least one of them a device"))),
     };
-    Ok(finish(&title, result, args.json))
+    Ok(finish(&title, result, args.json, &cancel))
 }
 
 /// Prints the outcome; returns the exit code.
-pub fn finish(title: &str, r: Result<MigrationReport, SourceFailure>, json: bool) -> i32 {
+pub fn finish(
+    title: &str,
+    r: Result<MigrationReport, SourceFailure>,
+    json: bool,
+    cancel: &Cancel,
+) -> i32 {
     match r {
         Ok(mut rep) => {
             rep.peak_rss_bytes = peak_rss();
@@ -149,7 +183,7 @@ pub fn finish(title: &str, r: Result<MigrationReport, SourceFailure>, json: bool
                 print_json(&f.report);
             }
             eprintln!("error: {f}");
-            exit_code(&f.error)
+            exit::for_source_failure(&f, cancel)
         }
     }
 }
@@ -162,13 +196,6 @@ fn peak_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
-fn exit_code(e: &EngineError) -> i32 {
-    match e {
-        EngineError::Cancelled { .. } => 130,
-        _ => 1,
-    }
-}
-
 /// Both ends are devices on this host: the destination loads on another
 /// thread, over a UNIX socket pair.
 fn device_to_device(
@@ -179,15 +206,20 @@ fn device_to_device(
     style: Style,
 ) -> anyhow::Result<Result<MigrationReport, SourceFailure>> {
     if src == dst {
-        bail!("--source and --dest are the same device ({src})");
+        return Err(exit::usage(format!(
+            "--source and --dest are the same device ({src})"
+        )));
     }
     let tuning = &args.tuning;
-    let mut sdev = src.open_device_with(args.protocol)?;
-    let ddev = dst.open_device_with(args.protocol)?;
+    let client = args.liveness.client_config(&cancel)?;
+    let deadlines = args.liveness.deadlines(&cancel);
+    let mut sdev = src.open_device_with(args.protocol, &client)?;
+    let ddev = dst.open_device_with(args.protocol, &client)?;
     let (a, b) = UnixStream::pair().context("creating the socket pair")?;
-    let dlink = DestLink::unix(b, src.to_string())?;
-    let slink = Link::unix(a, dst.to_string())?;
+    let dlink = DestLink::unix(b, src.to_string(), &deadlines)?;
+    let slink = Link::unix(a, dst.to_string(), &deadlines)?;
     let dcancel = cancel.clone();
+    let force = args.force;
     let dest = std::thread::Builder::new()
         .name("migrate-dest".into())
         .spawn(move || {
@@ -199,12 +231,13 @@ fn device_to_device(
                 DestOptions {
                     verifier: Some(sample_verifier()),
                     cancel: dcancel,
+                    force,
                     ..Default::default()
                 },
             )
         })
         .context("starting the destination thread")?;
-    let opts = tuning.source_options(src.to_string(), cancel, style);
+    let opts = tuning.source_options(src.to_string(), cancel, style, args.force);
     let r = migrate_out(std::slice::from_mut(&mut sdev), None, slink, opts);
     let d = dest
         .join()
@@ -234,7 +267,8 @@ fn restore(
             sum.problems.join("; ")
         );
     }
-    let mut dev: Box<dyn MigrationDevice> = dst.open_device_with(args.protocol)?;
+    let client = args.liveness.client_config(&cancel)?;
+    let mut dev: Box<dyn MigrationDevice> = dst.open_device_with(args.protocol, &client)?;
     let f = File::open(path).with_context(|| format!("cannot open the snapshot {src}"))?;
     let r = migrate_in(
         std::slice::from_mut(&mut dev),
@@ -242,7 +276,8 @@ fn restore(
         DestLink::file(f, src.to_string()),
         DestOptions {
             verifier: Some(sample_verifier()),
-            cancel,
+            cancel: cancel.clone(),
+            force: args.force,
             ..Default::default()
         },
     );
@@ -291,7 +326,7 @@ fn restore(
                 print_json(&rep);
             }
             eprintln!("error: restoring {src} into {dst}: {e}; the device was not started");
-            Ok(exit_code(&e))
+            Ok(exit::cancelled(&cancel).unwrap_or(exit::FAILED))
         }
     }
 }

@@ -4,15 +4,20 @@
 
 use crate::digest::sample_verifier;
 use crate::endpoint::{Endpoint, ProtocolArg};
+use crate::exit;
+use crate::liveness::Liveness;
 use crate::report::{bytes, print_json};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde::Serialize;
 use std::io::Write;
 use std::net::TcpListener;
-use vfio_migrate_engine::{migrate_in, DestLink, DestOptions, DestReport, Phase};
+use vfio_migrate_engine::{
+    accept_tcp, migrate_in, DestLink, DestOptions, DestReport, DeviceLeft, Phase,
+};
 
 /// Arguments of `vfio-migrate receive`.
 #[derive(clap::Args)]
+#[command(after_help = crate::exit::HELP)]
 pub struct Args {
     /// Where to listen: tcp:ADDR:PORT (port 0 picks a free one; the
     /// address in use is printed).
@@ -29,6 +34,16 @@ pub struct Args {
     /// the v1 region, then the seed region).
     #[arg(long, value_enum, default_value = "auto")]
     protocol: ProtocolArg,
+    #[command(flatten)]
+    liveness: Liveness,
+    /// Give up when no sender has connected after this many seconds (0:
+    /// wait until interrupted).
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    wait: u64,
+    /// Load even into a device that is not expecting a migration (it is in
+    /// use, or its server cannot tell): its state is overwritten.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Serialize)]
@@ -40,41 +55,65 @@ struct Out<'a> {
     #[serde(flatten)]
     report: Option<DestReport>,
     error: Option<String>,
+    /// After a failure: what each destination device was left as.
+    devices_left: Vec<DeviceLeft>,
 }
 
 /// Runs the command; returns the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let listen = Endpoint::parse(&args.listen).context("--listen")?;
+    let listen = Endpoint::parse(&args.listen)
+        .context("--listen")
+        .map_err(exit::usage)?;
     let Some(addr) = listen.socket_addr() else {
-        bail!("--listen {listen}: receive listens on TCP only, e.g. --listen tcp:127.0.0.1:4444");
+        return Err(exit::usage(format!(
+            "--listen {listen}: receive listens on TCP only, e.g. --listen tcp:127.0.0.1:4444"
+        )));
     };
-    let dst = Endpoint::parse(&args.dest).context("--dest")?;
+    let dst = Endpoint::parse(&args.dest)
+        .context("--dest")
+        .map_err(exit::usage)?;
     if !dst.is_device() {
-        bail!("--dest {dst}: receive loads into a device (unix:PATH or kernel:DEVICE)");
+        return Err(exit::usage(format!(
+            "--dest {dst}: receive loads into a device (unix:PATH or kernel:DEVICE)"
+        )));
     }
+    let cancel = crate::interrupt::install()?;
+    if args.force {
+        eprintln!("warning: --force: the destination device is overwritten even if it is in use");
+    }
+    let deadlines = args.liveness.deadlines(&cancel);
     // Connect to the device first: a missing server is reported before
     // anyone connects to us.
-    let mut dev = dst.open_device_with(args.protocol)?;
+    let mut dev = dst.open_device_with(args.protocol, &args.liveness.client_config(&cancel)?)?;
     let l = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {listen}"))?;
     let local = format!("tcp:{}", l.local_addr().context("listening address")?);
     println!("listening on {local}");
     std::io::stdout().flush()?;
-    let (stream, peer) = l
-        .accept()
-        .with_context(|| format!("accepting on {local}"))?;
+    let wait = (args.wait > 0).then(|| std::time::Duration::from_secs(args.wait));
+    let (stream, peer) = match accept_tcp(&l, wait, &cancel) {
+        Ok(x) => x,
+        Err(e) => {
+            let code = exit::cancelled(&cancel).unwrap_or(exit::FAILED);
+            eprintln!("error: waiting for a sender on {local}: {e}; {dst} was not touched");
+            return Ok(code);
+        }
+    };
     drop(l);
     let source = format!("tcp:{peer}");
     eprintln!("receiving from {source} into {dst}");
     let show = !args.json || crate::verbosity() > 0;
     let opts = DestOptions {
         verifier: Some(sample_verifier()),
+        cancel: cancel.clone(),
+        force: args.force,
         progress: show.then(|| {
             Box::new(|phase: Phase, n: u64| eprintln!("{phase}: {} received", bytes(n)))
                 as Box<dyn FnMut(Phase, u64) + Send>
         }),
         ..Default::default()
     };
-    let link = DestLink::tcp(stream, source.clone()).context("setting up the TCP connection")?;
+    let link = DestLink::tcp(stream, source.clone(), &deadlines)
+        .context("setting up the TCP connection")?;
     let r = migrate_in(std::slice::from_mut(&mut dev), None, link, opts);
     let (code, out) = match r {
         Ok(rep) => (
@@ -86,19 +125,23 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 dest: dst.to_string(),
                 report: Some(rep),
                 error: None,
+                devices_left: Vec::new(),
             },
         ),
-        Err(e) => {
-            eprintln!("error: receiving into {dst}: {e}; the destination device was not started");
+        Err(f) => {
+            eprintln!(
+                "error: receiving into {dst}: {f}; the destination did not run the incoming state"
+            );
             (
-                1,
+                exit::cancelled(&cancel).unwrap_or(exit::FAILED),
                 Out {
                     status: "failed",
                     listen: local,
                     source,
                     dest: dst.to_string(),
                     report: None,
-                    error: Some(e.to_string()),
+                    error: Some(f.error.to_string()),
+                    devices_left: f.devices,
                 },
             )
         }

@@ -76,7 +76,10 @@ fn destination_server_killed_mid_migration() {
         err.contains("pre-copy"),
         "the message must name the phase: {err}"
     );
-    assert!(err.contains("rolled back and is RUNNING"), "{err}");
+    assert!(
+        err.contains(&format!("rolled back: {} is RUNNING", src.uri())),
+        "{err}"
+    );
     check_source_intact(&src, digest);
 }
 

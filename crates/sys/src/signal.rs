@@ -17,11 +17,25 @@ static FLAGS: [AtomicPtr<AtomicBool>; NSIG] =
     [const { AtomicPtr::new(std::ptr::null_mut()) }; NSIG];
 /// Per signal: the fd its handler writes one byte to (-1: none).
 static FDS: [AtomicI32; NSIG] = [const { AtomicI32::new(-1) }; NSIG];
+/// Per signal: a second signal of the [`cancel_on`] set ends the process.
+static CANCEL: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
+/// Signals of the [`cancel_on`] set received so far.
+static CANCELS: AtomicI32 = AtomicI32::new(0);
+/// The first signal of the [`cancel_on`] set received (0: none yet).
+static FIRST: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn handler(sig: libc::c_int) {
     let Some(i) = usize::try_from(sig).ok().filter(|&i| i < NSIG) else {
         return;
     };
+    if CANCEL[i].load(Ordering::Acquire) {
+        if CANCELS.fetch_add(1, Ordering::SeqCst) >= 1 {
+            // SAFETY: _exit(2) is async-signal-safe; the status follows the
+            // shell's convention for a death by signal.
+            unsafe { libc::_exit(128 + sig) };
+        }
+        FIRST.store(sig, Ordering::SeqCst);
+    }
     let flag = FLAGS[i].load(Ordering::Acquire);
     if !flag.is_null() {
         // SAFETY: FLAGS only ever holds null or a `&'static AtomicBool`
@@ -82,6 +96,7 @@ pub fn set_flag_on(signals: &[libc::c_int], flag: &'static AtomicBool) -> io::Re
         let i = slot(sig)?;
         FLAGS[i].store((flag as *const AtomicBool).cast_mut(), Ordering::Release);
         FDS[i].store(-1, Ordering::Release);
+        CANCEL[i].store(false, Ordering::Release);
         install(sig)?;
     }
     Ok(())
@@ -93,13 +108,34 @@ pub fn set_flag_on(signals: &[libc::c_int], flag: &'static AtomicBool) -> io::Re
 /// handler. Replaces what those signals did before, including a
 /// [`set_flag_on`] of them.
 pub fn write_byte_on(signals: &[libc::c_int], fd: BorrowedFd<'static>) -> io::Result<()> {
+    byte_on(signals, fd, false)
+}
+
+fn byte_on(signals: &[libc::c_int], fd: BorrowedFd<'static>, cancel: bool) -> io::Result<()> {
     for &sig in signals {
         let i = slot(sig)?;
         FLAGS[i].store(std::ptr::null_mut(), Ordering::Release);
         FDS[i].store(fd.as_raw_fd(), Ordering::Release);
+        CANCEL[i].store(cancel, Ordering::Release);
         install(sig)?;
     }
     Ok(())
+}
+
+/// On each of `signals`, write one byte to `fd` the first time (as
+/// [`write_byte_on`]) and end the process at once, with status 128 + the
+/// signal number, the second time: the first Ctrl-C asks for a clean stop,
+/// the second one insists. [`cancel_signal`] tells which signal came first.
+pub fn cancel_on(signals: &[libc::c_int], fd: BorrowedFd<'static>) -> io::Result<()> {
+    byte_on(signals, fd, true)
+}
+
+/// The first signal of a [`cancel_on`] set that arrived, if any.
+pub fn cancel_signal() -> Option<libc::c_int> {
+    match FIRST.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s),
+    }
 }
 
 /// Sends `sig` to `child` (`kill(2)`; [`std::process::Child::kill`] only

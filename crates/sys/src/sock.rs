@@ -165,6 +165,29 @@ pub fn set_send_buffer(sock: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// The process id of the peer of a connected `AF_UNIX` socket
+/// (`SO_PEERCRED`, as it was when the peer connected).
+pub fn peer_pid(sock: BorrowedFd<'_>) -> io::Result<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live
+    // ucred of exactly that size, and updates `len`.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.pid)
+}
+
 /// A new `AF_UNIX` stream socket (close-on-exec), neither bound nor
 /// connected.
 pub fn unix_stream_socket() -> io::Result<OwnedFd> {

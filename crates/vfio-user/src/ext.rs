@@ -14,6 +14,13 @@
 //!   returns `struct vfio_precopy_info`'s two counters `{u64 initial_bytes,
 //!   u64 dirty_bytes}` (the kernel gets them with an ioctl on the data fd,
 //!   which vfio-user does not have). Clients PROBE before using it.
+//! - **Feature [`FEATURE_DEVICE_STATUS`]**: GET returns `{u32 flags, u32
+//!   reserved}` with [`STATUS_PRISTINE`], [`STATUS_INCOMING`] and
+//!   [`STATUS_MIGRATED_OUT`]: whether the device has been used since it
+//!   started, waits for an incoming migration, or was migrated out and not
+//!   run since. A migration reads it to refuse overwriting a device in use
+//!   and to refuse starting a second copy of a device. Any state. Clients
+//!   PROBE before using it; a server without it simply cannot say.
 
 use serde_json::{Map, Value};
 use vfio_migrate_abi::vfio_user::Capabilities;
@@ -28,6 +35,15 @@ pub const EXT_VERSION: u64 = 1;
 pub const FEATURE_MIG_DATA_SIZE: u32 = vfio_migrate_abi::kernel::FEATURE_MIG_DATA_SIZE;
 /// Pre-copy info as a device feature (vfio-migrate extension).
 pub const FEATURE_PRECOPY_INFO: u32 = 0xf001;
+/// Device status (vfio-migrate extension): `{u32 flags, u32 reserved}`.
+pub const FEATURE_DEVICE_STATUS: u32 = 0xf002;
+/// [`FEATURE_DEVICE_STATUS`] flag: nothing has been done with the device
+/// since it started or was reset (config space writes aside).
+pub const STATUS_PRISTINE: u32 = 1 << 0;
+/// [`FEATURE_DEVICE_STATUS`] flag: waiting for an incoming migration.
+pub const STATUS_INCOMING: u32 = 1 << 1;
+/// [`FEATURE_DEVICE_STATUS`] flag: migrated out, not run since.
+pub const STATUS_MIGRATED_OUT: u32 = 1 << 2;
 
 /// The capabilities a VERSION message carried, plus whether the peer
 /// offered (client) or accepted (server) our extension.

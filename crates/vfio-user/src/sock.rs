@@ -1,8 +1,10 @@
 //! Byte transport of vfio-user messages over an `AF_UNIX` stream socket:
 //! one `sendmsg` per message (iovecs plus `SCM_RIGHTS`), partial reads and
 //! writes looped, file descriptors collected from every `recvmsg` of a
-//! message, and an optional cancel fd (the server's shutdown pipe) that
-//! aborts any wait.
+//! message. Waits have deadlines and a wake-up fd: the server's shutdown
+//! pipe aborts any wait; a client's cancel fd shortens every wait to a
+//! grace period, so a live server still answers the requests that roll a
+//! migration back while a dead one is given up on at once.
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -31,21 +33,47 @@ fn cancelled() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "server shutting down")
 }
 
-/// A connected stream socket with optional cancellation and stall timeout.
+/// What a readable cancel fd does to a wait.
+#[derive(Debug, Clone, Copy)]
+enum OnCancel {
+    /// End the wait at once (`ConnectionAborted`).
+    Abort,
+    /// Keep waiting, at most this long from when the cancel was seen.
+    Grace(Duration),
+}
+
+/// A connected stream socket with optional cancellation and deadlines.
 #[derive(Debug)]
 pub struct Conn {
     fd: OwnedFd,
     cancel: Option<RawFd>,
+    /// A cancel fd this connection owns (a client's duplicate).
+    _cancel_owned: Option<OwnedFd>,
+    on_cancel: OnCancel,
+    /// Once a message has started: longest wait without progress.
     stall: Option<Duration>,
+    /// Before a message starts (a client waiting for a reply): longest wait.
+    idle: Option<Duration>,
+    /// When a cancel was first seen (grace mode).
+    cancelled_at: std::cell::Cell<Option<Instant>>,
+    /// The failure that left the byte stream unusable (a message cut by a
+    /// timeout, an error mid-message): later calls fail at once with it.
+    broken: std::cell::RefCell<Option<(io::ErrorKind, String)>>,
 }
 
 impl Conn {
-    /// Wraps a blocking socket (client side: every call blocks until done).
+    /// Wraps a blocking socket: every call blocks until done (tests and
+    /// tools that need no deadline).
     pub fn blocking(fd: OwnedFd) -> Self {
         Self {
             fd,
             cancel: None,
+            _cancel_owned: None,
+            on_cancel: OnCancel::Abort,
             stall: None,
+            idle: None,
+            cancelled_at: std::cell::Cell::new(None),
+            broken: std::cell::RefCell::new(None),
         }
     }
 
@@ -57,7 +85,35 @@ impl Conn {
         Ok(Self {
             fd,
             cancel: Some(cancel),
+            _cancel_owned: None,
+            on_cancel: OnCancel::Abort,
             stall: Some(stall),
+            idle: None,
+            cancelled_at: std::cell::Cell::new(None),
+            broken: std::cell::RefCell::new(None),
+        })
+    }
+
+    /// Wraps a socket for a client: non-blocking; every wait — a reply
+    /// that does not start, a message that stops in the middle, a send the
+    /// server does not take — gives up after `timeout`. Once `cancel`
+    /// becomes readable, waits last at most `grace` more.
+    pub fn client(
+        fd: OwnedFd,
+        timeout: Duration,
+        cancel: Option<OwnedFd>,
+        grace: Duration,
+    ) -> io::Result<Self> {
+        set_nonblocking(fd.as_fd())?;
+        Ok(Self {
+            fd,
+            cancel: cancel.as_ref().map(|c| c.as_raw_fd()),
+            _cancel_owned: cancel,
+            on_cancel: OnCancel::Grace(grace),
+            stall: Some(timeout),
+            idle: Some(timeout),
+            cancelled_at: std::cell::Cell::new(None),
+            broken: std::cell::RefCell::new(None),
         })
     }
 
@@ -67,27 +123,36 @@ impl Conn {
     }
 
     /// Waits for `events` on the socket. `idle` = waiting for the start of a
-    /// message (no stall timeout).
+    /// message (bounded by the idle deadline, if any), otherwise by the
+    /// stall deadline from `since`.
     fn wait(&self, events: libc::c_short, idle: bool, since: Instant) -> io::Result<()> {
-        let Some(cancel) = self.cancel else {
+        if self.cancel.is_none() && self.stall.is_none() && self.idle.is_none() {
+            // A blocking socket: the call itself waited.
             return Ok(());
-        };
+        }
         loop {
-            let timeout_ms = match (idle, self.stall) {
-                (false, Some(d)) => {
-                    let left = d.saturating_sub(since.elapsed());
+            let limit = if idle { self.idle } else { self.stall };
+            let mut deadline = limit.map(|d| since + d);
+            if let (OnCancel::Grace(g), Some(at)) = (self.on_cancel, self.cancelled_at.get()) {
+                let g = at + g;
+                deadline = Some(deadline.map_or(g, |d| d.min(g)));
+            }
+            let timeout_ms = match deadline {
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!(
-                                "peer stalled for {} s in the middle of a message",
-                                d.as_secs()
-                            ),
-                        ));
+                        return Err(self.timed_out(idle, limit));
                     }
-                    left.as_millis().min(i32::MAX as u128) as i32
+                    left.as_millis().clamp(1, i32::MAX as u128) as i32
                 }
-                _ => -1,
+                None => -1,
+            };
+            // In grace mode a cancel already seen is not watched again (it
+            // stays readable).
+            let watch_cancel = match (self.cancel, self.on_cancel) {
+                (None, _) => None,
+                (Some(c), OnCancel::Abort) => Some(c),
+                (Some(c), OnCancel::Grace(_)) => self.cancelled_at.get().is_none().then_some(c),
             };
             let mut p = [
                 libc::pollfd {
@@ -96,29 +161,93 @@ impl Conn {
                     revents: 0,
                 },
                 libc::pollfd {
-                    fd: cancel,
+                    fd: watch_cancel.unwrap_or(-1),
                     events: libc::POLLIN,
                     revents: 0,
                 },
             ];
-            match sys::fd::poll(&mut p, timeout_ms) {
+            let n = if watch_cancel.is_some() { 2 } else { 1 };
+            match sys::fd::poll(&mut p[..n], timeout_ms) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            if p[1].revents != 0 {
-                return Err(cancelled());
-            }
             if p[0].revents != 0 {
                 return Ok(());
             }
+            if n == 2 && p[1].revents != 0 {
+                match self.on_cancel {
+                    OnCancel::Abort => return Err(cancelled()),
+                    OnCancel::Grace(_) => self.cancelled_at.set(Some(Instant::now())),
+                }
+            }
         }
+    }
+
+    /// Waits until the socket is ready for `events` (`POLLIN`, `POLLOUT`),
+    /// under the in-message deadline, for callers that move bytes with
+    /// their own calls (e.g. `splice`) and get `WouldBlock`.
+    pub fn wait_ready(&self, events: libc::c_short) -> io::Result<()> {
+        self.check_usable()?;
+        self.wait(events, false, Instant::now())
+            .map_err(|e| self.poison(e))
+    }
+
+    /// Changes the deadlines of a client connection (e.g. from the connect
+    /// deadline to the stall timeout once VERSION is done).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.stall = Some(timeout);
+        self.idle = Some(timeout);
+    }
+
+    /// Fails at once when an earlier failure left the stream unusable.
+    fn check_usable(&self) -> io::Result<()> {
+        match &*self.broken.borrow() {
+            Some((kind, msg)) => Err(io::Error::new(
+                *kind,
+                format!("the connection is unusable since an earlier failure: {msg}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Remembers `e` as what broke the stream, and returns it.
+    fn poison(&self, e: io::Error) -> io::Error {
+        let mut b = self.broken.borrow_mut();
+        if b.is_none() {
+            *b = Some((e.kind(), e.to_string()));
+        }
+        e
+    }
+
+    fn timed_out(&self, idle: bool, limit: Option<Duration>) -> io::Error {
+        let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+        let msg = match (self.cancelled_at.get(), idle) {
+            (Some(_), _) => {
+                "no answer within the grace period after the migration was cancelled".to_string()
+            }
+            (None, true) => format!(
+                "no answer from the peer within {:.0} s (is it stopped or hung?)",
+                secs(limit)
+            ),
+            (None, false) => format!(
+                "peer stalled for {:.0} s in the middle of a message",
+                secs(limit)
+            ),
+        };
+        io::Error::new(io::ErrorKind::TimedOut, msg)
     }
 
     /// Reads exactly `buf.len()` bytes, collecting fds into `fds`. Returns
     /// `Ok(false)` on a clean end of stream before the first byte when
     /// `idle` (waiting for a new message), `UnexpectedEof` after it.
     pub fn recv_exact(&self, buf: &mut [u8], fds: &mut RecvFds, idle: bool) -> io::Result<bool> {
+        self.check_usable()?;
+        self.recv_exact_inner(buf, fds, idle)
+            .map_err(|e| self.poison(e))
+    }
+
+    fn recv_exact_inner(&self, buf: &mut [u8], fds: &mut RecvFds, idle: bool) -> io::Result<bool> {
         let mut got = 0usize;
         let since = Instant::now();
         while got < buf.len() {
@@ -170,6 +299,7 @@ impl Conn {
     /// iovecs and `fds`; a partial write is continued (without the fds,
     /// which went with the first byte).
     pub fn send(&self, parts: &[&[u8]], fds: &[RawFd]) -> io::Result<()> {
+        self.check_usable()?;
         if fds.len() > MAX_SEND_FDS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -196,11 +326,12 @@ impl Conn {
                 Ok(n) => n,
                 Err(e) => match e.kind() {
                     io::ErrorKind::WouldBlock => {
-                        self.wait(libc::POLLOUT, false, since)?;
+                        self.wait(libc::POLLOUT, false, since)
+                            .map_err(|e| self.poison(e))?;
                         continue;
                     }
                     io::ErrorKind::Interrupted => continue,
-                    _ => return Err(e),
+                    _ => return Err(self.poison(e)),
                 },
             };
             first = false;
@@ -268,6 +399,13 @@ mod tests {
         let mut fds = RecvFds::default();
         let e = b.recv_exact(&mut buf, &mut fds, true).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        // The stream lost its framing: it stays unusable.
+        let e = b.recv_exact(&mut buf, &mut fds, true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(e.to_string().contains("unusable"), "{e}");
+        // A clean end between messages is not an error.
+        let (a, b) = pair();
+        drop(a);
         assert!(!b.recv_exact(&mut buf, &mut fds, true).unwrap());
     }
 

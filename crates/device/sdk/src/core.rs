@@ -9,13 +9,26 @@ use crate::error::{DeviceError, DeviceResult};
 use crate::fsm;
 use std::sync::Arc;
 use vfio_migrate_abi::kernel::MigState;
-use vfio_migrate_backend::PrecopyInfo;
+use vfio_migrate_backend::{DeviceStatus, PrecopyInfo};
+
+/// Region index of PCI config space (as in VFIO); writes there are VMM
+/// setup, not the device's workload.
+const CONFIG_REGION: u32 = 7;
 
 /// A device plus the SDK state around it.
 pub struct DeviceCore<D: Device> {
     dev: D,
     state: MigState,
     dma: Arc<DmaSpace>,
+    /// Nothing done with it since it started or was reset.
+    pristine: bool,
+    /// Waiting for an incoming migration: workload refused until loaded.
+    incoming: bool,
+    /// Its save stream was read to the end in STOP_COPY and it has not run
+    /// since.
+    migrated_out: bool,
+    /// The current STOP_COPY save stream has been read to its end.
+    stream_done: bool,
 }
 
 impl<D: Device> DeviceCore<D> {
@@ -26,7 +39,73 @@ impl<D: Device> DeviceCore<D> {
             dev,
             state: MigState::Running,
             dma,
+            pristine: true,
+            incoming: false,
+            migrated_out: false,
+            stream_done: false,
         }
+    }
+
+    /// Makes the device wait for an incoming migration: region writes
+    /// (config space aside) are refused with `EAGAIN` until a state has
+    /// been loaded and validated. `serve --incoming` sets it.
+    pub fn set_incoming(&mut self, on: bool) {
+        self.incoming = on;
+    }
+
+    /// What the device says about its use (see [`DeviceStatus`]).
+    pub fn status(&self) -> DeviceStatus {
+        DeviceStatus {
+            pristine: self.pristine,
+            incoming: self.incoming,
+            migrated_out: self.migrated_out,
+        }
+    }
+
+    /// Notes what one successful arc means for [`DeviceCore::status`].
+    fn note_arc(&mut self, from: MigState, to: MigState) {
+        match (from, to) {
+            (MigState::StopCopy, MigState::Stop) => self.migrated_out = self.stream_done,
+            (MigState::Resuming, MigState::Stop) => {
+                self.incoming = false;
+                self.pristine = false;
+            }
+            (_, MigState::Running | MigState::Resuming) => self.migrated_out = false,
+            _ => {}
+        }
+        if to == MigState::StopCopy || from == MigState::StopCopy {
+            self.stream_done = false;
+        }
+    }
+
+    /// The client that drove a migration went away: puts the device where
+    /// it is safe. Pre-copy (and a quiesced RUNNING_P2P) goes back to
+    /// RUNNING: nothing was taken from it. RESUMING is reset: partial state
+    /// never runs. STOP_COPY becomes STOP: the device stays stopped, since
+    /// the destination may have taken over; a new client can resume it or
+    /// migrate it again. DMA logging stops. Returns what was done, if
+    /// anything.
+    pub fn recover_orphaned(&mut self) -> Option<String> {
+        self.dma.logging_stop();
+        let from = self.state;
+        let (what, r) = match from {
+            MigState::PreCopy | MigState::PreCopyP2p | MigState::RunningP2p => {
+                ("back to RUNNING", self.set_state(MigState::Running))
+            }
+            MigState::Resuming => (
+                "reset and stopped (the partial state was discarded)",
+                self.reset().and_then(|()| self.set_state(MigState::Stop)),
+            ),
+            MigState::StopCopy => ("left stopped (STOP)", self.set_state(MigState::Stop)),
+            _ => return None,
+        };
+        Some(match r {
+            Ok(()) => format!("the device was in {from}: {what}"),
+            Err(e) => format!(
+                "the device was in {from}; putting it {what} failed: {e}; it is in {}",
+                self.state
+            ),
+        })
     }
 
     /// The device.
@@ -66,6 +145,7 @@ impl<D: Device> DeviceCore<D> {
                 Ok(()) => {
                     tracing::debug!(%from, to = %hop, "migration arc");
                     self.state = hop;
+                    self.note_arc(from, hop);
                 }
                 Err(e) => {
                     if e.errno == libc::EIO {
@@ -104,6 +184,17 @@ impl<D: Device> DeviceCore<D> {
     /// Writes region `index` of the device at `offset` (range checked by
     /// the caller), in the current state.
     pub fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> DeviceResult<()> {
+        if index != CONFIG_REGION {
+            if self.incoming {
+                return Err(DeviceError::new(
+                    libc::EAGAIN,
+                    "the device waits for an incoming migration (serve --incoming): it takes no workload until a state is loaded",
+                ));
+            }
+            self.dev.region_write(self.state, index, offset, data)?;
+            self.pristine = false;
+            return Ok(());
+        }
         self.dev.region_write(self.state, index, offset, data)
     }
 
@@ -119,6 +210,9 @@ impl<D: Device> DeviceCore<D> {
                 libc::EIO,
                 "device returned more data than asked",
             ));
+        }
+        if n == 0 && self.state == MigState::StopCopy && !buf.is_empty() {
+            self.stream_done = true;
         }
         Ok(n)
     }
@@ -145,6 +239,9 @@ impl<D: Device> DeviceCore<D> {
         self.dma.logging_stop();
         self.dev.reset()?;
         self.state = MigState::Running;
+        self.pristine = true;
+        self.migrated_out = false;
+        self.stream_done = false;
         Ok(())
     }
 }

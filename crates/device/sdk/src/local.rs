@@ -7,8 +7,8 @@ use crate::error::DeviceError;
 use std::sync::{Arc, Mutex};
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigrationDevice,
-    PrecopyInfo, RegionAccess, Result,
+    BackendError, DeviceDescriptor, DeviceStatus, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange,
+    MigrationDevice, PrecopyInfo, RegionAccess, Result,
 };
 
 /// A handle to a device in this process.
@@ -106,6 +106,10 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
             .unwrap()
             .reset()
             .map_err(|e| err("device reset", e))
+    }
+
+    fn status(&mut self) -> Result<Option<DeviceStatus>> {
+        Ok(Some(self.core.lock().unwrap().status()))
     }
 
     fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {

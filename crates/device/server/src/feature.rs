@@ -21,7 +21,10 @@ use vfio_migrate_device::{Device, DeviceError, DeviceResult};
 
 use super::dispatch::{decode, no_fds};
 use super::session::{Reply, Session};
-use vfio_migrate_vfio_user::ext::{FEATURE_MIG_DATA_SIZE, FEATURE_PRECOPY_INFO};
+use vfio_migrate_vfio_user::ext::{
+    FEATURE_DEVICE_STATUS, FEATURE_MIG_DATA_SIZE, FEATURE_PRECOPY_INFO, STATUS_INCOMING,
+    STATUS_MIGRATED_OUT, STATUS_PRISTINE,
+};
 
 /// Size of the vfio-user DMA_LOGGING_REPORT request (bitmap follows in the
 /// reply).
@@ -29,6 +32,10 @@ pub const LOGGING_REPORT_HEAD: usize = 24;
 
 /// Which operations a feature supports: `(get, set)`.
 fn ops(feature: u32, migratable: bool) -> Option<(bool, bool)> {
+    // Device status is about the device, whatever protocol migrates it.
+    if feature == FEATURE_DEVICE_STATUS {
+        return Some((true, false));
+    }
     if !migratable {
         return None;
     }
@@ -314,6 +321,22 @@ pub(crate) fn handle<D: Device>(
                 }
                 .to_bytes(),
             );
+        }
+        (FEATURE_DEVICE_STATUS, true) => {
+            need_reply(DeviceFeature::SIZE + 8)?;
+            let st = core.status();
+            let mut flags = 0;
+            for (on, bit) in [
+                (st.pristine, STATUS_PRISTINE),
+                (st.incoming, STATUS_INCOMING),
+                (st.migrated_out, STATUS_MIGRATED_OUT),
+            ] {
+                if on {
+                    flags |= bit;
+                }
+            }
+            reply.put(&flags.to_le_bytes());
+            reply.put(&0u32.to_le_bytes());
         }
         (FEATURE_PRECOPY_INFO, true) => {
             need_reply(DeviceFeature::SIZE + 16)?;

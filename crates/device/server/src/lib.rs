@@ -252,8 +252,9 @@ impl<D: Device> Server<D> {
             }
             match listener.inner.accept() {
                 Ok((stream, _)) => {
-                    tracing::info!("client connected");
-                    let end = self.serve_connection(stream, listener, shutdown);
+                    let holder = describe_peer(&stream);
+                    tracing::info!(client = %holder, "client connected");
+                    let end = self.serve_connection(stream, listener, shutdown, &holder);
                     tracing::info!(?end, "client gone");
                     if end == End::Shutdown {
                         return Ok(());
@@ -275,6 +276,7 @@ impl<D: Device> Server<D> {
         stream: UnixStream,
         listener: &Listener,
         shutdown: &Shutdown,
+        holder: &str,
     ) -> End {
         let conn = match Conn::cancellable(
             stream.into(),
@@ -305,7 +307,7 @@ impl<D: Device> Server<D> {
                     // closing (its EOF not visible yet): give it a moment
                     // before refusing the newcomer.
                     if !readable_within(conn.raw_fd(), BUSY_GRACE) {
-                        refuse_busy(listener);
+                        refuse_busy(listener, holder);
                     }
                     continue;
                 }
@@ -412,7 +414,33 @@ fn send_reply(conn: &Conn, req: &Header, reply: &Reply) -> io::Result<()> {
 
 /// How long a newcomer waits for the current client to finish before it is
 /// refused with `EBUSY`.
-const BUSY_GRACE: Duration = Duration::from_millis(500);
+const BUSY_GRACE: Duration = Duration::from_millis(50);
+
+/// `pid N (command line)` of a connected client, for messages.
+fn describe_peer(s: &UnixStream) -> String {
+    use std::os::fd::AsFd;
+    match vfio_migrate_sys::sock::peer_pid(s.as_fd()) {
+        Ok(pid) if pid > 0 => {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|b| {
+                    let words: Vec<String> = b
+                        .split(|c| *c == 0)
+                        .filter(|w| !w.is_empty())
+                        .take(6)
+                        .map(|w| String::from_utf8_lossy(w).into_owned())
+                        .collect();
+                    words.join(" ")
+                })
+                .unwrap_or_default();
+            if cmd.is_empty() {
+                format!("pid {pid}")
+            } else {
+                format!("pid {pid} ({cmd})")
+            }
+        }
+        _ => "another client".into(),
+    }
+}
 
 /// True when `fd` becomes readable (data, EOF or hang-up) within `t`.
 fn readable_within(fd: RawFd, t: Duration) -> bool {
@@ -429,17 +457,26 @@ fn readable_within(fd: RawFd, t: Duration) -> bool {
 
 /// Accepts a client while another one is served: tells it EBUSY (as the
 /// reply to the VERSION it is about to send) and closes it.
-fn refuse_busy(listener: &Listener) {
+fn refuse_busy(listener: &Listener, holder: &str) {
     if let Ok((s, _)) = listener.inner.accept() {
-        tracing::warn!("a second client connected while one is served: refused with EBUSY");
-        let h = Header {
+        let who = describe_peer(&s);
+        tracing::warn!(
+            client = %who,
+            "a second client connected while {holder} is served: refused with EBUSY"
+        );
+        // The reason rides in the error reply's payload (NUL-terminated
+        // text); clients that do not look at it see EBUSY.
+        let mut reason = format!("the device is in use by {holder}").into_bytes();
+        reason.push(0);
+        let mut h = Header {
             msg_id: 0,
             cmd: vfio_migrate_abi::vfio_user::Command::Version as u16,
-            msg_size: HEADER_SIZE as u32,
+            msg_size: (HEADER_SIZE + reason.len()) as u32,
             flags: TYPE_REPLY | FLAG_ERROR,
             error_no: libc::EBUSY as u32,
         }
         .to_bytes();
+        h.extend_from_slice(&reason);
         let _ = s.set_nonblocking(true);
         use std::io::Write;
         let _ = (&s).write_all(&h);

@@ -55,6 +55,12 @@ impl<D: Device> RegionHandler<D> for V1Handler {
     fn reset(&mut self) {
         self.0.reset();
     }
+    fn disconnected(&mut self, core: &mut DeviceCore<D>) {
+        // Whatever was staged belongs to the client that left; the device
+        // itself is put back by `DeviceCore::recover_orphaned`.
+        let _ = core;
+        self.0.reset();
+    }
 }
 
 /// The seed migration region as a server region.
@@ -75,8 +81,10 @@ impl<D: Device> RegionHandler<D> for SeedHandler {
     }
     fn disconnected(&mut self, core: &mut DeviceCore<D>) {
         // The session dropped the DMA windows and their log.
-        let _ = core;
         self.0.logging_dropped();
+        if let Some(what) = self.0.client_gone(core) {
+            tracing::warn!("client gone mid-migration: {what}");
+        }
     }
 }
 

@@ -220,5 +220,10 @@ impl<'a, D: Device> Session<'a, D> {
         for c in self.ext.commands.iter_mut() {
             c.disconnected(&mut core);
         }
+        // A client that went away in the middle of a migration must not
+        // leave the device half-way: see `DeviceCore::recover_orphaned`.
+        if let Some(what) = core.recover_orphaned() {
+            tracing::warn!("client gone mid-migration: {what}");
+        }
     }
 }

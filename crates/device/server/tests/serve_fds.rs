@@ -77,7 +77,8 @@ fn many_connections_leak_no_fds() {
                     s.try_clone().unwrap(),
                     "raw",
                     Default::default(),
-                );
+                )
+                .unwrap();
                 drop(c);
                 let fd = memfd(4096);
                 let h = Header {

@@ -15,8 +15,10 @@ impl Client {
         let name = format!("unix:{}", path.display());
         let s =
             UnixStream::connect(path).map_err(|e| io_err(&format!("connecting to {name}"), e))?;
-        let mut c = Self::without_version(s, name, config);
+        let mut c = Self::without_version(s, name, config)?;
         c.negotiate()?;
+        let t = c.config.timeout;
+        c.conn.set_timeout(t);
         Ok(c)
     }
 
@@ -26,11 +28,26 @@ impl Client {
         stream: UnixStream,
         name: impl Into<String>,
         config: ClientConfig,
-    ) -> Self {
+    ) -> Result<Self> {
+        let name = name.into();
         set_send_buffer(stream.as_fd(), config.socket_buffer);
-        Self {
-            conn: Conn::blocking(stream.into()),
-            name: name.into(),
+        let cancel = match &config.cancel {
+            Some(c) => Some(
+                c.try_clone()
+                    .map_err(|e| io_err(&format!("{name}: duplicating the cancel fd"), e))?,
+            ),
+            None => None,
+        };
+        let conn = Conn::client(
+            stream.into(),
+            config.connect_timeout,
+            cancel,
+            config.cancel_grace,
+        )
+        .map_err(|e| io_err(&format!("{name}: configuring the socket"), e))?;
+        Ok(Self {
+            conn,
+            name,
             config,
             next_id: 0,
             peer: VersionCaps {
@@ -41,7 +58,7 @@ impl Client {
             probed: HashMap::new(),
             descriptor: None,
             mig_flags: None,
-        }
+        })
     }
 
     /// The server's capabilities (defaults until VERSION).
@@ -224,6 +241,20 @@ impl Client {
     /// Drains an error reply's payload and turns it into `Refused`.
     pub(crate) fn refused(&mut self, step: &str, h: &Header, fds: &mut RecvFds) -> BackendError {
         let plen = h.msg_size as usize - HEADER_SIZE;
+        // A short payload may be a reason in text (our server says who
+        // holds a busy device); anything else is drained unread.
+        if plen > 0 && plen <= 512 {
+            let mut b = vec![0u8; plen];
+            if let Err(e) = self.conn.recv_exact(&mut b, fds, false) {
+                return io_err(step, e);
+            }
+            let text = b.split(|c| *c == 0).next().unwrap_or_default();
+            let detail = match std::str::from_utf8(text) {
+                Ok(t) if !t.is_empty() && t.chars().all(|c| !c.is_control()) => t,
+                _ => "",
+            };
+            return BackendError::refused(step, h.error_no as i32, detail);
+        }
         if let Err(e) = self.conn.discard(plen, fds) {
             return io_err(step, e);
         }

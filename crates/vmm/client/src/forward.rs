@@ -135,12 +135,37 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
             .map_err(|e| BackendError::io("MIG_DATA_WRITE", e))?;
         let mut left = n;
         while left > 0 {
-            let k = splice(src.conn.as_fd(), pipe.w.as_fd(), left.min(pipe.cap))
-                .map_err(|e| BackendError::io(step, e))?;
+            // The sockets are non-blocking: wait (with their deadlines)
+            // whenever a splice would block.
+            let k = match splice(src.conn.as_fd(), pipe.w.as_fd(), left.min(pipe.cap)) {
+                Ok(0) => {
+                    return Err(BackendError::io(
+                        step,
+                        std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the source server closed the connection mid-reply",
+                        ),
+                    ))
+                }
+                Ok(k) => k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    src.conn
+                        .wait_ready(libc::POLLIN)
+                        .map_err(|e| BackendError::io(step, e))?;
+                    continue;
+                }
+                Err(e) => return Err(BackendError::io(step, e)),
+            };
             let mut out = k;
             while out > 0 {
-                out -= splice(pipe.r.as_fd(), dst.conn.as_fd(), out)
-                    .map_err(|e| BackendError::io(step, e))?;
+                match splice(pipe.r.as_fd(), dst.conn.as_fd(), out) {
+                    Ok(m) => out -= m,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => dst
+                        .conn
+                        .wait_ready(libc::POLLOUT)
+                        .map_err(|e| BackendError::io("MIG_DATA_WRITE", e))?,
+                    Err(e) => return Err(BackendError::io("MIG_DATA_WRITE", e)),
+                }
             }
             left -= k;
         }

@@ -27,7 +27,7 @@ mod v1;
 
 pub use forward::forward_mig_data;
 pub use migregion::MigRegion;
-pub use protocol::{open, Protocol};
+pub use protocol::{open, open_with, Protocol};
 pub use seed::SeedDevice;
 pub use v1::V1Device;
 
@@ -35,6 +35,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 use vfio_migrate_abi::kernel::{
     bitmap_bytes, DeviceFeature, FEATURE_DMA_LOGGING_REPORT, FEATURE_GET, FEATURE_PROBE,
     FEATURE_SET,
@@ -71,6 +73,16 @@ pub struct ClientConfig {
     pub socket_buffer: usize,
     /// Propose our extension capability.
     pub propose_extension: bool,
+    /// Connecting and VERSION must be done within this.
+    pub connect_timeout: Duration,
+    /// Longest wait for any reply (or for the server to take a message).
+    pub timeout: Duration,
+    /// A wake-up fd (the migration's cancel): once readable, every wait
+    /// lasts at most `cancel_grace` more, so a live server still answers
+    /// the requests that roll back and a dead one is given up on quickly.
+    pub cancel: Option<Arc<OwnedFd>>,
+    /// See `cancel`.
+    pub cancel_grace: Duration,
 }
 
 impl Default for ClientConfig {
@@ -80,6 +92,10 @@ impl Default for ClientConfig {
             max_msg_fds: 8,
             socket_buffer: 4 << 20,
             propose_extension: true,
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            cancel: None,
+            cancel_grace: Duration::from_millis(1500),
         }
     }
 }

@@ -8,12 +8,15 @@ use vfio_migrate_abi::kernel::{
 };
 use vfio_migrate_abi::vfio_user::{DMA_FLAG_READ, DMA_FLAG_WRITE};
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigrationDevice,
-    PrecopyInfo, RegionAccess, Result,
+    BackendError, DeviceDescriptor, DeviceStatus, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange,
+    MigrationDevice, PrecopyInfo, RegionAccess, Result,
 };
 
 use super::Client;
-use vfio_migrate_vfio_user::ext::{FEATURE_MIG_DATA_SIZE, FEATURE_PRECOPY_INFO};
+use vfio_migrate_vfio_user::ext::{
+    FEATURE_DEVICE_STATUS, FEATURE_MIG_DATA_SIZE, FEATURE_PRECOPY_INFO, STATUS_INCOMING,
+    STATUS_MIGRATED_OUT, STATUS_PRISTINE,
+};
 
 impl MigrationDevice for Client {
     fn name(&self) -> String {
@@ -91,6 +94,10 @@ impl MigrationDevice for Client {
         Client::reset(self)
     }
 
+    fn status(&mut self) -> Result<Option<DeviceStatus>> {
+        self.device_status()
+    }
+
     fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {
         // Offered only when the server answers the PROBE.
         let offered = self
@@ -164,6 +171,29 @@ impl DmaMapping for Client {
     }
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()> {
         self.dma_unmap_window(iova, size)
+    }
+}
+
+impl Client {
+    /// The device status extension ([`FEATURE_DEVICE_STATUS`]), `None` when
+    /// the server does not offer it.
+    pub fn device_status(&mut self) -> Result<Option<DeviceStatus>> {
+        if !self.feature_probe(FEATURE_DEVICE_STATUS, FEATURE_GET)? {
+            return Ok(None);
+        }
+        let d = self.feature_get(FEATURE_DEVICE_STATUS, &[], 8)?;
+        if d.len() < 4 {
+            return Err(BackendError::protocol(
+                "device status",
+                format!("{} bytes of data", d.len()),
+            ));
+        }
+        let flags = u32::from_le_bytes(d[..4].try_into().expect("4 bytes"));
+        Ok(Some(DeviceStatus {
+            pristine: flags & STATUS_PRISTINE != 0,
+            incoming: flags & STATUS_INCOMING != 0,
+            migrated_out: flags & STATUS_MIGRATED_OUT != 0,
+        }))
     }
 }
 

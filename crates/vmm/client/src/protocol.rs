@@ -5,7 +5,7 @@ use std::path::Path;
 use vfio_migrate_abi::kernel::{FEATURE_GET, FEATURE_MIGRATION};
 use vfio_migrate_backend::{BackendError, MigrationDevice, Result};
 
-use super::{Client, SeedDevice, V1Device};
+use super::{Client, ClientConfig, SeedDevice, V1Device};
 
 /// Which migration protocol to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,7 +26,16 @@ pub enum Protocol {
 /// `protocol` (data sections through their mmap when the server passes the
 /// region fd).
 pub fn open(path: impl AsRef<Path>, protocol: Protocol) -> Result<Box<dyn MigrationDevice>> {
-    let mut c = Client::connect(path)?;
+    open_with(path, protocol, ClientConfig::default())
+}
+
+/// [`open`] with explicit limits, deadlines and cancel fd.
+pub fn open_with(
+    path: impl AsRef<Path>,
+    protocol: Protocol,
+    config: ClientConfig,
+) -> Result<Box<dyn MigrationDevice>> {
+    let mut c = Client::connect_with(path, config)?;
     Ok(match protocol {
         Protocol::V2 => {
             if !c.feature_probe(FEATURE_MIGRATION, FEATURE_GET)? {

@@ -27,8 +27,9 @@
 
 use vfio_migrate_abi::seed::{self as abi, SeedState};
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigState,
-    MigrationDevice, PrecopyInfo, RegionAccess, Result, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
+    BackendError, DeviceDescriptor, DeviceStatus, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange,
+    MigState, MigrationDevice, PrecopyInfo, RegionAccess, Result, MIGRATION_PRE_COPY,
+    MIGRATION_STOP_COPY,
 };
 
 use super::{Client, MigRegion};
@@ -287,6 +288,10 @@ impl MigrationDevice for SeedDevice {
         self.logging = false;
         self.read_state()?;
         Ok(())
+    }
+
+    fn status(&mut self) -> Result<Option<DeviceStatus>> {
+        self.c.device_status()
     }
 
     fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {

@@ -50,7 +50,7 @@ fn with_foreign_peer(
         reply(&mut b, &h, 0, &r);
         script(&mut b);
     });
-    let mut c = Client::without_version(a, "scripted", ClientConfig::default());
+    let mut c = Client::without_version(a, "scripted", ClientConfig::default()).unwrap();
     c.negotiate().unwrap();
     (c, t)
 }

@@ -19,8 +19,9 @@ use vfio_migrate_abi::v1 as abi;
 use vfio_migrate_abi::v1::{DirtyBitmapRange, DirtyPages};
 use vfio_migrate_abi::vfio_user::Command;
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange, MigState,
-    MigrationDevice, PrecopyInfo, RegionAccess, Result, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY,
+    BackendError, DeviceDescriptor, DeviceStatus, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange,
+    MigState, MigrationDevice, PrecopyInfo, RegionAccess, Result, MIGRATION_PRE_COPY,
+    MIGRATION_STOP_COPY,
 };
 
 use super::{Client, MigRegion};
@@ -228,6 +229,10 @@ impl MigrationDevice for V1Device {
         self.staged = (0, 0);
         self.resume_at = None;
         self.c.reset()
+    }
+
+    fn status(&mut self) -> Result<Option<DeviceStatus>> {
+        self.c.device_status()
     }
 
     fn dma_log(&mut self) -> Option<&mut dyn DmaDirtyLog> {

@@ -75,6 +75,17 @@ pub enum EngineError {
         /// The deadline, seconds.
         secs: u64,
     },
+    /// Nothing moved on the link for the stall timeout: the peer process,
+    /// its host or the network stopped.
+    #[error("{phase}: {detail}; giving up (see --stall-timeout)")]
+    Stalled {
+        /// Where the migration was.
+        phase: Phase,
+        /// The peer.
+        peer: String,
+        /// What did not move, and for how long.
+        detail: String,
+    },
     /// Cancelled by the caller (Ctrl-C).
     #[error("{phase}: cancelled by the user")]
     Cancelled {
@@ -108,6 +119,13 @@ pub enum EngineError {
         device: String,
         /// Its state.
         state: MigState,
+    },
+    /// The source device was migrated out already and is stopped: its
+    /// state went to a destination that may be running it.
+    #[error("setup: device {device} was migrated out already and has not run since: a destination may be running its state, and migrating it again would make two running copies. If the destination did not take over, resume it (vfio-migrate device {device} set-state RUNNING); --force migrates it anyway")]
+    AlreadyMigrated {
+        /// The device.
+        device: String,
     },
     /// A device descriptor does not fit in a record.
     #[error("setup: device {device}: descriptor of {bytes} bytes is too large")]
@@ -207,6 +225,7 @@ impl EngineError {
             | EngineError::DestinationFailed { phase, .. }
             | EngineError::SourceAborted { phase, .. }
             | EngineError::Timeout { phase, .. }
+            | EngineError::Stalled { phase, .. }
             | EngineError::Cancelled { phase }
             | EngineError::Guest { phase, .. }
             | EngineError::NoDmaLogging { phase, .. }
@@ -218,6 +237,7 @@ impl EngineError {
             EngineError::NoDevices
             | EngineError::TooManyDevices { .. }
             | EngineError::NotASource { .. }
+            | EngineError::AlreadyMigrated { .. }
             | EngineError::DescriptorTooLarge { .. }
             | EngineError::BadPageSize { .. }
             | EngineError::Incompatible { .. } => Phase::Setup,
@@ -234,8 +254,21 @@ impl EngineError {
         }
     }
 
-    /// A stream error in `phase`.
+    /// A stream error in `phase`: a wait the link gave up on becomes
+    /// [`EngineError::Stalled`], one a cancel ended [`EngineError::Cancelled`].
     pub fn stream(phase: Phase, peer: impl Into<String>, source: StreamError) -> Self {
+        if let StreamError::Io { source: io, .. } = &source {
+            if crate::cancel::Cancelled::is(io) {
+                return EngineError::Cancelled { phase };
+            }
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return EngineError::Stalled {
+                    phase,
+                    peer: peer.into(),
+                    detail: io.to_string(),
+                };
+            }
+        }
         EngineError::Stream {
             phase,
             peer: peer.into(),
@@ -259,23 +292,42 @@ pub enum SourceState {
 
 /// A failed source-side migration.
 #[derive(Debug, Error)]
-#[error("{error}; {}", describe(.state))]
+#[error("{error}; {}", describe(.state, .devices))]
 pub struct SourceFailure {
     /// What failed.
     #[source]
     pub error: EngineError,
     /// What the source was left as.
     pub state: SourceState,
+    /// Each source device and the state it was read back in afterwards
+    /// (`None`: it could not be read).
+    pub devices: Vec<(String, Option<MigState>)>,
     /// Figures up to the failure (`status` = `failed`).
     pub report: Box<MigrationReport>,
 }
 
-fn describe(s: &SourceState) -> String {
+fn states(devices: &[(String, Option<MigState>)]) -> String {
+    let v: Vec<String> = devices
+        .iter()
+        .map(|(n, s)| match s {
+            Some(s) => format!("{n} is {s}"),
+            None => format!("{n} did not answer (its state is unknown)"),
+        })
+        .collect();
+    v.join(", ")
+}
+
+fn describe(s: &SourceState, devices: &[(String, Option<MigState>)]) -> String {
     match s {
-        SourceState::Restored => "the source was rolled back and is RUNNING".into(),
-        SourceState::RollbackIncomplete(p) => format!("rolling the source back failed: {}", p.join("; ")),
-        SourceState::Committed => {
-            "the destination had already been told to run, so the source is left stopped: check the destination".into()
-        }
+        SourceState::Restored => format!("the source was rolled back: {}", states(devices)),
+        SourceState::RollbackIncomplete(p) => format!(
+            "rolling the source back failed: {} ({})",
+            p.join("; "),
+            states(devices)
+        ),
+        SourceState::Committed => format!(
+            "the destination was told to run but did not confirm it did: the outcome is unknown. The source is kept stopped so that two copies never run ({}). Check the destination; if it is not running, resume the source with `vfio-migrate device SOURCE set-state RUNNING`",
+            states(devices)
+        ),
     }
 }

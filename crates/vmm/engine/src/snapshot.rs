@@ -43,6 +43,9 @@ pub struct SnapshotDevice {
     pub complete: bool,
     /// Digest recorded at the source.
     pub digest: Option<String>,
+    /// The source device was RUNNING when saved (a restore ends RUNNING);
+    /// false: it was stopped (a restore ends in STOP).
+    pub running: bool,
 }
 
 /// Guest RAM in a snapshot.
@@ -140,6 +143,7 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
         let name = match &ev {
             Event::Device { .. } => "device",
             Event::Ram(_) => "ram",
+            Event::RunState { .. } => "run-state",
             Event::SetupEnd { .. } => "setup-end",
             Event::DeviceData {
                 stop_copy: false, ..
@@ -163,7 +167,9 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
                 stopcopy: Count::default(),
                 complete: false,
                 digest: None,
+                running: true,
             }),
+            Event::RunState { index, running } => s.devices[index].running = running,
             Event::Ram(info) => {
                 pages = vec![0; (info.size / info.page_size).div_ceil(64) as usize];
                 s.ram = Some(SnapshotRam {

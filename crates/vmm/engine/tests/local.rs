@@ -11,8 +11,8 @@ use vfio_migrate_device::{DeviceCore, DmaSpace, LocalDevice};
 use vfio_migrate_engine::error::SourceState;
 use vfio_migrate_engine::format::{RecordProblem, StreamError};
 use vfio_migrate_engine::{
-    migrate_in, migrate_out, Cancel, DestLink, DestOptions, EngineError, GuestRam, Link, MemfdRam,
-    Phase, SourceOptions, Verifier,
+    migrate_in, migrate_out, Cancel, Deadlines, DestLink, DestOptions, EngineError, GuestRam, Link,
+    MemfdRam, Phase, SourceOptions, Verifier,
 };
 use vfio_migrate_harness::{SimGuest, VcpuConfig};
 use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
@@ -86,7 +86,7 @@ fn start_engines(d: &mut Dev, dma_window: Option<u64>) {
 
 struct Run {
     source: Result<vfio_migrate_engine::MigrationReport, vfio_migrate_engine::SourceFailure>,
-    dest: Result<vfio_migrate_engine::DestReport, vfio_migrate_engine::EngineError>,
+    dest: Result<vfio_migrate_engine::DestReport, vfio_migrate_engine::DestFailure>,
 }
 
 fn migrate(
@@ -102,7 +102,7 @@ fn migrate(
             migrate_in(
                 std::slice::from_mut(dst),
                 dst_ram.map(|r| r as &dyn GuestRam),
-                DestLink::unix(b, "test-source").unwrap(),
+                DestLink::unix(b, "test-source", &Deadlines::default()).unwrap(),
                 DestOptions {
                     verifier: Some(verifier()),
                     hash_ram: true,
@@ -110,10 +110,14 @@ fn migrate(
                 },
             )
         });
+        let d = Deadlines {
+            cancel: opts.cancel.clone(),
+            ..Default::default()
+        };
         let source = migrate_out(
             std::slice::from_mut(src),
             src_guest.map(|g| g as &dyn GuestRam),
-            Link::unix(a, "test-dest").unwrap(),
+            Link::unix(a, "test-dest", &d).unwrap(),
             opts,
         );
         Run {
@@ -277,7 +281,7 @@ fn cancel_during_precopy_rolls_the_source_back() {
     );
     assert_eq!(f.state, SourceState::Restored);
     let e = run.dest.unwrap_err();
-    assert!(matches!(e, EngineError::SourceAborted { .. }), "{e}");
+    assert!(matches!(e.error, EngineError::SourceAborted { .. }), "{e}");
     assert_eq!(src.state().unwrap(), MigState::Running);
     assert_eq!(rd(&mut src, DIGEST), before);
     assert_ne!(
@@ -311,7 +315,7 @@ fn destination_closing_mid_stream_rolls_the_source_back() {
     let f = migrate_out(
         std::slice::from_mut(&mut src),
         None,
-        Link::unix(a, "vanishing").unwrap(),
+        Link::unix(a, "vanishing", &Deadlines::default()).unwrap(),
         SourceOptions::default(),
     )
     .unwrap_err();

@@ -159,6 +159,41 @@ impl SeedRegion {
         self.logging = false;
     }
 
+    /// The client that drove a migration through this region went away:
+    /// a source in SETUP or PRECOPY is CANCELLED (it runs on with its state
+    /// intact), a destination in RESUME is CANCELLED (reset, stopped: the
+    /// partial state never runs), a source in STOPNCOPY is left stopped as
+    /// SAVE_COMPLETED (the destination may have taken over). Returns what
+    /// was done, if anything.
+    pub fn client_gone<D: Device>(&mut self, core: &mut DeviceCore<D>) -> Option<String> {
+        let from = self.state;
+        let r = match from {
+            Setup | Precopy | Resume => self.set_state(core, Cancelled as u32),
+            StopNCopy => {
+                let r = core.set_state(MigState::Stop);
+                self.stop_logging(core);
+                self.state = SaveCompleted;
+                self.pending = [0; 3];
+                self.data_size = 0;
+                r
+            }
+            _ => return Option::None,
+        };
+        Some(match r {
+            Ok(()) => format!(
+                "seed region: {} -> {} (the device is {})",
+                from.name(),
+                self.state.name(),
+                core.state()
+            ),
+            Err(e) => format!(
+                "seed region: leaving {} failed: {e}; the device is {}",
+                from.name(),
+                core.state()
+            ),
+        })
+    }
+
     fn effective_threshold(&self) -> u64 {
         if self.threshold == 0 {
             self.section.len()

@@ -180,7 +180,7 @@ fn version(major: u16, json: &[u8]) -> Vec<u8> {
 fn invalid_json_and_wrong_major_version() {
     let p = Served::start("serial", None);
     let s = p.raw();
-    let mut c = Client::without_version(s, "raw", ClientConfig::default());
+    let mut c = Client::without_version(s, "raw", ClientConfig::default()).unwrap();
     for bad in [
         &b"{\"capabilities\": {"[..],
         b"[1,2,3]\0",

@@ -25,6 +25,7 @@ use crate::cancel::Cancel;
 use crate::error::EngineError;
 use crate::format::{self, Event, RamInfo, RecordWriter, Reply, StreamParser};
 use crate::guest::GuestRam;
+use crate::heartbeat::{Heartbeat, SharedWriter};
 use crate::link::DestLink;
 use crate::progress::Phase;
 use crate::report::digest_hex;
@@ -32,7 +33,7 @@ use crate::verify::{RamHash, Verifier};
 use serde::Serialize;
 use std::io::{BufReader, Read, Write};
 use std::time::{Duration, Instant};
-use vfio_migrate_backend::{DeviceDescriptor, MigrationDevice};
+use vfio_migrate_backend::{DeviceDescriptor, MigState, MigrationDevice};
 
 pub use crate::format::ReadyInfo;
 
@@ -48,6 +49,60 @@ pub struct DestOptions {
     /// Called with the stream bytes read so far, about every 64 MiB and at
     /// phase changes.
     pub progress: Option<Box<dyn FnMut(Phase, u64) + Send>>,
+    /// Load even into a device that is not expecting a migration (in use,
+    /// or its backend cannot tell).
+    pub force: bool,
+}
+
+/// What a destination device was left as after a failed load.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceLeft {
+    /// The device.
+    pub name: String,
+    /// It was reset out of RESUMING (or out of a loaded, unstarted STOP),
+    /// so the partial state is gone.
+    pub reset: bool,
+    /// Its state now, when it could be read.
+    pub state: Option<MigState>,
+    /// What went wrong putting it there, if anything.
+    pub problem: Option<String>,
+}
+
+/// A failed load: what failed, and what each device was left as (never
+/// RUNNING on the incoming state).
+#[derive(Debug)]
+pub struct DestFailure {
+    /// What failed.
+    pub error: EngineError,
+    /// Each touched device.
+    pub devices: Vec<DeviceLeft>,
+}
+
+impl std::fmt::Display for DestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.error)?;
+        for d in &self.devices {
+            let state = d
+                .state
+                .map_or("in an unknown state".to_string(), |s| s.to_string());
+            match (&d.problem, d.reset) {
+                (Some(p), _) => write!(f, "; {} is {state} ({p})", d.name)?,
+                (None, true) => write!(
+                    f,
+                    "; {} was reset (the partial state was discarded) and is {state}",
+                    d.name
+                )?,
+                (None, false) => write!(f, "; {} is {state}", d.name)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for DestFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
 }
 
 /// What the destination loaded.
@@ -103,7 +158,10 @@ struct Loader<'a, D> {
     guest: Option<&'a dyn GuestRam>,
     /// The guest RAM layout the stream announced.
     ram: Option<RamInfo>,
-    wr: Option<RecordWriter<Box<dyn Write + Send>>>,
+    wr: Option<SharedWriter<Box<dyn Write + Send>>>,
+    /// Keeps the reply channel alive while loading or validating.
+    heartbeat: Option<Heartbeat>,
+    heartbeat_every: Option<Duration>,
     peer: String,
     opts: DestOptions,
     phase: Phase,
@@ -119,6 +177,13 @@ struct Loader<'a, D> {
     zero_crc: u32,
     /// Last time the devices were checked between rounds.
     last_check: Instant,
+    /// The devices were moved to RESUMING (a failure resets them).
+    resuming: bool,
+    /// The devices were told to run: no reset any more.
+    started: bool,
+    /// Per device: the source ran (the destination ends RUNNING), else it
+    /// was stopped (the destination ends in STOP).
+    final_running: Vec<bool>,
 }
 
 struct Dest<'a, D> {
@@ -135,7 +200,7 @@ pub fn migrate_in<D: MigrationDevice>(
     guest: Option<&dyn GuestRam>,
     link: DestLink,
     opts: DestOptions,
-) -> Result<DestReport, EngineError> {
+) -> Result<DestReport, DestFailure> {
     let t0 = Instant::now();
     let peer = link.peer.clone();
     let mut d = Dest {
@@ -150,7 +215,9 @@ pub fn migrate_in<D: MigrationDevice>(
             ram: None,
             wr: link
                 .tx
-                .map(|w| RecordWriter::new(w, format!("the source {peer}"))),
+                .map(|w| SharedWriter::new(RecordWriter::new(w, format!("the source {peer}")))),
+            heartbeat: None,
+            heartbeat_every: link.heartbeat,
             peer,
             opts,
             phase: Phase::Setup,
@@ -162,27 +229,35 @@ pub fn migrate_in<D: MigrationDevice>(
             zeros: Vec::new(),
             zero_crc: 0,
             last_check: t0,
+            resuming: false,
+            started: false,
+            final_running: Vec::new(),
         },
     };
     let r = match d.run(devices) {
         Ok(()) => Ok(d.st.report(d.input.offset(), t0)),
-        Err(e) => {
-            d.fail(&e);
-            Err(e)
+        Err(error) => {
+            d.fail(&error);
+            let devices = d.st.release();
+            Err(DestFailure { error, devices })
         }
     };
     if let Some(close) = link.close {
         close();
     }
+    d.st.heartbeat = None;
     r
 }
 
 impl<'a, D: MigrationDevice> Dest<'a, D> {
     fn run(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
-        if let Some(w) = self.st.wr.as_mut() {
+        if let Some(w) = self.st.wr.as_ref() {
             w.write_stream_header()
                 .and_then(|()| w.flush())
                 .map_err(|e| EngineError::stream(Phase::Setup, &self.st.peer, e))?;
+            if let Some(every) = self.st.heartbeat_every {
+                self.st.heartbeat = Some(Heartbeat::start(w.clone(), every));
+            }
         }
         self.input
             .read_header()
@@ -246,6 +321,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         if self.st.send(&Reply::Failed(e.to_string())).is_err() {
             return;
         }
+        self.st.heartbeat = None;
         self.st.wr = None;
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut sink = [0u8; 64 << 10];
@@ -279,10 +355,42 @@ fn next_event<'p, D>(input: &'p mut Input, st: &Loader<'_, D>) -> Result<Event<'
 impl<D: MigrationDevice> Loader<'_, D> {
     /// Writes and flushes a reply on a live link; nothing for a file.
     fn send(&mut self, reply: &Reply) -> Result<(), format::StreamError> {
-        let Some(w) = self.wr.as_mut() else {
+        let Some(w) = self.wr.as_ref() else {
             return Ok(());
         };
-        format::write_reply(w, reply).and_then(|()| w.flush())
+        w.with(|w| format::write_reply(w, reply).and_then(|()| w.flush()))
+    }
+
+    /// After a failure: every device that took state and did not start is
+    /// reset, so it never runs a partial or unconfirmed state and is a
+    /// valid destination again.
+    fn release(&mut self) -> Vec<DeviceLeft> {
+        let reset = self.resuming && !self.started;
+        self.devs
+            .iter_mut()
+            .map(|d| {
+                let mut problem = None;
+                if reset {
+                    // Reset (the partial state is gone), then stopped:
+                    // nothing runs until someone decides.
+                    if let Err(e) = d.h.reset() {
+                        problem = Some(format!("the reset failed: {e}"));
+                    } else if let Err(e) = d.h.set_state(MigState::Stop) {
+                        problem = Some(format!("reset, but stopping it failed: {e}"));
+                    }
+                }
+                let state = d.h.state().ok();
+                if reset && problem.is_none() {
+                    tracing::warn!(device = %d.name, "load failed: device reset");
+                }
+                DeviceLeft {
+                    name: d.name.clone(),
+                    reset: reset && problem.is_none(),
+                    state,
+                    problem,
+                }
+            })
+            .collect()
     }
 
     fn progress(&mut self, offset: u64) {

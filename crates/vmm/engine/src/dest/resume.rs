@@ -51,9 +51,14 @@ impl<D: MigrationDevice> Dest<'_, D> {
                 _ => return Err(self.unexpected("after the end marker")),
             }
         }
-        for d in &mut self.st.devs {
-            d.h.set_state(MigState::Running)
-                .map_err(|e| EngineError::device(Phase::Resume, d.name.clone(), e))?;
+        // Each device ends in the run state its source had: a stopped
+        // source gives a stopped destination.
+        self.st.started = true;
+        for (d, running) in self.st.devs.iter_mut().zip(&self.st.final_running) {
+            if *running {
+                d.h.set_state(MigState::Running)
+                    .map_err(|e| EngineError::device(Phase::Resume, d.name.clone(), e))?;
+            }
         }
         self.reply(&Reply::Running)?;
         self.st.phase = Phase::Done;

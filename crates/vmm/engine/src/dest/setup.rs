@@ -14,9 +14,15 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
     pub(super) fn setup(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
         let mut descs: Vec<DeviceDescriptor> = Vec::new();
         let mut ram: Option<RamInfo> = None;
+        // Streams of minor 0 carry no run state: their sources ran.
+        let mut running: Vec<bool> = Vec::new();
         loop {
             match next_event(&mut self.input, &self.st)? {
-                Event::Device { descriptor, .. } => descs.push(descriptor),
+                Event::Device { descriptor, .. } => {
+                    descs.push(descriptor);
+                    running.push(true);
+                }
+                Event::RunState { index, running: r } => running[index] = r,
                 Event::Ram(info) => ram = Some(info),
                 Event::SetupEnd { .. } => break,
                 // The parser allows nothing else in the setup section.
@@ -39,6 +45,8 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         }
         self.st.descs = descs;
         self.st.ram = ram;
+        self.st.final_running = running;
+        self.st.resuming = true;
         for i in 0..self.st.devs.len() {
             let d = &mut self.st.devs[i];
             if let Err(e) = d.h.set_state(MigState::Resuming) {
@@ -88,9 +96,16 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 )),
             }
             match h.state() {
-                Ok(MigState::Running | MigState::Stop) => {}
+                Ok(s @ (MigState::Running | MigState::Stop)) => {
+                    if !self.st.opts.force {
+                        if let Err(r) = expecting(h, s) {
+                            why.push(format!("device {i} ({}) {r}", h.name()));
+                        }
+                    }
+                }
                 Ok(s) => why.push(format!(
-                    "device {i} ({}) is in {s}; a destination must be RUNNING or STOP to load",
+                    "device {i} ({}) is in {s}; a destination must be RUNNING or STOP to load (reset it: vfio-migrate device {} reset)",
+                    h.name(),
                     h.name()
                 )),
                 Err(e) => why.push(format!(
@@ -118,5 +133,26 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         } else {
             Err(why.join("; "))
         }
+    }
+}
+
+/// Whether a device in `state` may be overwritten: it must be expecting a
+/// migration — started for one (`serve --incoming`), untouched since it
+/// started or was reset, migrated out and stopped, or (when its backend
+/// cannot tell) stopped by the operator. Otherwise it may hold a live
+/// workload, and the answer says how to prepare it.
+fn expecting<D: MigrationDevice>(h: &mut D, state: MigState) -> Result<(), String> {
+    let name = h.name();
+    match h.status() {
+        Ok(Some(st)) if st.incoming || st.pristine => Ok(()),
+        Ok(Some(st)) if state == MigState::Stop && st.migrated_out => Ok(()),
+        Ok(Some(_)) => Err(format!(
+            "is {state} and has been used since it started: it may be a live device, and loading a state would overwrite it. A destination must expect a migration: start its server with `vfio-migrate serve --incoming`, or reset it (`vfio-migrate device {name} reset`); --force overwrites it anyway"
+        )),
+        Ok(None) if state == MigState::Stop => Ok(()),
+        Ok(None) => Err(format!(
+            "is RUNNING and its backend cannot tell whether it is in use, so it may be a live device that loading a state would overwrite. Stop it first to confirm it may be overwritten (`vfio-migrate device {name} set-state STOP`); --force overwrites it anyway"
+        )),
+        Err(e) => Err(format!("cannot tell whether it is in use: {e}")),
     }
 }

@@ -23,6 +23,8 @@ pub struct RecordWriter<W: Write> {
     records: u64,
     bytes: u64,
     what: String,
+    /// When the last record was written.
+    last: std::time::Instant,
 }
 
 impl<W: Write> RecordWriter<W> {
@@ -33,6 +35,7 @@ impl<W: Write> RecordWriter<W> {
             records: 0,
             bytes: 0,
             what: what.into(),
+            last: std::time::Instant::now(),
         }
     }
 
@@ -103,7 +106,20 @@ impl<W: Write> RecordWriter<W> {
         }
         self.records += 1;
         self.bytes += (RECORD_HEADER_SIZE + len) as u64;
+        self.last = std::time::Instant::now();
         Ok(())
+    }
+
+    /// Writes a heartbeat (optional, so readers of minor 0 skip it) and
+    /// flushes.
+    pub fn write_heartbeat(&mut self) -> Result<(), StreamError> {
+        self.write_raw(Kind::Heartbeat as u16, FLAG_OPTIONAL, NO_DEVICE, &[])?;
+        self.flush()
+    }
+
+    /// Time since the last record was written.
+    pub fn idle(&self) -> std::time::Duration {
+        self.last.elapsed()
     }
 
     /// Writes the end marker.

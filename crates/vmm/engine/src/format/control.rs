@@ -89,7 +89,11 @@ impl<R: Read> ReplyReader<R> {
 
     /// The next reply; forward records here are refused.
     pub fn next_reply(&mut self) -> Result<Reply, StreamError> {
-        let rec = self.rd.next_record()?;
+        let mut rec = self.rd.next_record()?;
+        // Heartbeats only prove the destination lives.
+        while rec.kind == Kind::Heartbeat {
+            rec = self.rd.next_record()?;
+        }
         Ok(match rec.kind {
             Kind::Accept => Reply::Accept,
             Kind::Refuse => Reply::Refuse(self.rd.payload_text()),

@@ -15,7 +15,9 @@
 
 use super::codec::{Record, RecordReader};
 use super::error::{RecordProblem, StreamError};
-use super::records::{DeviceEnd, Digest, Kind, RamInfo, RamRun, Round, SetupEnd, MAX_PAGE_SIZE};
+use super::records::{
+    DeviceEnd, Digest, Kind, RamInfo, RamRun, Round, RunState, SetupEnd, MAX_PAGE_SIZE,
+};
 use std::io::Read;
 use vfio_migrate_backend::DeviceDescriptor;
 
@@ -28,6 +30,14 @@ pub enum Event<'a> {
         index: usize,
         /// What the destination must match.
         descriptor: DeviceDescriptor,
+    },
+    /// The run state of device `index` at the source (after its
+    /// descriptor; streams of minor 0 have none: the device was RUNNING).
+    RunState {
+        /// Device index.
+        index: usize,
+        /// The source device was RUNNING (else STOP).
+        running: bool,
     },
     /// The guest RAM layout.
     Ram(RamInfo),
@@ -136,7 +146,11 @@ impl<R: Read> StreamParser<R> {
     /// The next event. After [`Event::End`] only [`Event::Go`] or
     /// [`Event::Abort`] may follow; after [`Event::Go`] nothing.
     pub fn read_event(&mut self) -> Result<Event<'_>, StreamError> {
-        let rec = self.rd.next_record()?;
+        let mut rec = self.rd.next_record()?;
+        // Heartbeats may come anywhere; they only prove the source lives.
+        while rec.kind == Kind::Heartbeat {
+            rec = self.rd.next_record()?;
+        }
         self.last = Some(rec);
         if rec.kind == Kind::Abort {
             return Ok(Event::Abort {
@@ -166,6 +180,30 @@ impl<R: Read> StreamParser<R> {
                     .map_err(|e| self.invalid(format!("device descriptor is not valid: {e}")))?;
                 self.devices.push(DeviceTrack::default());
                 Ok(Event::Device { index, descriptor })
+            }
+            (Stage::Setup, Kind::RunState) => {
+                let index = rec.device as usize;
+                if index >= self.devices.len() {
+                    return Err(self.rd.refuse(
+                        &rec,
+                        RecordProblem::UnknownDevice {
+                            device: rec.device,
+                            described: self.devices.len(),
+                        },
+                    ));
+                }
+                let r = RunState::decode(self.rd.payload()).expect("length checked");
+                let running = match vfio_migrate_abi::kernel::MigState::from_u32(r.state) {
+                    Ok(vfio_migrate_abi::kernel::MigState::Running) => true,
+                    Ok(vfio_migrate_abi::kernel::MigState::Stop) => false,
+                    _ => {
+                        return Err(self.invalid(format!(
+                            "device {index}: run state {} is neither RUNNING nor STOP",
+                            r.state
+                        )))
+                    }
+                };
+                Ok(Event::RunState { index, running })
             }
             (Stage::Setup, Kind::Ram) if self.ram.is_none() => {
                 let info = RamInfo::decode(self.rd.payload()).expect("length checked");

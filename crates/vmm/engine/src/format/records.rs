@@ -14,7 +14,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this build writes. A reader accepts any minor
 /// version of its major: newer minors only add records marked
 /// [`FLAG_OPTIONAL`], which an older reader skips.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Stream header size.
 pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
 /// Record header size.
@@ -67,6 +67,15 @@ wire_struct! {
     pub struct RamInfo {
         pub size: u64,
         pub page_size: u64,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::RunState`]: the state the source device was in
+    /// when the migration started (a `MigState` value: RUNNING or STOP).
+    pub struct RunState {
+        pub state: u32,
+        pub reserved: u32,
     }
 }
 
@@ -133,6 +142,10 @@ pub enum Kind {
     Device = 0x01,
     /// Guest RAM layout ([`RamInfo`]).
     Ram = 0x02,
+    /// Setup, after the device's descriptor (minor 1, optional): the
+    /// source device's run state ([`RunState`]); the destination ends in
+    /// it — a stopped source gives a stopped destination.
+    RunState = 0x04,
     /// End of the setup section ([`SetupEnd`]); a live source waits for
     /// [`Kind::Accept`] or [`Kind::Refuse`] here.
     SetupEnd = 0x03,
@@ -145,6 +158,10 @@ pub enum Kind {
     /// End of a pre-copy round ([`Round`]): the destination checks that
     /// its devices are still there.
     Round = 0x13,
+    /// Either direction, any time, empty (minor 1, optional): "still
+    /// here". Sent on a quiet live link so the peer's stall deadline only
+    /// catches a peer that is really gone.
+    Heartbeat = 0x14,
     /// A run of guest RAM pages ([`RamRun`] + data).
     RamPages = 0x20,
     /// A run of guest RAM pages that are all zero ([`RamRun`], no data).
@@ -174,14 +191,16 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 21] = [
         Kind::Device,
         Kind::Ram,
+        Kind::RunState,
         Kind::SetupEnd,
         Kind::DevicePrecopy,
         Kind::DeviceStopCopy,
         Kind::DeviceEnd,
         Kind::Round,
+        Kind::Heartbeat,
         Kind::RamPages,
         Kind::RamZero,
         Kind::Verify,
@@ -206,11 +225,13 @@ impl Kind {
         match self {
             Kind::Device => "device",
             Kind::Ram => "ram",
+            Kind::RunState => "run-state",
             Kind::SetupEnd => "setup-end",
             Kind::DevicePrecopy => "device-precopy",
             Kind::DeviceStopCopy => "device-stopcopy",
             Kind::DeviceEnd => "device-end",
             Kind::Round => "round",
+            Kind::Heartbeat => "heartbeat",
             Kind::RamPages => "ram-pages",
             Kind::RamZero => "ram-zero",
             Kind::Verify => "verify",
@@ -232,6 +253,7 @@ impl Kind {
             Kind::Device | Kind::Ready => (2, MAX_JSON),
             Kind::Ram => (RamInfo::SIZE, RamInfo::SIZE),
             Kind::SetupEnd => (SetupEnd::SIZE, SetupEnd::SIZE),
+            Kind::RunState => (RunState::SIZE, RunState::SIZE),
             Kind::DevicePrecopy | Kind::DeviceStopCopy => (1, MAX_DEVICE_DATA),
             Kind::DeviceEnd => (DeviceEnd::SIZE, DeviceEnd::SIZE),
             Kind::Round | Kind::RoundAck => (Round::SIZE, Round::SIZE),
@@ -240,7 +262,7 @@ impl Kind {
             Kind::Verify => (Digest::SIZE, Digest::SIZE),
             Kind::End => (End::SIZE, End::SIZE),
             Kind::Abort | Kind::Refuse | Kind::Failed => (0, MAX_REASON),
-            Kind::Go | Kind::Accept | Kind::Running => (0, 0),
+            Kind::Go | Kind::Accept | Kind::Running | Kind::Heartbeat => (0, 0),
         }
     }
 
@@ -250,6 +272,7 @@ impl Kind {
         matches!(
             self,
             Kind::Device
+                | Kind::RunState
                 | Kind::DevicePrecopy
                 | Kind::DeviceStopCopy
                 | Kind::DeviceEnd

@@ -73,6 +73,7 @@ fn parse(b: &[u8]) -> Result<Vec<String>, StreamError> {
         let name = match ev {
             Event::Device { index, .. } => format!("device {index}"),
             Event::Ram(_) => "ram".into(),
+            Event::RunState { index, running } => format!("run-state {index} {running}"),
             Event::SetupEnd { devices } => format!("setup-end {devices}"),
             Event::DeviceData {
                 index,
@@ -188,7 +189,10 @@ fn major_version_and_magic_are_checked() {
     b[8] = 2;
     assert!(matches!(
         read_all(&b),
-        Err(StreamError::Version { major: 2, minor: 0 })
+        Err(StreamError::Version {
+            major: 2,
+            minor: FORMAT_MINOR
+        })
     ));
     let mut b = stream(&[], true);
     b[0] = b'X';

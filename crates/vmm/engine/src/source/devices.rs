@@ -93,6 +93,7 @@ impl<D: MigrationDevice> Source<'_, D> {
             .min(self.buf.len());
         let mut sent = 0u64;
         while sent < budget {
+            self.check_cancel()?;
             let n = {
                 let d = &mut self.devs[i];
                 d.h.read_data(&mut self.buf[..chunk])

@@ -29,10 +29,11 @@ mod switchover;
 use crate::cancel::Cancel;
 use crate::error::{EngineError, SourceFailure, SourceState};
 use crate::format::{
-    self, Kind, RamInfo, RecordWriter, SetupEnd, StreamError, MAX_DEVICES, MAX_DEVICE_DATA,
-    NO_DEVICE,
+    self, Kind, RamInfo, RecordWriter, RunState, SetupEnd, StreamError, FLAG_OPTIONAL, MAX_DEVICES,
+    MAX_DEVICE_DATA, NO_DEVICE,
 };
 use crate::guest::GuestRam;
+use crate::heartbeat::{Heartbeat, SharedWriter};
 use crate::link::Link;
 use crate::metrics::{ms, Metrics};
 use crate::progress::{Phase, Progress, ProgressFn};
@@ -64,10 +65,11 @@ pub struct SourceOptions {
     pub cancel: Cancel,
     /// Called with progress at every round and phase change.
     pub progress: Option<ProgressFn>,
-    /// How long to wait for each answer of the destination.
-    pub reply_timeout: Duration,
     /// Names the source in the report (`unix:/…`).
     pub source_name: String,
+    /// Migrate even a device that was migrated out already (it may run
+    /// elsewhere: two copies).
+    pub force: bool,
 }
 
 impl Default for SourceOptions {
@@ -79,13 +81,13 @@ impl Default for SourceOptions {
             verifier: None,
             cancel: Cancel::new(),
             progress: None,
-            reply_timeout: Duration::from_secs(60),
             source_name: String::new(),
+            force: false,
         }
     }
 }
 
-type Out = RecordWriter<BufWriter<Box<dyn std::io::Write + Send>>>;
+type Out = SharedWriter<BufWriter<Box<dyn std::io::Write + Send>>>;
 
 /// One source-side migration in progress.
 struct Source<'a, D> {
@@ -94,6 +96,9 @@ struct Source<'a, D> {
     ram: Option<RamWalk<'a>>,
     out: Out,
     mode: Mode,
+    /// Keeps a quiet live link alive (stopped before the link closes).
+    heartbeat: Option<Heartbeat>,
+    heartbeat_every: Option<std::time::Duration>,
     close: Option<Box<dyn Fn() + Send>>,
     peer: String,
     opts: SourceOptions,
@@ -114,6 +119,9 @@ struct Source<'a, D> {
 /// measured and verified. On failure before the destination was told to
 /// run, the source is rolled back; [`SourceFailure`] says what failed and
 /// what the source was left as.
+// A failure is built once per migration and carries what the caller needs
+// (error, rollback outcome, device states, report): its size costs nothing.
+#[allow(clippy::result_large_err)]
 pub fn migrate_out<D: MigrationDevice>(
     devices: &mut [D],
     guest: Option<&dyn GuestRam>,
@@ -130,6 +138,7 @@ pub fn migrate_out<D: MigrationDevice>(
             return Err(SourceFailure {
                 error: EngineError::stream(Phase::Setup, link.peer.clone(), e),
                 state: SourceState::Restored,
+                devices: Vec::new(),
                 report: Box::new(report),
             })
         }
@@ -138,11 +147,13 @@ pub fn migrate_out<D: MigrationDevice>(
         devs: Vec::new(),
         guest,
         ram: guest.map(RamWalk::new),
-        out: RecordWriter::new(
+        out: SharedWriter::new(RecordWriter::new(
             BufWriter::with_capacity(256 << 10, link.tx),
             link.peer.clone(),
-        ),
+        )),
         mode,
+        heartbeat: None,
+        heartbeat_every: link.heartbeat,
         close: link.close,
         peer: link.peer,
         opts,
@@ -185,14 +196,20 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
     /// A write to the stream failed: the destination most likely said why
     /// before closing; prefer its reason.
     fn stream_err(&mut self, e: StreamError) -> EngineError {
-        if let Some(reason) = self.mode.last_words() {
-            return EngineError::DestinationFailed {
-                phase: self.phase,
-                peer: self.peer.clone(),
-                reason,
-            };
+        let err = EngineError::stream(self.phase, self.peer.clone(), e);
+        if self.opts.cancel.is_cancelled() {
+            return EngineError::Cancelled { phase: self.phase };
         }
-        EngineError::stream(self.phase, self.peer.clone(), e)
+        if matches!(err, EngineError::Stream { .. }) {
+            if let Some(reason) = self.mode.last_words() {
+                return EngineError::DestinationFailed {
+                    phase: self.phase,
+                    peer: self.peer.clone(),
+                    reason,
+                };
+            }
+        }
+        err
     }
 
     fn write(&mut self, kind: Kind, device: u32, parts: &[&[u8]]) -> Result<(), EngineError> {
@@ -260,6 +277,14 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                     state: initial,
                 });
             }
+            if !self.opts.force {
+                let st = h
+                    .status()
+                    .map_err(|e| EngineError::device(Phase::Setup, name.clone(), e))?;
+                if initial == MigState::Stop && st.is_some_and(|s| s.migrated_out) {
+                    return Err(EngineError::AlreadyMigrated { device: name });
+                }
+            }
             chunk = chunk.max(h.preferred_chunk().min(MAX_DEVICE_DATA));
             let precopy = self.opts.precopy
                 && desc.migration_flags & MIGRATION_PRE_COPY != 0
@@ -274,6 +299,9 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         if let Err(e) = self.out.write_stream_header() {
             return Err(self.stream_err(e));
         }
+        if let Some(every) = self.heartbeat_every {
+            self.heartbeat = Some(Heartbeat::start(self.out.clone(), every));
+        }
         for i in 0..self.devs.len() {
             let json = serde_json::to_vec(&self.devs[i].desc).expect("descriptor serializes");
             if json.len() > format::MAX_JSON {
@@ -283,6 +311,23 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 });
             }
             self.write(Kind::Device, i as u32, &[&json])?;
+            // Optional (minor 1): readers of minor 0 skip it and run the
+            // destination, as before.
+            let rs = RunState {
+                state: self.devs[i].initial as u32,
+                reserved: 0,
+            };
+            let r = self.out.with(|w| {
+                w.write_raw(
+                    Kind::RunState as u16,
+                    FLAG_OPTIONAL,
+                    i as u32,
+                    &[&rs.to_bytes()],
+                )
+            });
+            if let Err(e) = r {
+                return Err(self.stream_err(e));
+            }
         }
         if let Some(g) = self.guest {
             let page_size = g.page_size();

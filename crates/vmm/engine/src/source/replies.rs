@@ -8,7 +8,7 @@ use crate::error::EngineError;
 use crate::format::{ReplyReader, StreamError};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vfio_migrate_backend::MigrationDevice;
 
 pub(super) use crate::format::Reply;
@@ -114,10 +114,24 @@ impl<D: MigrationDevice> Source<'_, D> {
         let Mode::Live(r) = &mut self.mode else {
             return None;
         };
-        if wait.is_zero() {
-            r.rx.try_recv().ok()
+        let got = if wait.is_zero() {
+            r.rx.try_recv()
+                .map_err(|e| matches!(e, mpsc::TryRecvError::Disconnected))
         } else {
-            r.rx.recv_timeout(wait).ok()
+            r.rx.recv_timeout(wait)
+                .map_err(|e| matches!(e, mpsc::RecvTimeoutError::Disconnected))
+        };
+        match got {
+            Ok(item) => Some(item),
+            Err(false) => None,
+            // The reader ended after reporting why: nothing more will come.
+            Err(true) => Some(Err(StreamError::Io {
+                what: "reading the destination's answers".into(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the reply channel is closed",
+                ),
+            })),
         }
     }
 
@@ -159,13 +173,14 @@ impl<D: MigrationDevice> Source<'_, D> {
     }
 
     /// Waits for the next answer other than a round ack; cancellable while
-    /// `cancellable`.
+    /// `cancellable`. The wait ends with the answer, a cancel, or the
+    /// reader thread's failure — among them its stall deadline, which the
+    /// destination's heartbeats keep off while it works.
     pub(super) fn wait_reply(
         &mut self,
         what: &'static str,
         cancellable: bool,
     ) -> Result<Reply, EngineError> {
-        let deadline = Instant::now() + self.opts.reply_timeout;
         loop {
             if cancellable {
                 self.check_cancel()?;
@@ -175,12 +190,12 @@ impl<D: MigrationDevice> Source<'_, D> {
                     return Ok(r);
                 }
             }
-            if Instant::now() >= deadline {
+            if !self.mode.is_live() {
                 return Err(EngineError::Timeout {
                     phase: self.phase,
                     peer: self.peer.clone(),
                     what,
-                    secs: self.opts.reply_timeout.as_secs(),
+                    secs: 0,
                 });
             }
         }
@@ -196,7 +211,6 @@ impl<D: MigrationDevice> Source<'_, D> {
     /// Waits until the destination has loaded every pre-copy round sent,
     /// so the stop does not also pay for a backlog in socket buffers.
     pub(super) fn wait_drained(&mut self) -> Result<(), EngineError> {
-        let deadline = Instant::now() + self.opts.reply_timeout;
         loop {
             let Mode::Live(r) = &self.mode else {
                 return Ok(());
@@ -209,14 +223,6 @@ impl<D: MigrationDevice> Source<'_, D> {
                 if let Some(r) = self.classify(item)? {
                     return Err(self.out_of_turn(&r));
                 }
-            }
-            if Instant::now() > deadline {
-                return Err(EngineError::Timeout {
-                    phase: self.phase,
-                    peer: self.peer.clone(),
-                    what: "the destination to load the pre-copy data",
-                    secs: self.opts.reply_timeout.as_secs(),
-                });
             }
         }
     }

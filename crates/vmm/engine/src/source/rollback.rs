@@ -72,6 +72,8 @@ impl<D: MigrationDevice> Source<'_, D> {
 
     /// Builds the report; after a failure, rolls back (unless committed)
     /// and tells a live destination why.
+    // Built once per migration; its size costs nothing.
+    #[allow(clippy::result_large_err)]
     pub(super) fn finish(
         mut self,
         r: Result<(), EngineError>,
@@ -97,6 +99,13 @@ impl<D: MigrationDevice> Source<'_, D> {
             }
             Err(error) => {
                 let state = if self.committed {
+                    // Park the source: stopped either way, never runnable
+                    // by accident.
+                    for d in &mut self.devs {
+                        if let Err(e) = d.h.set_state(MigState::Stop) {
+                            tracing::warn!(device = %d.name, error = %e, "parking the source");
+                        }
+                    }
                     SourceState::Committed
                 } else {
                     if self.mode.is_live() {
@@ -111,12 +120,18 @@ impl<D: MigrationDevice> Source<'_, D> {
                         Err(p) => SourceState::RollbackIncomplete(p),
                     }
                 };
+                let devices = self
+                    .devs
+                    .iter_mut()
+                    .map(|d| (d.name.clone(), d.h.state().ok()))
+                    .collect();
                 let mut report = self.report.clone();
                 report.status = "failed".into();
                 report.error = Some(error.to_string());
                 Err(SourceFailure {
                     error,
                     state,
+                    devices,
                     report: Box::new(report),
                 })
             }
@@ -124,6 +139,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         if let Some(close) = self.close.take() {
             close();
         }
+        self.heartbeat = None;
         std::mem::replace(&mut self.mode, super::replies::Mode::Snapshot).join();
         out
     }
