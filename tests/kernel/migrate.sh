@@ -3,8 +3,11 @@
 # kernel's mtty mdev device with /bin/vfio-migrate through the same code
 # paths `vfio-migrate migrate` uses for vfio-user devices.
 #
-#  1. live migration kernel:A -> kernel:B with PRE_COPY: bytes written into
-#     A's port-0 FIFO through BAR0 come out of B's FIFO;
+#  0. a RUNNING kernel device is not taken as a destination (the kernel
+#     cannot say whether it is in use): refused, the source untouched;
+#  1. live migration kernel:A -> kernel:B (stopped first, which says it may
+#     be overwritten) with PRE_COPY: bytes written into A's port-0 FIFO
+#     through BAR0 come out of B's FIFO;
 #  2. snapshot A2 -> file: -> fresh instance C, checked the same way;
 #  3. errors: a 2-port state into a 1-port instance is refused with a clear
 #     message and the source stays RUNNING; asking for ERROR is refused.
@@ -48,9 +51,20 @@ state() { $VM device "kernel:$1" state; }
 $VM device kernel:$A info
 [ "$(state $A)" = RUNNING ] || fail "A starts RUNNING, got $(state $A)"
 
-# 1. live migration with pre-copy
+# 0. a RUNNING destination the kernel cannot vouch for is refused
 put $A "hello"
 [ $(( 0x$(lsr $A) & 1 )) -eq 1 ] || fail "A's LSR shows no data ready"
+if $VM migrate --source kernel:$A --dest kernel:$B > /tmp/m0.out 2>&1; then
+    cat /tmp/m0.out; fail "a RUNNING kernel destination was overwritten without --force"
+fi
+cat /tmp/m0.out
+grep -q "set-state STOP" /tmp/m0.out || fail "the refusal does not say how to prepare the destination"
+[ "$(state $A)" = RUNNING ] || fail "A is not RUNNING after the refusal: $(state $A)"
+[ "$(state $B)" = RUNNING ] || fail "B was touched by the refused migration: $(state $B)"
+ok "RUNNING kernel destination refused; source untouched"
+
+# 1. live migration with pre-copy into a destination stopped first
+$VM device kernel:$B set-state STOP >/dev/null || fail "stopping B"
 $VM migrate --source kernel:$A --dest kernel:$B --precopy on --json > /tmp/m1.json || { cat /tmp/m1.json; fail "migrate A -> B"; }
 cat /tmp/m1.json; echo
 grep -q '"status": *"ok"' /tmp/m1.json || grep -q '"status":"ok"' /tmp/m1.json || fail "migrate A -> B status"
@@ -65,6 +79,7 @@ ok "live migration kernel:A -> kernel:B carried the FIFO ('$got')"
 put $A2 "snap!"
 $VM migrate --source kernel:$A2 --dest file:/tmp/a2.snap --json > /tmp/m2.json || { cat /tmp/m2.json; fail "save A2"; }
 $VM inspect file:/tmp/a2.snap || fail "inspect"
+$VM device kernel:$C set-state STOP >/dev/null || fail "stopping C"
 $VM migrate --source file:/tmp/a2.snap --dest kernel:$C --json > /tmp/m3.json || { cat /tmp/m3.json; fail "restore into C"; }
 [ "$(state $C)" = RUNNING ] || fail "C is not RUNNING after restore"
 got=$(get $C 5)

@@ -14,6 +14,7 @@ use vfio_migrate_backend::{MigState, MigrationDevice};
   vfio-migrate device unix:/tmp/vgpu.sock info
   vfio-migrate device kernel:83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 state
   vfio-migrate device kernel:0000:65:00.1 set-state STOP
+  vfio-migrate device unix:/tmp/vgpu.sock reset
   vfio-migrate device unix:/tmp/serial.sock write 0 0 68656c6c6f   # 5 bytes, one access
   vfio-migrate device unix:/tmp/serial.sock read 0 0 1             # prints hex")]
 pub struct Args {
@@ -40,6 +41,10 @@ enum Action {
         /// Target state name (ERROR is passed on: the device must refuse it).
         state: String,
     },
+    /// Reset the device: power-on state, RUNNING, any migration in
+    /// progress abandoned (a destination left in RESUMING becomes usable
+    /// again; a reset device is a valid migration destination).
+    Reset,
     /// Read LEN bytes of region REGION at OFFSET as one access; print hex.
     Read {
         region: u32,
@@ -106,11 +111,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 .descriptor()
                 .with_context(|| format!("{ep}: descriptor"))?;
             let state = dev.state().with_context(|| format!("{ep}: state"))?;
+            let status = dev.status().with_context(|| format!("{ep}: status"))?;
             if json {
                 let v = serde_json::json!({
                     "endpoint": ep.to_string(),
                     "protocol": dev.protocol(),
                     "state": state.name(),
+                    "status": status,
                     "descriptor": d,
                 });
                 println!("{v}");
@@ -124,8 +131,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     flag_names(d.migration_flags)
                 );
                 println!("state:           {state}");
+                println!("use:             {}", describe_status(status));
                 println!("regions:         {:?}", d.region_sizes);
             }
+        }
+        Action::Reset => {
+            dev.reset()
+                .with_context(|| format!("{ep}: the device refused the reset"))?;
+            println!("{}", dev.state().with_context(|| format!("{ep}: state"))?);
         }
         Action::State => {
             println!("{}", dev.state().with_context(|| format!("{ep}: state"))?);
@@ -162,6 +175,25 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+fn describe_status(s: Option<vfio_migrate_backend::DeviceStatus>) -> String {
+    let Some(s) = s else {
+        return "unknown (the backend cannot tell whether the device is in use)".into();
+    };
+    let mut v = Vec::new();
+    if s.incoming {
+        v.push("waiting for an incoming migration");
+    }
+    if s.pristine {
+        v.push("unused since it started or was reset");
+    } else {
+        v.push("used");
+    }
+    if s.migrated_out {
+        v.push("migrated out, not run since");
+    }
+    v.join(", ")
 }
 
 fn flag_names(f: u64) -> String {

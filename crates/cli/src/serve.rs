@@ -42,6 +42,13 @@ pub struct Args {
     /// alone the v2 features answer ENOTTY, so clients cannot use v2.
     #[arg(long, value_enum, default_value = "all")]
     protocol: ServeProtocol,
+    /// Start as a migration destination: the device refuses a workload
+    /// (region writes other than config space get EAGAIN) until a migrated
+    /// state has been loaded into it, and `migrate` accepts it as a
+    /// destination whatever was done with it. (A freshly started, unused
+    /// device is accepted too, without this flag.)
+    #[arg(long)]
+    incoming: bool,
 }
 
 /// `serve --protocol`.
@@ -86,26 +93,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             let mem_size = args.device_mem.unwrap_or(DEFAULT_MEM_SIZE);
             let dev = Vgpu::new(VgpuConfig { mem_size }, dma.clone())
                 .map_err(|e| anyhow::anyhow!("--device-mem {mem_size}: {}", e.message))?;
-            serve(DeviceCore::new(dev, dma), &args.socket, args.protocol)
+            serve(DeviceCore::new(dev, dma), &args)
         }
         DeviceKind::Serial => {
             if args.device_mem.is_some() {
                 anyhow::bail!("--device-mem applies to --device vgpu only: the serial device has no device memory");
             }
-            serve(
-                DeviceCore::new(Serial::new(), dma),
-                &args.socket,
-                args.protocol,
-            )
+            serve(DeviceCore::new(Serial::new(), dma), &args)
         }
     }
 }
 
-fn serve<D: Device>(
-    core: DeviceCore<D>,
-    socket: &std::path::Path,
-    protocol: ServeProtocol,
-) -> anyhow::Result<i32> {
+fn serve<D: Device>(mut core: DeviceCore<D>, args: &Args) -> anyhow::Result<i32> {
+    let (socket, protocol) = (&args.socket, args.protocol);
+    core.set_incoming(args.incoming);
     let shutdown = Shutdown::new().context("creating the shutdown pipe")?;
     shutdown
         .on_signals()
