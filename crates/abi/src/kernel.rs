@@ -213,8 +213,10 @@ wire_struct! {
         /// The state to go to (SET) or the current state (GET), a
         /// [`MigState`] value.
         pub device_state: u32,
-        /// Returned by SET: the migration data fd opened by the transition
-        /// (entering a saving or the RESUMING state), or -1 when none.
+        /// Returned by SET: a new migration data fd when the arc starts a
+        /// save or a load (e.g. RUNNING → PRE_COPY, STOP → STOP_COPY,
+        /// STOP → RESUMING), else -1 (PRE_COPY → STOP_COPY keeps the
+        /// PRE_COPY fd).
         pub data_fd: i32,
     }
 }

@@ -178,8 +178,8 @@ pub struct Capabilities {
     /// [`DEFAULT_MAX_MSG_FDS`]).
     #[serde(default = "default_max_msg_fds")]
     pub max_msg_fds: u32,
-    /// Largest data transfer, in bytes, the sender accepts in one message
-    /// (region or migration data, DMA bitmaps; default
+    /// Largest data count, in bytes, of one message: region and migration
+    /// data, DMA accesses, dirty bitmaps (default
     /// [`DEFAULT_MAX_DATA_XFER_SIZE`]).
     #[serde(default = "default_max_data_xfer_size")]
     pub max_data_xfer_size: u32,
@@ -288,7 +288,7 @@ wire_struct! {
         pub flags: u32,
         /// Number of region indices; for PCI at least [`PCI_NUM_REGIONS`].
         pub num_regions: u32,
-        /// Number of IRQ indices; for PCI [`PCI_NUM_IRQS`].
+        /// Number of IRQ indices; for PCI at least [`PCI_NUM_IRQS`].
         pub num_irqs: u32,
     }
 }
