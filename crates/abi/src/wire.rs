@@ -11,13 +11,21 @@ pub enum WireError {
     /// The buffer is shorter than the structure it should hold.
     #[error("{what}: need {need} bytes, got {got}")]
     Short {
+        /// The structure or payload being decoded.
         what: &'static str,
+        /// Bytes needed, counted from the start of the buffer.
         need: usize,
+        /// Bytes the buffer has.
         got: usize,
     },
     /// A field holds a value the protocol does not allow.
     #[error("{what}: invalid value {value}")]
-    Invalid { what: &'static str, value: u64 },
+    Invalid {
+        /// The field that holds it.
+        what: &'static str,
+        /// The value found, widened to u64.
+        value: u64,
+    },
     /// A JSON document could not be parsed or has the wrong shape.
     #[error("invalid JSON: {0}")]
     Json(String),
@@ -52,6 +60,26 @@ wire_int!(u8, u16, u32, u64, i32);
 
 /// Declares a packed little-endian wire struct with `SIZE`, `encode`,
 /// `to_bytes`, `decode` and a field offset table (for layout tests).
+///
+/// Fields are encoded in declaration order with no padding; every field
+/// type must implement [`WireInt`]. Attributes on the struct and on each
+/// field, doc comments included, are kept on the generated items, so
+/// document each field at the call site (`missing_docs` applies):
+///
+/// ```
+/// vfio_migrate_abi::wire_struct! {
+///     /// A two-field example.
+///     pub struct Pair {
+///         /// Size of the whole message in bytes.
+///         pub argsz: u32,
+///         /// The value carried.
+///         pub value: u64,
+///     }
+/// }
+/// assert_eq!(Pair::SIZE, 12);
+/// let p = Pair { argsz: 12, value: 7 };
+/// assert_eq!(Pair::decode(&p.to_bytes()), Ok(p));
+/// ```
 #[macro_export]
 macro_rules! wire_struct {
     (

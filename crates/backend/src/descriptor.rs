@@ -15,10 +15,15 @@ pub struct DeviceDescriptor {
     pub model: String,
     /// Device model version string (device-defined; empty when unknown).
     pub version: String,
+    /// PCI vendor ID (config space offset 0x00).
     pub vendor_id: u16,
+    /// PCI device ID (config space offset 0x02).
     pub device_id: u16,
+    /// PCI subsystem vendor ID (config space offset 0x2c).
     pub subsystem_vendor_id: u16,
+    /// PCI subsystem ID (config space offset 0x2e).
     pub subsystem_id: u16,
+    /// PCI revision ID (config space offset 0x08).
     pub revision: u8,
     /// `VFIO_MIGRATION_*` flags.
     pub migration_flags: u64,

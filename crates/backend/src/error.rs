@@ -10,23 +10,41 @@ pub enum BackendError {
     /// The device (or its server/driver) refused the request with an errno.
     #[error("{step}: device refused: {} (errno {errno}){}", errno_name(*errno), detail_suffix(detail))]
     Refused {
+        /// What was being done: the command or operation, prefixed by some
+        /// backends with the device it was sent to.
         step: String,
+        /// The errno the device, server or driver answered with.
         errno: i32,
+        /// What the device or backend said about it, and a hint for the
+        /// user; may be empty.
         detail: String,
     },
     /// The channel to the device failed (socket closed, ioctl/read error).
     #[error("{step}: {source}")]
     Io {
+        /// What was being done when the channel failed.
         step: String,
+        /// The OS error of the failed call.
         #[source]
         source: std::io::Error,
     },
     /// The peer answered something the protocol does not allow.
     #[error("{step}: protocol error: {detail}")]
-    Protocol { step: String, detail: String },
+    Protocol {
+        /// The request whose answer broke the protocol.
+        step: String,
+        /// What was wrong with the answer.
+        detail: String,
+    },
     /// The operation is not offered by this device or backend.
     #[error("{step}: not supported by this device: {detail}")]
-    Unsupported { step: String, detail: String },
+    Unsupported {
+        /// The operation asked for.
+        step: String,
+        /// Why it is not available (e.g. a feature the device did not
+        /// announce).
+        detail: String,
+    },
 }
 
 fn detail_suffix(d: &str) -> String {

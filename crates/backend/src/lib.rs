@@ -11,12 +11,16 @@
 //! - capabilities a backend offers as it can, reached through the core's
 //!   defaulted accessors: [`DmaDirtyLog`] (the engine uses it to migrate
 //!   guest RAM a device writes), [`RegionAccess`] and [`DmaMapping`] (for
-//!   VMMs, tests and the CLI).
+//!   VMMs, tests and the CLI); [`dma_log_of`], [`regions_of`] and
+//!   [`dma_mapping_of`] turn a missing one into
+//!   [`BackendError::Unsupported`].
 //!
 //! It also owns the protocol-independent types every backend shares:
 //! [`DeviceDescriptor`] (the compatibility descriptor the destination checks
 //! before the source stops), [`PrecopyInfo`], [`IovaRange`], [`DmaWindow`]
-//! and [`BackendError`].
+//! and [`BackendError`]; and it re-exports the v2 [`MigState`] and the
+//! `MIGRATION_*` flags from `vfio-migrate-abi`, the state vocabulary every
+//! backend speaks whatever its protocol.
 
 #![forbid(unsafe_code)]
 

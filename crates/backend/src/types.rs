@@ -33,19 +33,25 @@ pub struct DeviceStatus {
 /// A range of I/O virtual addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IovaRange {
+    /// First IOVA of the range.
     pub iova: u64,
+    /// Length of the range in bytes.
     pub length: u64,
 }
 
 /// One guest-memory window handed to a device for DMA.
 #[derive(Debug, Clone, Copy)]
 pub struct DmaWindow<'a> {
+    /// IOVA the device sees the window at.
     pub iova: u64,
+    /// Length of the window in bytes.
     pub size: u64,
     /// The memory, shared by fd (memfd or file), when mappable.
     pub fd: Option<BorrowedFd<'a>>,
     /// Offset of the window in `fd`.
     pub offset: u64,
+    /// The device may read the window (DMA from guest memory).
     pub readable: bool,
+    /// The device may write the window (DMA into guest memory).
     pub writable: bool,
 }

@@ -1,7 +1,26 @@
-//! `vfio-migrate`: live migration of VFIO devices.
+//! # vfio-migrate
+//!
+//! The `vfio-migrate` command: live migration of VFIO devices. It owns the
+//! user's side of the project — command-line parsing, endpoints, progress
+//! and reports — and leaves migration policy to `vfio-migrate-engine` and
+//! the device protocols to the backend crates.
 //!
 //! Each subcommand lives in its own module; this file only parses the
-//! command line, sets up logging and dispatches.
+//! command line, sets up logging and dispatches:
+//!
+//! - `demo`: a verified live migration of a running vgpu and its guest RAM
+//!   between two server processes, with no arguments;
+//! - `device`: look at or poke one device (descriptor, state, regions);
+//! - `serve`: serve a sample device over vfio-user on a UNIX socket;
+//! - `migrate`: move a device's state between `unix:`, `tcp:`, `file:` and
+//!   `kernel:` endpoints; `receive`: the destination side across hosts;
+//! - `inspect`: what a snapshot file holds, every checksum checked;
+//! - `bench` (hidden): the engine's figures next to measured limits.
+//!
+//! Shared by them: `endpoint` (endpoint URIs and opening the device one
+//! names), `digest` (the sample devices' digest registers for
+//! verification), `interrupt` (Ctrl-C as a rollback request), `progress`
+//! and `report` (what is printed while and after a migration runs).
 
 #![forbid(unsafe_code)]
 

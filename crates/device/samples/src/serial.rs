@@ -46,17 +46,32 @@ pub const BAR0_SIZE: u64 = 32;
 /// FIFO depth.
 pub const FIFO_SIZE: usize = 64;
 
-/// BAR0 offsets.
+/// BAR0 offsets. Registers 0x00..=0x07 take 1-byte accesses only; outside
+/// RUNNING, writes and data-register reads are refused with `EBUSY`.
 pub mod reg {
+    /// Data (u8): a write pushes into the FIFO (dropped and LSR.OE set when
+    /// full), a read pops (0 when empty). With LCR.DLAB: divisor latch low.
     pub const DATA: u64 = 0x00;
+    /// Interrupt enable (u8, bits 0-3). With LCR.DLAB: divisor latch high.
     pub const IER: u64 = 0x01;
+    /// Read: interrupt identification (IIR). Write: FIFO control (FCR; bit
+    /// 1 clears the FIFO).
     pub const IIR_FCR: u64 = 0x02;
+    /// Line control (u8); bit 7 is [`super::LCR_DLAB`].
     pub const LCR: u64 = 0x03;
+    /// Modem control (u8, bits 0-4), looped back into MSR.
     pub const MCR: u64 = 0x04;
+    /// Line status (u8, read-only): [`super::LSR_DR`], [`super::LSR_OE`]
+    /// (cleared by reading LSR while running), [`super::LSR_TX_EMPTY`].
     pub const LSR: u64 = 0x05;
+    /// Modem status (u8, read-only): MCR looped back.
     pub const MSR: u64 = 0x06;
+    /// Scratch (u8).
     pub const SCR: u64 = 0x07;
+    /// Read-only 64-bit digest of every register, the overrun flag and the
+    /// FIFO content (one 8-byte or two 4-byte reads).
     pub const DIGEST: u64 = 0x10;
+    /// Read-only u32: bytes in the FIFO.
     pub const FIFO_LEVEL: u64 = 0x18;
 }
 

@@ -25,11 +25,19 @@ pub struct DeviceIdentity {
     /// Model version: state format version plus any parameter that changes
     /// the state layout.
     pub version: String,
+    /// PCI vendor ID, for config space and the descriptor.
     pub vendor_id: u16,
+    /// PCI device ID.
     pub device_id: u16,
+    /// PCI subsystem vendor ID.
     pub subsystem_vendor_id: u16,
+    /// PCI subsystem ID.
     pub subsystem_id: u16,
+    /// PCI revision ID.
     pub revision: u8,
+    /// PCI class code: base class, subclass and programming interface in
+    /// the low 24 bits (e.g. `0x038000`, other display controller); the
+    /// top byte is ignored.
     pub class_code: u32,
 }
 
@@ -38,8 +46,11 @@ pub struct DeviceIdentity {
 pub struct Region {
     /// Region index (PCI: BAR0..5 = 0..5, config = 7; extra regions ≥ 9).
     pub index: u32,
+    /// Size in bytes; accesses must lie inside it.
     pub size: u64,
+    /// Region reads are allowed.
     pub readable: bool,
+    /// Region writes are allowed.
     pub writable: bool,
     /// Memory backing the mmap-able part, shared by fd.
     pub mmap: Option<RegionMmap>,
@@ -60,7 +71,9 @@ pub struct RegionMmap {
 /// An interrupt index the device offers.
 #[derive(Debug, Clone, Copy)]
 pub struct IrqDesc {
+    /// IRQ index (PCI: `vfio_migrate_abi::vfio_user::PCI_*_IRQ_INDEX`).
     pub index: u32,
+    /// Number of vectors at that index.
     pub count: u32,
     /// `IRQ_INFO_*` flags.
     pub flags: u32,

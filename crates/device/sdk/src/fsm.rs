@@ -22,10 +22,20 @@ pub enum FsmError {
     InError,
     /// The target state needs a capability the device does not have.
     #[error("{state} is not supported by this device (migration flags {flags:#x})")]
-    Unsupported { state: MigState, flags: u64 },
+    Unsupported {
+        /// The state asked for.
+        state: MigState,
+        /// The device's `VFIO_MIGRATION_*` flags.
+        flags: u64,
+    },
     /// No path exists (e.g. STOP_COPY → PRE_COPY).
     #[error("no transition from {from} to {to}")]
-    NoPath { from: MigState, to: MigState },
+    NoPath {
+        /// The state the device is in.
+        from: MigState,
+        /// The state asked for.
+        to: MigState,
+    },
 }
 
 impl FsmError {

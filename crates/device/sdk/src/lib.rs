@@ -16,6 +16,9 @@
 //!   over a `DeviceCore`, for tests and embedding.
 //! - [`dirty`]: an atomic dirty-page bitmap for a device's own memory.
 //! - [`pci`]: a type-0 PCI config space with write masks and BAR sizing.
+//! - [`region`]: the older migration interfaces as device regions over the
+//!   same `DeviceCore`: the Linux 5.8 v1 region and the 2018 seed region.
+//! - [`DeviceError`]: an errno for the wire plus a message for people.
 //!
 //! The SDK knows nothing of how bytes reach the device: the vfio-user
 //! server and the in-process handle both drive a `DeviceCore`.

@@ -14,19 +14,33 @@ pub const CONFIG_SIZE: usize = 256;
 
 /// Standard header offsets.
 pub mod offset {
+    /// Vendor ID, 16 bits.
     pub const VENDOR_ID: usize = 0x00;
+    /// Device ID, 16 bits.
     pub const DEVICE_ID: usize = 0x02;
+    /// Command register, 16 bits (writable bits: [`super::COMMAND_WRITABLE`]).
     pub const COMMAND: usize = 0x04;
+    /// Status register, 16 bits (read-only here).
     pub const STATUS: usize = 0x06;
+    /// Revision ID, 8 bits.
     pub const REVISION: usize = 0x08;
+    /// Class code, 24 bits: programming interface, subclass, base class.
     pub const CLASS_CODE: usize = 0x09;
+    /// Cache line size, 8 bits (guest-writable).
     pub const CACHE_LINE_SIZE: usize = 0x0c;
+    /// Latency timer, 8 bits (guest-writable).
     pub const LATENCY_TIMER: usize = 0x0d;
+    /// Header type, 8 bits (0: endpoint).
     pub const HEADER_TYPE: usize = 0x0e;
+    /// BAR0, 32 bits; BARn is at `BAR0 + 4 * n`.
     pub const BAR0: usize = 0x10;
+    /// Subsystem vendor ID, 16 bits.
     pub const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
+    /// Subsystem ID, 16 bits.
     pub const SUBSYSTEM_ID: usize = 0x2e;
+    /// Interrupt line, 8 bits (guest-writable scratch).
     pub const INTERRUPT_LINE: usize = 0x3c;
+    /// Interrupt pin, 8 bits (0: none, 1..=4: INTA#..INTD#).
     pub const INTERRUPT_PIN: usize = 0x3d;
 }
 
@@ -38,9 +52,15 @@ pub const COMMAND_WRITABLE: u16 = 0x0001 | 0x0002 | 0x0004 | 0x0040 | 0x0100 | 0
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BarKind {
     /// 32-bit memory BAR.
-    Mem32 { prefetchable: bool },
+    Mem32 {
+        /// Sets the BAR's prefetchable bit.
+        prefetchable: bool,
+    },
     /// 64-bit memory BAR (uses this slot and the next).
-    Mem64 { prefetchable: bool },
+    Mem64 {
+        /// Sets the BAR's prefetchable bit.
+        prefetchable: bool,
+    },
     /// I/O port BAR.
     Io,
 }
@@ -52,6 +72,7 @@ pub struct Bar {
     pub index: u8,
     /// Size in bytes (a power of two; ≥ 16 for memory, ≥ 4 for I/O).
     pub size: u64,
+    /// Memory or I/O, and the memory BAR's width.
     pub kind: BarKind,
 }
 

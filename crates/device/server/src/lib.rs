@@ -8,7 +8,12 @@
 //! Layout: [`Server::serve`] accepts; the connection loop frames messages
 //! (header, size cap, payload, fds) and sends replies with one `sendmsg`;
 //! [`dispatch::dispatch`] turns one message into one reply without touching
-//! sockets; one file per command group does the work.
+//! sockets; one file per command group does the work. A [`Session`] is one
+//! client's state; devices plug in their own regions and commands through
+//! [`RegionHandler`] and [`CommandHandler`] — [`migregion`] uses them to
+//! serve the v1 and seed migration regions and the old `DIRTY_PAGES`
+//! command next to v2. [`Shutdown`] ends the server cleanly on request or
+//! on SIGTERM/SIGINT.
 
 #![forbid(unsafe_code)]
 
@@ -51,15 +56,24 @@ pub enum ServerError {
     #[error(
         "{path}: another server is already listening there; stop it or pick another --socket path"
     )]
-    InUse { path: PathBuf },
+    InUse {
+        /// The socket path a live server answers on.
+        path: PathBuf,
+    },
     /// The path exists and is not a socket: we will not delete it.
     #[error("{path}: exists and is not a socket; remove it or pick another --socket path")]
-    NotASocket { path: PathBuf },
+    NotASocket {
+        /// The path that is in the way.
+        path: PathBuf,
+    },
     /// A socket call failed.
     #[error("{step} {path}: {source}")]
     Socket {
+        /// What was being done, e.g. `binding` or `removing stale socket`.
         step: &'static str,
+        /// The socket path.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: io::Error,
     },
@@ -236,7 +250,7 @@ impl<D: Device> Server<D> {
         self.ext.commands.push(h);
     }
 
-    /// A session for driving [`dispatch`] without a socket (tests, fuzzing).
+    /// A session for driving [`dispatch()`] without a socket (tests, fuzzing).
     pub fn session(&mut self) -> Session<'_, D> {
         Session::new(&self.core, &mut self.ext, &self.config)
     }

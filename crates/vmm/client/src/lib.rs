@@ -4,6 +4,13 @@
 //! implementation of the spec), the raw operations as public methods, and
 //! [`vfio_migrate_backend::MigrationDevice`] on top (see `migration.rs`).
 //!
+//! It owns every migration protocol a vfio-user device may speak, picked by
+//! [`open`] with a [`Protocol`]: v2 on [`Client`] itself (DEVICE_FEATURE +
+//! MIG_DATA_READ/WRITE), the Linux 5.8 v1 region ([`V1Device`], dirty
+//! logging by `DIRTY_PAGES`) and the 2018 seed region ([`SeedDevice`]),
+//! both over a [`MigRegion`]; and [`forward_mig_data`], which splices
+//! migration data from one server to another on the same host.
+//!
 //! Every request is one `sendmsg` (header, struct and data as iovecs, fds
 //! as `SCM_RIGHTS`); every reply is read to its last byte (`msg_size`),
 //! error replies and padding included; data replies are read straight
@@ -104,8 +111,11 @@ impl Default for ClientConfig {
 /// protocol themselves, e.g. tests of malformed requests).
 #[derive(Debug)]
 pub struct RawReply {
+    /// The reply's header (error flag and errno included).
     pub header: Header,
+    /// Everything after the header: `msg_size - 16` bytes.
     pub payload: Vec<u8>,
+    /// File descriptors that came with the reply (`SCM_RIGHTS`).
     pub fds: Vec<OwnedFd>,
 }
 
@@ -121,9 +131,11 @@ impl RawReply {
 /// What DEVICE_GET_REGION_INFO says about a region.
 #[derive(Debug)]
 pub struct RegionDesc {
+    /// The region index.
     pub index: u32,
     /// `REGION_FLAG_*`.
     pub flags: u32,
+    /// Region size in bytes (0: the device has no such region).
     pub size: u64,
     /// mmap offset of the region in `fd`.
     pub offset: u64,

@@ -16,7 +16,7 @@
 //!   RUNNING on any failure before the destination runs.
 //! - [`dest::migrate_in`]: the destination: checks descriptors, loads
 //!   RESUMING, validates (→ STOP), verifies digests, runs only when told.
-//! - [`format`]: the versioned, CRC32C-checked record stream
+//! - [`format`](mod@format): the versioned, CRC32C-checked record stream
 //!   (`docs/stream-format.md`), the same over TCP, UNIX sockets and files:
 //!   records, codec, the one grammar parser, the reply channel;
 //!   [`snapshot`] reads and checks a snapshot file whole with that parser.
@@ -24,6 +24,10 @@
 //! - [`link`]: the transports, with the back channel of live migrations.
 //! - [`guest`]: the [`GuestRam`] trait and memfd RAM; [`verify`]: the
 //!   device-digest hook and the RAM hash.
+//! - [`progress`] and [`report`]: the phases and figures a caller sees
+//!   while and after a migration runs; [`error`]: every failure, with the
+//!   phase and the state the source was left in; [`cancel`]: stopping a
+//!   migration from outside.
 //!
 //! Engine memory is O(chunk): device data and RAM move in records of at
 //! most a few MiB, whatever the state size.

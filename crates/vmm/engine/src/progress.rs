@@ -45,6 +45,7 @@ impl std::fmt::Display for Phase {
 /// every phase change.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
+    /// The phase the migration is in.
     pub phase: Phase,
     /// Pre-copy rounds completed.
     pub iteration: u32,

@@ -11,10 +11,13 @@ pub struct DeviceReport {
     pub source: String,
     /// Protocol that carried it.
     pub protocol: String,
+    /// The descriptor's model ([`DeviceDescriptor::model`]).
     pub model: String,
+    /// The descriptor's model version ([`DeviceDescriptor::version`]).
     pub version: String,
     /// `vvvv:dddd`.
     pub pci_id: String,
+    /// The device's `VFIO_MIGRATION_*` flags.
     pub migration_flags: u64,
     /// Pre-copy data bytes sent.
     pub precopy_bytes: u64,
@@ -66,8 +69,12 @@ pub struct MigrationReport {
     /// Guest/devices stopped until the destination confirmed RUNNING (a
     /// snapshot: until the source ran again).
     pub downtime_ms: f64,
+    /// Wall time of the whole migration.
     pub total_ms: f64,
+    /// From the start to the first pre-copy round: descriptors, the
+    /// destination's answer, DMA logging on.
     pub setup_ms: f64,
+    /// Pre-copy rounds, up to the stop.
     pub precopy_ms: f64,
     /// Of the downtime: pausing and moving devices to STOP_COPY.
     pub stop_ms: f64,
@@ -80,11 +87,15 @@ pub struct MigrationReport {
     pub dest_digest_ms: f64,
     /// After the downtime: hashing the source RAM to compare.
     pub verify_ms: f64,
+    /// Pre-copy was asked for (devices without PRE_COPY still move all
+    /// their data in stop-copy).
     pub precopy: bool,
+    /// Pre-copy rounds completed.
     pub precopy_iterations: u32,
     /// The switchover came from the estimate (false: iterations ran out or
     /// pre-copy was off).
     pub converged: bool,
+    /// The downtime the switchover aimed to stay under.
     pub downtime_limit_ms: f64,
     /// Expected downtime at the switchover.
     pub expected_downtime_ms: f64,
@@ -110,8 +121,11 @@ pub struct MigrationReport {
     pub ram_hash_source: Option<String>,
     /// RAM hash at the destination before it ran.
     pub ram_hash_dest: Option<String>,
+    /// Names the source side (devices, or the snapshot file).
     pub source: String,
+    /// Names the destination (the link's peer: address or file).
     pub dest: String,
+    /// One report per device, in stream index order.
     pub devices: Vec<DeviceReport>,
     /// Peak resident memory of the migrating process (VmHWM), when the
     /// caller measured it.

@@ -11,19 +11,40 @@ use thiserror::Error;
 /// Why a device could not be located.
 #[derive(Debug, Error)]
 pub enum LocateError {
+    /// The sysfs directory the spec points to does not exist.
     #[error("kernel:{spec}: no such device at {path} — create the mdev (echo UUID > …/mdev_supported_types/TYPE/create) or check the PCI address with lspci")]
-    NotFound { spec: String, path: PathBuf },
+    NotFound {
+        /// The endpoint as given (after `kernel:`).
+        spec: String,
+        /// The sysfs device directory looked for.
+        path: PathBuf,
+    },
+    /// The device has no usable `iommu_group` link: not bound to a VFIO
+    /// driver.
     #[error("kernel:{spec}: {path} has no iommu_group — bind the device to a VFIO driver (vfio-pci or a *-vfio-pci variant driver) or load the mdev vendor module")]
-    NoGroup { spec: String, path: PathBuf },
+    NoGroup {
+        /// The endpoint as given.
+        spec: String,
+        /// The sysfs device directory.
+        path: PathBuf,
+    },
+    /// Reading sysfs failed for another reason (e.g. permissions).
     #[error("kernel:{spec}: cannot read {path}: {source}")]
     Io {
+        /// The endpoint as given.
         spec: String,
+        /// The path that could not be read.
         path: PathBuf,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// The spec is none of the accepted forms.
     #[error("kernel:{spec}: '{spec}' is not an mdev UUID, a PCI address or a sysfs device path")]
-    BadSpec { spec: String },
+    BadSpec {
+        /// The endpoint as given.
+        spec: String,
+    },
 }
 
 /// A located device.
@@ -42,7 +63,9 @@ pub struct Located {
 /// Where sysfs and /dev are (overridable for tests).
 #[derive(Debug, Clone)]
 pub struct Locator {
+    /// Where sysfs is mounted (`/sys`).
     pub sysfs_root: PathBuf,
+    /// Where the device nodes are (`/dev`); groups are `vfio/<n>` below it.
     pub dev_root: PathBuf,
 }
 

@@ -28,8 +28,15 @@ const MAX_NAP: Duration = Duration::from_millis(20);
 /// What the device and its engines share.
 #[derive(Debug)]
 pub struct Shared {
+    /// Device memory (BAR2), memfd-backed so clients can mmap it.
     pub mem: SharedMemory,
+    /// Pages of `mem` written since they were last cleared (a save stream
+    /// clears all when it starts and each page it sends): marked by the
+    /// render engine and by region writes, not by writes through a
+    /// client's mmap.
     pub dirty: DirtyBitmap,
+    /// The registers the engines read their rates, window and seed from
+    /// and count their work in.
     pub regs: Regs,
 }
 

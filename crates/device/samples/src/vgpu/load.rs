@@ -26,7 +26,9 @@ pub fn size_words(bytes: u64) -> String {
 /// What the load stream delivered, applied when RESUMING ends.
 #[derive(Debug)]
 pub struct Loaded {
+    /// The registers record's register values.
     pub regs: RegSnapshot,
+    /// The registers record's PCI config space.
     pub config: [u8; CONFIG_SIZE],
 }
 

@@ -69,30 +69,50 @@ pub fn name(off: u64) -> &'static str {
 /// The registers that carry state, shared with the engine threads.
 #[derive(Debug, Default)]
 pub struct Regs {
+    /// [`reg::CONTROL`]: [`CONTROL_RENDER`] | [`CONTROL_DMA`].
     pub control: AtomicU64,
+    /// [`reg::RENDER_RATE`], bytes/s.
     pub render_rate: AtomicU64,
+    /// [`reg::DMA_RATE`], bytes/s.
     pub dma_rate: AtomicU64,
+    /// [`reg::DMA_IOVA`]: first guest IOVA the DMA engine writes.
     pub dma_iova: AtomicU64,
+    /// [`reg::DMA_SIZE`]: bytes of the DMA engine's window.
     pub dma_size: AtomicU64,
+    /// [`reg::SEED`]: seeds the engines' block placement and content.
     pub seed: AtomicU64,
+    /// [`reg::SCRATCH`]: free for the driver.
     pub scratch: AtomicU64,
+    /// [`reg::FRAME`]: render steps done (written by the render engine).
     pub frame: AtomicU64,
+    /// [`reg::DMA_COUNT`]: DMA writes done (written by the DMA engine).
     pub dma_count: AtomicU64,
+    /// [`reg::DMA_ERRORS`]: DMA writes that failed.
     pub dma_errors: AtomicU64,
 }
 
 /// A copy of [`Regs`], in save-stream order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RegSnapshot {
+    /// [`Regs::control`].
     pub control: u64,
+    /// [`Regs::render_rate`], bytes/s.
     pub render_rate: u64,
+    /// [`Regs::dma_rate`], bytes/s.
     pub dma_rate: u64,
+    /// [`Regs::dma_iova`].
     pub dma_iova: u64,
+    /// [`Regs::dma_size`], bytes.
     pub dma_size: u64,
+    /// [`Regs::seed`].
     pub seed: u64,
+    /// [`Regs::scratch`].
     pub scratch: u64,
+    /// [`Regs::frame`].
     pub frame: u64,
+    /// [`Regs::dma_count`].
     pub dma_count: u64,
+    /// [`Regs::dma_errors`].
     pub dma_errors: u64,
 }
 

@@ -43,9 +43,13 @@ pub const FLAG_OPTIONAL: u16 = 1 << 0;
 wire_struct! {
     /// Stream header: magic, format version (major, minor), flags (0).
     pub struct StreamHeader {
+        /// [`MAGIC`] read as a little-endian u64 ([`magic_u64`]).
         pub magic: u64,
+        /// Format major version; readers refuse any but [`FORMAT_MAJOR`].
         pub major: u16,
+        /// Format minor version; any is accepted within the major.
         pub minor: u16,
+        /// 0; any other value is refused.
         pub flags: u32,
     }
 }
@@ -54,10 +58,16 @@ wire_struct! {
     /// Record header. `crc` is CRC32C over the first 12 bytes of this header
     /// followed by the payload.
     pub struct RecordHeader {
+        /// The record type, a [`Kind`] number.
         pub kind: u16,
+        /// [`FLAG_OPTIONAL`] or 0; other bits are refused.
         pub flags: u16,
+        /// Device index (below [`MAX_DEVICES`]) for per-device kinds,
+        /// [`NO_DEVICE`] for the others.
         pub device: u32,
+        /// Payload bytes after this header, within the kind's bounds.
         pub length: u32,
+        /// CRC32C of header bytes 0..12 followed by the payload.
         pub crc: u32,
     }
 }
@@ -65,7 +75,9 @@ wire_struct! {
 wire_struct! {
     /// Payload of [`Kind::Ram`]: the guest RAM layout.
     pub struct RamInfo {
+        /// Guest RAM size in bytes, a multiple of `page_size`.
         pub size: u64,
+        /// Guest page size in bytes: a power of two up to [`MAX_PAGE_SIZE`].
         pub page_size: u64,
     }
 }
@@ -82,7 +94,9 @@ wire_struct! {
 wire_struct! {
     /// Payload of [`Kind::SetupEnd`].
     pub struct SetupEnd {
+        /// Number of [`Kind::Device`] records before it; must match.
         pub devices: u32,
+        /// 0.
         pub flags: u32,
     }
 }
@@ -90,8 +104,12 @@ wire_struct! {
 wire_struct! {
     /// Head of a [`Kind::RamPages`] payload; `count` pages of data follow.
     pub struct RamRun {
+        /// Index of the first page (guest address / page size).
         pub first_page: u64,
+        /// Number of consecutive pages, at least 1; the run must lie inside
+        /// guest RAM.
         pub count: u32,
+        /// 0.
         pub reserved: u32,
     }
 }
@@ -99,6 +117,8 @@ wire_struct! {
 wire_struct! {
     /// Payload of [`Kind::DeviceEnd`]: bytes of device data sent in total.
     pub struct DeviceEnd {
+        /// Total device-data bytes (pre-copy plus stop-copy) sent for this
+        /// device; the destination checks it against what it received.
         pub bytes: u64,
     }
 }
@@ -106,6 +126,8 @@ wire_struct! {
 wire_struct! {
     /// Payload of [`Kind::Round`]: the round just completed.
     pub struct Round {
+        /// Number of the pre-copy round that ended; a live destination acks
+        /// it with a round-ack of the same number.
         pub iteration: u64,
     }
 }
@@ -114,6 +136,8 @@ wire_struct! {
     /// Payload of [`Kind::Verify`]: the device digest at the source, read
     /// while the device was stopped.
     pub struct Digest {
+        /// The device's state digest, as the caller's
+        /// [`crate::verify::Verifier`] computed it.
         pub digest: u64,
     }
 }
@@ -123,7 +147,9 @@ wire_struct! {
     /// total size (headers included), so a truncated stream is detected
     /// even when it ends on a record boundary.
     pub struct End {
+        /// Records written before this one.
         pub records: u64,
+        /// Bytes written before this record, stream header included.
         pub bytes: u64,
     }
 }

@@ -14,7 +14,7 @@
 //! cleanup    DMA logging off; live source devices → STOP  (rollback.rs)
 //! ```
 //!
-//! A live migration and a snapshot are two [`Mode`](replies::Mode)s of the
+//! A live migration and a snapshot are two `Mode`s (`replies.rs`) of the
 //! same driver: they differ only in whether a destination answers.
 //! Any failure before GO rolls the source back: devices to their original
 //! state, logging off, vCPUs resumed, ABORT sent to the destination.
