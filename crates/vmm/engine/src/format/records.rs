@@ -86,7 +86,9 @@ wire_struct! {
     /// Payload of [`Kind::RunState`]: the state the source device was in
     /// when the migration started (a `MigState` value: RUNNING or STOP).
     pub struct RunState {
+        /// `MigState::Running` (2) or `MigState::Stop` (1).
         pub state: u32,
+        /// 0.
         pub reserved: u32,
     }
 }
