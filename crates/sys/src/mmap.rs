@@ -41,6 +41,7 @@ unsafe impl Send for MmapRegion {}
 // only through `&mut self`, which excludes every other accessor.
 unsafe impl Sync for MmapRegion {}
 
+#[cold]
 fn out_of_bounds(offset: usize, len: usize, size: usize) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -123,6 +124,7 @@ impl MmapRegion {
 
     /// Checks that `[offset, offset + len)` lies inside the mapping and
     /// returns a pointer to its first byte.
+    #[inline]
     fn at(&self, offset: usize, len: usize) -> io::Result<*mut u8> {
         match offset.checked_add(len) {
             // SAFETY: offset ≤ end ≤ self.len, so the result points into
@@ -133,6 +135,7 @@ impl MmapRegion {
     }
 
     /// Like [`at`](Self::at), and refuses a read-only mapping.
+    #[inline]
     fn at_mut(&self, offset: usize, len: usize) -> io::Result<*mut u8> {
         if !self.writable {
             return Err(io::Error::new(
@@ -144,6 +147,7 @@ impl MmapRegion {
     }
 
     /// Copies `buf.len()` bytes at `offset` into `buf` (one `memcpy`).
+    #[inline]
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
         let src = self.at(offset, buf.len())?;
         // SAFETY: `at` checked that `src..src+len` lies inside the live
@@ -156,6 +160,7 @@ impl MmapRegion {
 
     /// Copies `data` to `offset` (one `memcpy`). Refused on a read-only
     /// mapping.
+    #[inline]
     pub fn write(&self, offset: usize, data: &[u8]) -> io::Result<()> {
         let dst = self.at_mut(offset, data.len())?;
         // SAFETY: `at_mut` checked that `dst..dst+len` lies inside the
@@ -166,6 +171,7 @@ impl MmapRegion {
     }
 
     /// Sets `[offset, offset + len)` to `byte` (one `memset`).
+    #[inline]
     pub fn fill(&self, offset: usize, len: usize, byte: u8) -> io::Result<()> {
         let dst = self.at_mut(offset, len)?;
         // SAFETY: `at_mut` checked that the range lies inside the live,
@@ -177,6 +183,7 @@ impl MmapRegion {
     /// Copies `len` bytes at `offset` into `dst` at `dst_offset`, mapping
     /// to mapping with one `memmove` (no bounce buffer). `dst` may be this
     /// mapping, or another mapping of the same memory.
+    #[inline]
     pub fn copy_to(
         &self,
         offset: usize,

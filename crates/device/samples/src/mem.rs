@@ -74,6 +74,7 @@ impl SharedMemory {
         &self.fd
     }
 
+    #[inline]
     fn check(&self, offset: u64, len: usize) -> DeviceResult<usize> {
         match offset.checked_add(len as u64) {
             Some(end) if end <= self.len() => Ok(offset as usize),
@@ -85,12 +86,14 @@ impl SharedMemory {
     }
 
     /// Copies `buf.len()` bytes at `offset` into `buf`.
+    #[inline]
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
         let at = self.check(offset, buf.len())?;
         self.map.read(at, buf).map_err(|e| os_err("memory read", e))
     }
 
     /// Copies `data` to `offset`.
+    #[inline]
     pub fn write(&self, offset: u64, data: &[u8]) -> DeviceResult<()> {
         let at = self.check(offset, data.len())?;
         self.map
