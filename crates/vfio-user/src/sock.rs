@@ -28,6 +28,9 @@ pub struct RecvFds {
     pub truncated: bool,
 }
 
+/// The send/receive timeout of a client socket between deadline checks.
+const SLICE: Duration = Duration::from_millis(100);
+
 /// How a wait ended without data.
 fn cancelled() -> io::Error {
     io::Error::new(io::ErrorKind::ConnectionAborted, "server shutting down")
@@ -56,6 +59,11 @@ pub struct Conn {
     idle: Option<Duration>,
     /// When a cancel was first seen (grace mode).
     cancelled_at: std::cell::Cell<Option<Instant>>,
+    /// A blocking socket whose calls time out after a short slice
+    /// (`SO_RCVTIMEO`/`SO_SNDTIMEO`): a wait only checks deadlines and the
+    /// cancel between slices, so the common path is one syscall per
+    /// wake-up, as with a plain blocking socket.
+    sliced: bool,
     /// The failure that left the byte stream unusable (a message cut by a
     /// timeout, an error mid-message): later calls fail at once with it.
     broken: std::cell::RefCell<Option<(io::ErrorKind, String)>>,
@@ -73,6 +81,7 @@ impl Conn {
             stall: None,
             idle: None,
             cancelled_at: std::cell::Cell::new(None),
+            sliced: false,
             broken: std::cell::RefCell::new(None),
         }
     }
@@ -90,29 +99,35 @@ impl Conn {
             stall: Some(stall),
             idle: None,
             cancelled_at: std::cell::Cell::new(None),
+            sliced: false,
             broken: std::cell::RefCell::new(None),
         })
     }
 
-    /// Wraps a socket for a client: non-blocking; every wait — a reply
-    /// that does not start, a message that stops in the middle, a send the
-    /// server does not take — gives up after `timeout`. Once `cancel`
-    /// becomes readable, waits last at most `grace` more.
+    /// Wraps a socket for a client: every wait — a reply that does not
+    /// start, a message that stops in the middle, a send the server does
+    /// not take — gives up after `timeout`. Once `cancel` becomes readable,
+    /// waits last at most `grace` more. The socket stays blocking, with
+    /// 100 ms send and receive timeouts between which deadlines and the
+    /// cancel are checked.
     pub fn client(
-        fd: OwnedFd,
+        stream: std::os::unix::net::UnixStream,
         timeout: Duration,
         cancel: Option<OwnedFd>,
         grace: Duration,
     ) -> io::Result<Self> {
-        set_nonblocking(fd.as_fd())?;
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(SLICE))?;
+        stream.set_write_timeout(Some(SLICE))?;
         Ok(Self {
-            fd,
+            fd: stream.into(),
             cancel: cancel.as_ref().map(|c| c.as_raw_fd()),
             _cancel_owned: cancel,
             on_cancel: OnCancel::Grace(grace),
             stall: Some(timeout),
             idle: Some(timeout),
             cancelled_at: std::cell::Cell::new(None),
+            sliced: true,
             broken: std::cell::RefCell::new(None),
         })
     }
@@ -129,6 +144,9 @@ impl Conn {
         if self.cancel.is_none() && self.stall.is_none() && self.idle.is_none() {
             // A blocking socket: the call itself waited.
             return Ok(());
+        }
+        if self.sliced {
+            return self.between_slices(idle, since);
         }
         loop {
             let limit = if idle { self.idle } else { self.stall };
@@ -218,6 +236,35 @@ impl Conn {
             *b = Some((e.kind(), e.to_string()));
         }
         e
+    }
+
+    /// A sliced socket's call timed out: notes a cancel, and fails once a
+    /// deadline passed; otherwise the caller retries (and the call waits
+    /// one more slice).
+    fn between_slices(&self, idle: bool, since: Instant) -> io::Result<()> {
+        if let (Some(c), None) = (self.cancel, self.cancelled_at.get()) {
+            let mut p = [libc::pollfd {
+                fd: c,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if matches!(sys::fd::poll(&mut p, 0), Ok(n) if n > 0) {
+                match self.on_cancel {
+                    OnCancel::Abort => return Err(cancelled()),
+                    OnCancel::Grace(_) => self.cancelled_at.set(Some(Instant::now())),
+                }
+            }
+        }
+        let limit = if idle { self.idle } else { self.stall };
+        let mut deadline = limit.map(|d| since + d);
+        if let (OnCancel::Grace(g), Some(at)) = (self.on_cancel, self.cancelled_at.get()) {
+            let g = at + g;
+            deadline = Some(deadline.map_or(g, |d| d.min(g)));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(self.timed_out(idle, limit));
+        }
+        Ok(())
     }
 
     fn timed_out(&self, idle: bool, limit: Option<Duration>) -> io::Error {

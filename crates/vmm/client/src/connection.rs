@@ -38,13 +38,8 @@ impl Client {
             ),
             None => None,
         };
-        let conn = Conn::client(
-            stream.into(),
-            config.connect_timeout,
-            cancel,
-            config.cancel_grace,
-        )
-        .map_err(|e| io_err(&format!("{name}: configuring the socket"), e))?;
+        let conn = Conn::client(stream, config.connect_timeout, cancel, config.cancel_grace)
+            .map_err(|e| io_err(&format!("{name}: configuring the socket"), e))?;
         Ok(Self {
             conn,
             name,
