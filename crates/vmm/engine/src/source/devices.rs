@@ -86,14 +86,22 @@ impl<D: MigrationDevice> Source<'_, D> {
         kind: Kind,
         budget: u64,
     ) -> Result<(u64, bool), EngineError> {
-        let chunk = self.devs[i]
+        let mut chunk = self.devs[i]
             .h
             .preferred_chunk()
             .clamp(4096, MAX_DEVICE_DATA)
             .min(self.buf.len());
+        if let Some(rate) = self.opts.bandwidth_limit {
+            // Paced: chunks of at most ~50 ms of the rate, so that a
+            // destination's failure or a cancel is seen between them.
+            chunk = chunk.min((rate / 20).max(64 << 10) as usize);
+        }
         let mut sent = 0u64;
         while sent < budget {
             self.check_cancel()?;
+            // A destination that failed says so on the back channel: stop
+            // sending at once rather than after the whole state.
+            self.poll_replies()?;
             let n = {
                 let d = &mut self.devs[i];
                 d.h.read_data(&mut self.buf[..chunk])
