@@ -292,10 +292,12 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                     state: initial,
                 });
             }
+            let status = h.status();
+            // Devices that report their status are ours: they may leave
+            // STOP_COPY at any point. Others may not (see `Dev`).
+            let drain_on_rollback = !matches!(status, Ok(Some(_)));
             if !self.opts.force {
-                let st = h
-                    .status()
-                    .map_err(|e| EngineError::device(Phase::Setup, name.clone(), e))?;
+                let st = status.map_err(|e| EngineError::device(Phase::Setup, name.clone(), e))?;
                 if initial == MigState::Stop && st.is_some_and(|s| s.migrated_out) {
                     return Err(EngineError::AlreadyMigrated { device: name });
                 }
@@ -305,8 +307,9 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 && desc.migration_flags & MIGRATION_PRE_COPY != 0
                 && initial == MigState::Running;
             let report = DeviceReport::new(name.clone(), h.protocol(), &desc);
-            self.devs
-                .push(Dev::new(h, name, desc, initial, precopy, report));
+            let mut dev = Dev::new(h, name, desc, initial, precopy, report);
+            dev.drain_on_rollback = drain_on_rollback;
+            self.devs.push(dev);
         }
         self.buf = vec![0u8; chunk];
 
