@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 suite=libvfio-user
-kits=${VFIO_PEER_KITS:-../shared/peers}
+. tests/peers/kits.sh
+kits_find || true
 kit=$kits/libvfio-user/build.sh
 cache=${VFIO_PEER_CACHE:-/var/cache/vfio-migrate-peers}/libvfio-user
 log=${PEER_LOG:-/dev/null}
