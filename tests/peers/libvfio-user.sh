@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 suite=libvfio-user
-. tests/peers/kits.sh
+. tests/peers/kits.inc
 kits_find || true
 kit=$kits/libvfio-user/build.sh
 cache=${VFIO_PEER_CACHE:-/var/cache/vfio-migrate-peers}/libvfio-user

@@ -170,6 +170,7 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
             protocol: crate::endpoint::ProtocolArg::Auto,
             liveness: crate::liveness::Liveness::default(),
             bandwidth_limit: None,
+            tls: false,
             verify,
         };
         let out = demo::execute(&args, Style::Off, &crate::interrupt::install()?)?;

@@ -22,8 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 use vfio_migrate_backend::{DmaWindow, MigrationDevice};
 use vfio_migrate_engine::{
-    accept_tcp, connect_tcp, migrate_in, migrate_out, Cancel, DestLink, DestOptions, GuestRam,
-    Link, MemfdRam, MigrationReport,
+    migrate_in, migrate_out, Cancel, DestOptions, GuestRam, MemfdRam, MigrationReport,
 };
 use vfio_migrate_harness::{Options, ServerProcess, SimGuest, TempDir, VcpuConfig};
 
@@ -76,6 +75,10 @@ pub struct Args {
     /// detected, v2 preferred).
     #[arg(long, value_enum, default_value = "auto")]
     pub(crate) protocol: ProtocolArg,
+    /// Migrate over TLS 1.3 with mutual authentication, with credentials
+    /// made for the run (what `vfio-migrate certs` makes).
+    #[arg(long)]
+    pub(crate) tls: bool,
     /// Send at most this many bytes per second (K/M/G suffixes).
     #[arg(long, value_name = "BYTES/S", value_parser = parse_size)]
     pub(crate) bandwidth_limit: Option<u64>,
@@ -183,9 +186,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let cancel = crate::interrupt::install()?;
     let out = execute(&args, style, &cancel)?;
     let title = format!(
-        "vfio-migrate demo: live migration of a running vgpu ({} device memory) and {} of guest RAM over loopback TCP",
+        "vfio-migrate demo: live migration of a running vgpu ({} device memory) and {} of guest RAM over loopback TCP{}",
         bytes(args.device_mem),
-        bytes(args.guest_mem)
+        bytes(args.guest_mem),
+        if args.tls { " with TLS 1.3" } else { "" }
     );
     if args.json {
         print_json(&out.report);
@@ -280,6 +284,20 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
     let verifier = args.verify.then(sample_verifier);
     opts.verifier = verifier.clone();
 
+    let tls_dir = if args.tls {
+        let d = dir.join("tls");
+        crate::certs::make(&d, &["127.0.0.1".to_string()], "vfio-migrate-demo", 1, true)
+            .context("making TLS credentials")?;
+        Some(d)
+    } else {
+        None
+    };
+    let admission = crate::secure::Admission {
+        tls: match &tls_dir {
+            Some(d) => Some((vfio_migrate_engine::tls::server_config(d)?, Vec::new())),
+            None => None,
+        },
+    };
     let (dcancel, ddeadlines) = (cancel.clone(), deadlines.clone());
     let src_deadlines = deadlines;
     let (result, dest_result, mut dst) = std::thread::scope(|s| -> anyhow::Result<_> {
@@ -287,9 +305,14 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
         let (cancel, deadlines) = (dcancel, ddeadlines);
         let receiver = s.spawn(move || {
             let r = (|| {
-                let (stream, peer) = accept_tcp(&listener, Some(deadlines.connect), &cancel)
-                    .context("accepting the migration")?;
-                let link = DestLink::tcp(stream, format!("tcp:{peer}"), &deadlines)?;
+                let (link, _peer) = crate::secure::accept(
+                    &listener,
+                    &admission,
+                    &deadlines,
+                    Some(deadlines.connect),
+                    &cancel,
+                )
+                .context("accepting the migration")?;
                 migrate_in(
                     std::slice::from_mut(&mut dst),
                     Some(dst_ram as &dyn GuestRam),
@@ -305,9 +328,13 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
             })();
             (r, dst)
         });
-        let stream =
-            connect_tcp(&addr.to_string(), &src_deadlines).context("connecting to the receiver")?;
-        let link = Link::tcp(stream, dest_name.clone(), &src_deadlines)?;
+        let link = crate::secure::connect(
+            &addr.to_string(),
+            &dest_name,
+            tls_dir.as_deref(),
+            "127.0.0.1",
+            &src_deadlines,
+        )?;
         let r = migrate_out(
             std::slice::from_mut(&mut src),
             Some(&guest as &dyn GuestRam),

@@ -27,6 +27,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod certs;
 mod demo;
 mod device;
 mod digest;
@@ -39,6 +40,7 @@ mod migrate;
 mod progress;
 mod receive;
 mod report;
+mod secure;
 mod serve;
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -79,6 +81,9 @@ enum Cmd {
     Receive(receive::Args),
     /// Show what a snapshot file holds and check every checksum.
     Inspect(inspect::Args),
+    /// Make TLS credentials (a CA, a receiver and a sender certificate) for
+    /// `migrate`/`receive --tls-creds`.
+    Certs(certs::Args),
     /// Measure downtime, throughput and memory against the limits.
     #[command(hide = true)]
     Bench(bench::Args),
@@ -110,6 +115,7 @@ fn main() {
         Cmd::Migrate(a) => migrate::run(a),
         Cmd::Receive(a) => receive::run(a),
         Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Certs(a) => certs::run(a),
         Cmd::Bench(a) => bench::run(a),
     };
     match r {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use vfio_migrate_backend::MigrationDevice;
 use vfio_migrate_engine::snapshot;
 use vfio_migrate_engine::{
-    connect_tcp, migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport,
+    migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport,
     SourceFailure, SourceOptions,
 };
 
@@ -94,6 +94,17 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     liveness: Liveness,
+    /// TLS credentials directory (QEMU's x509 layout, made by `vfio-migrate
+    /// certs`) for a tcp: destination: the receiver's certificate is
+    /// checked against its CA and the host name dialled, and ours is shown
+    /// to it. Without it a tcp: migration is plaintext (warned about
+    /// unless the destination is loopback).
+    #[arg(long, value_name = "DIR")]
+    tls_creds: Option<std::path::PathBuf>,
+    /// The name the receiver's certificate must carry, when not the host
+    /// name dialled (as QEMU's tls-hostname).
+    #[arg(long, value_name = "NAME", requires = "tls_creds")]
+    tls_hostname: Option<String>,
     /// Override the safety checks: migrate a source that was migrated out
     /// already (two copies may run), load into a destination that is not
     /// expecting a migration (its state is overwritten).
@@ -122,13 +133,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             device_to_device(&src, &dst, &args, cancel.clone(), style)?
         }
         (s, Endpoint::Tcp { .. }) if s.is_device() => {
+            let Endpoint::Tcp { host, .. } = &dst else {
+                unreachable!("matched tcp")
+            };
+            if args.tls_creds.is_none() && !crate::secure::is_loopback(host) {
+                eprintln!("warning: {dst} is not a loopback address and --tls-creds was not given: the device's state crosses the network in clear, and the receiver cannot tell who sends it (see `vfio-migrate certs`)");
+            }
             let mut dev = src.open_device_with(args.protocol, &client)?;
             let addr = dst.socket_addr().expect("tcp");
-            let stream = connect_tcp(&addr, &deadlines).with_context(|| {
-                format!("cannot connect to {dst} (is `vfio-migrate receive` listening there?)")
-            })?;
-            let link = Link::tcp(stream, dst.to_string(), &deadlines)
-                .context("setting up the TCP connection")?;
+            let server_name = args.tls_hostname.clone().unwrap_or_else(|| host.clone());
+            let link = crate::secure::connect(
+                &addr,
+                &dst.to_string(),
+                args.tls_creds.as_deref(),
+                &server_name,
+                &deadlines,
+            )?;
             let opts = args
                 .tuning
                 .source_options(src.to_string(), cancel.clone(), style, args.force);

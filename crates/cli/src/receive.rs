@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::io::Write;
 use std::net::TcpListener;
 use vfio_migrate_engine::{
-    accept_tcp, migrate_in, DestLink, DestOptions, DestReport, DeviceLeft, Phase,
+    migrate_in, DestOptions, DestReport, DeviceLeft, Phase,
 };
 
 /// Arguments of `vfio-migrate receive`.
@@ -44,6 +44,18 @@ pub struct Args {
     /// use, or its server cannot tell): its state is overwritten.
     #[arg(long)]
     force: bool,
+    /// TLS credentials directory (QEMU's x509 layout, made by `vfio-migrate
+    /// certs`): the sender must present a certificate signed by its CA.
+    #[arg(long, value_name = "DIR")]
+    tls_creds: Option<std::path::PathBuf>,
+    /// Admit only senders whose certificate's subject CN or a SAN is one of
+    /// these (comma-separated), as QEMU's tls-authz.
+    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',', requires = "tls_creds")]
+    tls_authz: Vec<String>,
+    /// Listen on a non-loopback address without TLS: anyone who can reach
+    /// the port could then write a device's state.
+    #[arg(long, conflicts_with = "tls_creds")]
+    insecure: bool,
 }
 
 #[derive(Serialize)]
@@ -77,6 +89,23 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "--dest {dst}: receive loads into a device (unix:PATH or kernel:DEVICE)"
         )));
     }
+    let Endpoint::Tcp { host, .. } = &listen else {
+        unreachable!("a tcp endpoint")
+    };
+    if args.tls_creds.is_none() && !args.insecure && !crate::secure::is_loopback(host) {
+        return Err(exit::usage(format!(
+            "--listen {listen} is not a loopback address and --tls-creds was not given: anyone who can reach the port could read and write a device's state. Give --tls-creds DIR (make it with `vfio-migrate certs DIR --host NAME`), or --insecure if the network is trusted"
+        )));
+    }
+    let adm = crate::secure::Admission {
+        tls: match &args.tls_creds {
+            Some(dir) => Some((
+                vfio_migrate_engine::tls::server_config(dir)?,
+                args.tls_authz.clone(),
+            )),
+            None => None,
+        },
+    };
     let cancel = crate::interrupt::install()?;
     if args.force {
         eprintln!("warning: --force: the destination device is overwritten even if it is in use");
@@ -90,16 +119,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     println!("listening on {local}");
     std::io::stdout().flush()?;
     let wait = (args.wait > 0).then(|| std::time::Duration::from_secs(args.wait));
-    let (stream, peer) = match accept_tcp(&l, wait, &cancel) {
+    let (link, peer) = match crate::secure::accept(&l, &adm, &deadlines, wait, &cancel) {
         Ok(x) => x,
         Err(e) => {
             let code = exit::cancelled(&cancel).unwrap_or(exit::FAILED);
-            eprintln!("error: waiting for a sender on {local}: {e}; {dst} was not touched");
+            eprintln!("error: waiting for a sender on {local}: {e:#}; {dst} was not touched");
             return Ok(code);
         }
     };
     drop(l);
-    let source = format!("tcp:{peer}");
+    let source = peer;
     eprintln!("receiving from {source} into {dst}");
     let show = !args.json || crate::verbosity() > 0;
     let opts = DestOptions {
@@ -112,8 +141,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }),
         ..Default::default()
     };
-    let link = DestLink::tcp(stream, source.clone(), &deadlines)
-        .context("setting up the TCP connection")?;
     let r = migrate_in(std::slice::from_mut(&mut dev), None, link, opts);
     let (code, out) = match r {
         Ok(rep) => (

@@ -47,6 +47,7 @@ pub mod progress;
 pub mod report;
 pub mod snapshot;
 pub mod source;
+pub mod tls;
 pub mod verify;
 
 pub use cancel::{Cancel, Cancelled};

@@ -23,7 +23,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vfio_migrate_sys::fd::poll;
 
@@ -131,10 +131,112 @@ fn cancelled() -> io::Error {
 /// One direction of a live link, with the deadlines of [`Deadlines`].
 struct Half {
     sock: Arc<Sock>,
+    /// TLS state shared by both directions (rustls is one object for
+    /// both): locked only around non-blocking calls.
+    tls: Option<Arc<Mutex<rustls::Connection>>>,
     d: Deadlines,
     peer: String,
     /// Reading: the first read waits up to the connect deadline.
     first: bool,
+}
+
+impl Half {
+    fn raw_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match &*self.sock {
+            Sock::Tcp(s) => (&*s).read(buf),
+            Sock::Unix(s) => (&*s).read(buf),
+        }
+    }
+
+    fn raw_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match &*self.sock {
+            Sock::Tcp(s) => (&*s).write(buf),
+            Sock::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    /// Reads plaintext: what rustls has decrypted, else more ciphertext
+    /// from the socket (`WouldBlock` when none is there yet).
+    fn tls_read(&self, tls: &Mutex<rustls::Connection>, buf: &mut [u8]) -> io::Result<usize> {
+        let mut c = tls.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match c.reader().read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            let sock = &*self.sock;
+            let n = match sock {
+                Sock::Tcp(s) => c.read_tls(&mut &*s)?,
+                Sock::Unix(s) => c.read_tls(&mut &*s)?,
+            };
+            if n == 0 {
+                // The peer closed without close_notify: the reader says
+                // so on the next call (UnexpectedEof), or 0 after one.
+                return match c.reader().read(buf) {
+                    Ok(n) => Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+                    Err(e) => Err(e),
+                };
+            }
+            c.process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
+
+    /// Plaintext into rustls (up to its buffer limit), then as much of its
+    /// ciphertext out as the socket takes now; when rustls is full, waits
+    /// for the socket first.
+    fn tls_write(&self, t: &Mutex<rustls::Connection>, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            let n = {
+                let mut c = t.lock().unwrap_or_else(|p| p.into_inner());
+                c.writer().write(buf)?
+            };
+            if n > 0 {
+                self.tls_push(t, false)?;
+                return Ok(n);
+            }
+            self.tls_push(t, true)?;
+        }
+    }
+
+    /// Sends rustls' queued ciphertext: what the socket takes now, or
+    /// (`wait`) all of it, waiting with the stall deadline and the cancel.
+    fn tls_push(&self, t: &Mutex<rustls::Connection>, wait: bool) -> io::Result<()> {
+        loop {
+            let r = {
+                let mut c = t.lock().unwrap_or_else(|p| p.into_inner());
+                self.tls_flush(&mut c)
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !wait {
+                        return Ok(());
+                    }
+                    let st = self.d.stall;
+                    wait_fd(self.sock.fd(), libc::POLLOUT, &self.d.cancel, st, &|| {
+                        self.stalled("accepted by", st)
+                    })?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends what rustls has queued (ciphertext); `WouldBlock` leaves the
+    /// rest queued.
+    fn tls_flush(&self, c: &mut rustls::Connection) -> io::Result<()> {
+        while c.wants_write() {
+            match &*self.sock {
+                Sock::Tcp(s) => c.write_tls(&mut &*s)?,
+                Sock::Unix(s) => c.write_tls(&mut &*s)?,
+            };
+        }
+        Ok(())
+    }
 }
 
 impl Half {
@@ -153,9 +255,9 @@ impl Read for Half {
             return Ok(0);
         }
         loop {
-            let r = match &*self.sock {
-                Sock::Tcp(s) => (&*s).read(buf),
-                Sock::Unix(s) => (&*s).read(buf),
+            let r = match &self.tls {
+                Some(t) => self.tls_read(t, buf),
+                None => self.raw_read(buf),
             };
             match r {
                 Ok(n) => {
@@ -186,11 +288,11 @@ impl Write for Half {
         }
         // After a cancel, writes that fit still go out (the ABORT that tells
         // the peer why); a write that would wait ends at once.
+        if let Some(t) = self.tls.clone() {
+            return self.tls_write(&t, buf);
+        }
         loop {
-            let r = match &*self.sock {
-                Sock::Tcp(s) => (&*s).write(buf),
-                Sock::Unix(s) => (&*s).write(buf),
-            };
+            let r = self.raw_write(buf);
             match r {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -206,7 +308,10 @@ impl Write for Half {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self.tls.clone() {
+            Some(t) => self.tls_push(&t, true),
+            None => Ok(()),
+        }
     }
 }
 
@@ -230,8 +335,14 @@ pub struct DestLink {
     pub(crate) heartbeat: Option<Duration>,
 }
 
-/// Both directions of a live socket, and a closer that shuts it down.
-fn halves(sock: Sock, peer: &str, d: &Deadlines) -> io::Result<(Half, Half, Closer)> {
+/// Both directions of a live socket (TLS when `tls`), and a closer that
+/// shuts it down.
+fn halves(
+    sock: Sock,
+    tls: Option<rustls::Connection>,
+    peer: &str,
+    d: &Deadlines,
+) -> io::Result<(Half, Half, Closer)> {
     match &sock {
         Sock::Tcp(s) => {
             s.set_nonblocking(true)?;
@@ -241,15 +352,33 @@ fn halves(sock: Sock, peer: &str, d: &Deadlines) -> io::Result<(Half, Half, Clos
         Sock::Unix(s) => s.set_nonblocking(true)?,
     }
     let sock = Arc::new(sock);
+    let tls = tls.map(|c| Arc::new(Mutex::new(c)));
     let half = |first| Half {
         sock: sock.clone(),
+        tls: tls.clone(),
         d: d.clone(),
         peer: peer.to_string(),
         first,
     };
     let (r, w) = (half(true), half(false));
     let s = sock.clone();
-    Ok((r, w, Box::new(move || s.shutdown())))
+    let t = tls.clone();
+    Ok((
+        r,
+        w,
+        Box::new(move || {
+            // A TLS peer learns it was a clean close (close_notify).
+            if let Some(t) = &t {
+                let mut c = t.lock().unwrap_or_else(|p| p.into_inner());
+                c.send_close_notify();
+                let _ = match &*s {
+                    Sock::Tcp(x) => c.write_tls(&mut &*x),
+                    Sock::Unix(x) => c.write_tls(&mut &*x),
+                };
+            }
+            s.shutdown()
+        }),
+    ))
 }
 
 /// Keepalive probes after a few idle seconds, and `TCP_USER_TIMEOUT`: data
@@ -270,16 +399,32 @@ fn tune_tcp(s: &TcpStream, stall: Duration) -> io::Result<()> {
 impl Link {
     /// A live link over TCP to `peer`.
     pub fn tcp(s: TcpStream, peer: impl Into<String>, d: &Deadlines) -> io::Result<Self> {
-        Self::live(Sock::Tcp(s), peer.into(), d)
+        Self::live(Sock::Tcp(s), None, peer.into(), d)
+    }
+
+    /// A live link over TCP to `peer` after a TLS handshake
+    /// ([`crate::tls::handshake`]).
+    pub fn tcp_tls(
+        s: TcpStream,
+        tls: crate::tls::Established,
+        peer: impl Into<String>,
+        d: &Deadlines,
+    ) -> io::Result<Self> {
+        Self::live(Sock::Tcp(s), Some(tls.conn), peer.into(), d)
     }
 
     /// A live link over a UNIX stream socket.
     pub fn unix(s: UnixStream, peer: impl Into<String>, d: &Deadlines) -> io::Result<Self> {
-        Self::live(Sock::Unix(s), peer.into(), d)
+        Self::live(Sock::Unix(s), None, peer.into(), d)
     }
 
-    fn live(sock: Sock, peer: String, d: &Deadlines) -> io::Result<Self> {
-        let (r, w, close) = halves(sock, &peer, d)?;
+    fn live(
+        sock: Sock,
+        tls: Option<rustls::Connection>,
+        peer: String,
+        d: &Deadlines,
+    ) -> io::Result<Self> {
+        let (r, w, close) = halves(sock, tls, &peer, d)?;
         Ok(Self {
             tx: Box::new(w),
             rx: Some(Box::new(r)),
@@ -319,16 +464,45 @@ impl Link {
 impl DestLink {
     /// A live link over TCP from `peer`.
     pub fn tcp(s: TcpStream, peer: impl Into<String>, d: &Deadlines) -> io::Result<Self> {
-        Self::live(Sock::Tcp(s), peer.into(), d)
+        Self::live(Sock::Tcp(s), None, peer.into(), d)
+    }
+
+    /// A live link over TCP from `peer` after a TLS handshake
+    /// ([`crate::tls::handshake`]).
+    pub fn tcp_tls(
+        s: TcpStream,
+        tls: crate::tls::Established,
+        peer: impl Into<String>,
+        d: &Deadlines,
+    ) -> io::Result<Self> {
+        Self::live(Sock::Tcp(s), Some(tls.conn), peer.into(), d)
     }
 
     /// A live link over a UNIX stream socket.
     pub fn unix(s: UnixStream, peer: impl Into<String>, d: &Deadlines) -> io::Result<Self> {
-        Self::live(Sock::Unix(s), peer.into(), d)
+        Self::live(Sock::Unix(s), None, peer.into(), d)
     }
 
-    fn live(sock: Sock, peer: String, d: &Deadlines) -> io::Result<Self> {
-        let (r, w, close) = halves(sock, &peer, d)?;
+    /// The reading end (to look at the first bytes of a connection before
+    /// it is taken for a migration; see [`DestLink::with_prefix`]).
+    pub fn rx(&mut self) -> &mut (dyn Read + Send) {
+        &mut *self.rx
+    }
+
+    /// Puts `bytes` (already read from the link, e.g. to check the first
+    /// bytes of a connection) back in front of what is read next.
+    pub fn with_prefix(mut self, bytes: Vec<u8>) -> Self {
+        self.rx = Box::new(io::Cursor::new(bytes).chain(self.rx));
+        self
+    }
+
+    fn live(
+        sock: Sock,
+        tls: Option<rustls::Connection>,
+        peer: String,
+        d: &Deadlines,
+    ) -> io::Result<Self> {
+        let (r, w, close) = halves(sock, tls, &peer, d)?;
         Ok(Self {
             rx: Box::new(r),
             tx: Some(Box::new(w)),
