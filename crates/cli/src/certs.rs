@@ -43,7 +43,13 @@ pub struct Args {
 
 /// Runs the command; returns the process exit code.
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    make(&args.dir, &args.hosts, &args.client_name, args.days, args.force)?;
+    make(
+        &args.dir,
+        &args.hosts,
+        &args.client_name,
+        args.days,
+        args.force,
+    )?;
     println!(
         "made {} ({CA_CERT}, {SERVER_CERT} for {}, {CLIENT_CERT} for {}); copy the directory to the other host",
         args.dir.display(),
@@ -55,7 +61,13 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
 
 /// Writes a CA, a server certificate for `hosts` and a client certificate
 /// named `client` into `dir`.
-pub fn make(dir: &Path, hosts: &[String], client: &str, days: u32, force: bool) -> anyhow::Result<()> {
+pub fn make(
+    dir: &Path,
+    hosts: &[String],
+    client: &str,
+    days: u32,
+    force: bool,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let files = [CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY];
     if !force {

@@ -294,7 +294,7 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
     };
     let admission = crate::secure::Admission {
         tls: match &tls_dir {
-            Some(d) => Some((vfio_migrate_engine::tls::server_config(d)?, Vec::new())),
+            Some(d) => Some((vfio_migrate_engine::tls::server_config(d, &[])?, Vec::new())),
             None => None,
         },
     };

@@ -16,8 +16,8 @@ use std::time::Duration;
 use vfio_migrate_backend::MigrationDevice;
 use vfio_migrate_engine::snapshot;
 use vfio_migrate_engine::{
-    migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport,
-    SourceFailure, SourceOptions,
+    migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport, SourceFailure,
+    SourceOptions,
 };
 
 /// `on` / `off`.

@@ -11,9 +11,7 @@ use anyhow::Context;
 use serde::Serialize;
 use std::io::Write;
 use std::net::TcpListener;
-use vfio_migrate_engine::{
-    migrate_in, DestOptions, DestReport, DeviceLeft, Phase,
-};
+use vfio_migrate_engine::{migrate_in, DestOptions, DestReport, DeviceLeft, Phase};
 
 /// Arguments of `vfio-migrate receive`.
 #[derive(clap::Args)]
@@ -50,7 +48,12 @@ pub struct Args {
     tls_creds: Option<std::path::PathBuf>,
     /// Admit only senders whose certificate's subject CN or a SAN is one of
     /// these (comma-separated), as QEMU's tls-authz.
-    #[arg(long, value_name = "NAME[,NAME...]", value_delimiter = ',', requires = "tls_creds")]
+    #[arg(
+        long,
+        value_name = "NAME[,NAME...]",
+        value_delimiter = ',',
+        requires = "tls_creds"
+    )]
     tls_authz: Vec<String>,
     /// Listen on a non-loopback address without TLS: anyone who can reach
     /// the port could then write a device's state.
@@ -100,7 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let adm = crate::secure::Admission {
         tls: match &args.tls_creds {
             Some(dir) => Some((
-                vfio_migrate_engine::tls::server_config(dir)?,
+                vfio_migrate_engine::tls::server_config(dir, &args.tls_authz)?,
                 args.tls_authz.clone(),
             )),
             None => None,

@@ -31,8 +31,9 @@ pub fn connect(
     server_name: &str,
     d: &Deadlines,
 ) -> anyhow::Result<Link> {
-    let stream = connect_tcp(addr, d)
-        .with_context(|| format!("cannot connect to {peer} (is `vfio-migrate receive` listening there?)"))?;
+    let stream = connect_tcp(addr, d).with_context(|| {
+        format!("cannot connect to {peer} (is `vfio-migrate receive` listening there?)")
+    })?;
     match creds {
         None => Ok(Link::tcp(stream, peer, d).context("setting up the TCP connection")?),
         Some(dir) => {
@@ -82,7 +83,9 @@ pub fn accept(
                 if cancel.is_cancelled() {
                     return Err(why);
                 }
-                eprintln!("refused a connection from {peer}: {why:#}; still waiting for the sender");
+                eprintln!(
+                    "refused a connection from {peer}: {why:#}; still waiting for the sender"
+                );
                 tracing::warn!(peer = %peer, "refused a connection: {why:#}");
             }
         }

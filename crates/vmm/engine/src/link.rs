@@ -160,10 +160,11 @@ impl Half {
     fn tls_read(&self, tls: &Mutex<rustls::Connection>, buf: &mut [u8]) -> io::Result<usize> {
         let mut c = tls.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            match c.reader().read(buf) {
+            let r = c.reader().read(buf);
+            match r {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(self.tls_io(e, &c)),
             }
             let sock = &*self.sock;
             let n = match sock {
@@ -179,8 +180,24 @@ impl Half {
                     Err(e) => Err(e),
                 };
             }
-            c.process_new_packets()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Err(e) = c.process_new_packets() {
+                let server = matches!(&*c, rustls::Connection::Server(_));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    crate::tls::explain(&e, server),
+                ));
+            }
+        }
+    }
+
+    /// A rustls error inside an I/O error, said in words.
+    fn tls_io(&self, e: io::Error, c: &rustls::Connection) -> io::Error {
+        match e.get_ref().and_then(|x| x.downcast_ref::<rustls::Error>()) {
+            Some(t) => {
+                let server = matches!(c, rustls::Connection::Server(_));
+                io::Error::new(e.kind(), crate::tls::explain(t, server))
+            }
+            None => e,
         }
     }
 
@@ -191,7 +208,8 @@ impl Half {
         loop {
             let n = {
                 let mut c = t.lock().unwrap_or_else(|p| p.into_inner());
-                c.writer().write(buf)?
+                let r = c.writer().write(buf);
+                r.map_err(|e| self.tls_io(e, &c))?
             };
             if n > 0 {
                 self.tls_push(t, false)?;

@@ -17,8 +17,8 @@ use crate::cancel::Cancel;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConnection, Connection, RootCertStore, ServerConnection};
 pub use rustls::{ClientConfig, ServerConfig};
+use rustls::{ClientConnection, Connection, RootCertStore, ServerConnection};
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsFd, AsRawFd};
@@ -145,12 +145,74 @@ pub fn client_config(dir: &Path) -> Result<Arc<ClientConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// The receiver's client-certificate check: the CA's (webpki), then, when
+/// `authz` is not empty, the certificate's subject CN or a SAN must be
+/// listed — refused during the handshake with an `access_denied` alert, so
+/// the sender learns why.
+#[derive(Debug)]
+struct Authz {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    authz: Vec<String>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for Authz {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let names = cert_names(end_entity.as_ref());
+        if !self.authz.is_empty() && !names.iter().any(|n| self.authz.contains(n)) {
+            tracing::warn!(?names, allowed = ?self.authz, "client not in --tls-authz");
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The receiver's TLS configuration from credentials directory `dir`:
-/// a client certificate signed by the CA is required.
-pub fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(dir)?, provider())
+/// a client certificate signed by the CA is required, and with `authz` one
+/// whose subject CN or a SAN is listed.
+pub fn server_config(dir: &Path, authz: &[String]) -> Result<Arc<ServerConfig>, TlsError> {
+    let inner = WebPkiClientVerifier::builder_with_provider(roots(dir)?, provider())
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier = Arc::new(Authz {
+        inner,
+        authz: authz.to_vec(),
+    });
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -196,9 +258,21 @@ pub fn handshake(
     deadline: Duration,
     cancel: &Cancel,
 ) -> Result<Established, TlsError> {
-    let io_err = |source| TlsError::Io {
-        peer: peer.to_string(),
-        source,
+    let io_err = |source: io::Error| {
+        // A peer that resets or closes the socket mid-handshake refused it.
+        if matches!(
+            source.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ) {
+            return TlsError::Handshake {
+                peer: peer.to_string(),
+                detail: closed_early(false),
+            };
+        }
+        TlsError::Io {
+            peer: peer.to_string(),
+            source,
+        }
     };
     s.set_nonblocking(true).map_err(io_err)?;
     let (mut conn, authz): (Connection, Vec<String>) = match side {
@@ -207,10 +281,12 @@ pub fn handshake(
             server_name,
         } => {
             let name = ServerName::try_from(server_name.clone()).map_err(|e| {
-                TlsError::Config(format!("{server_name:?} is not a host name or address: {e}"))
+                TlsError::Config(format!(
+                    "{server_name:?} is not a host name or address: {e}"
+                ))
             })?;
-            let c = ClientConnection::new(config, name)
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+            let c =
+                ClientConnection::new(config, name).map_err(|e| TlsError::Config(e.to_string()))?;
             (c.into(), Vec::new())
         }
         Side::Server { config, authz } => {
@@ -330,10 +406,15 @@ fn closed_early(server: bool) -> String {
     }
 }
 
-/// Which check failed, in words, with what to do.
-fn explain(e: &rustls::Error, server: bool) -> String {
+/// Which check failed, in words, with what to do (`server`: we are the
+/// receiver).
+pub fn explain(e: &rustls::Error, server: bool) -> String {
     use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-    let whose = if server { "the sender's" } else { "the receiver's" };
+    let whose = if server {
+        "the sender's"
+    } else {
+        "the receiver's"
+    };
     match e {
         E::InvalidCertificate(c) => match c {
             C::UnknownIssuer | C::BadSignature => format!(
@@ -347,6 +428,9 @@ fn explain(e: &rustls::Error, server: bool) -> String {
             ),
             C::NotValidForName | C::NotValidForNameContext { .. } => format!(
                 "{whose} certificate is not valid for the host name dialled: make it with `vfio-migrate certs DIR --host NAME` for that name, or pass --tls-hostname NAME"
+            ),
+            C::ApplicationVerificationFailure => format!(
+                "{whose} certificate is not admitted by --tls-authz (its subject names are not listed)"
             ),
             other => format!("{whose} certificate was refused: {other:?}"),
         },

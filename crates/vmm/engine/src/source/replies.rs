@@ -97,6 +97,13 @@ impl<D: MigrationDevice> Source<'_, D> {
     /// Turns a reply-channel failure into an engine error.
     fn reply_err(&self, e: StreamError) -> EngineError {
         match e {
+            // Nothing at all came back: not a vfio-migrate receiver that
+            // took us (one that expects TLS drops a plaintext sender).
+            StreamError::Truncated { records: 0, offset, .. } if offset < 16 => EngineError::DestinationFailed {
+                phase: self.phase,
+                peer: self.peer.clone(),
+                reason: "it closed the connection before answering: a receiver that expects TLS drops a plaintext sender (pass --tls-creds), or the process died".into(),
+            },
             StreamError::Truncated { .. } => EngineError::DestinationFailed {
                 phase: self.phase,
                 peer: self.peer.clone(),
