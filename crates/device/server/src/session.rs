@@ -210,7 +210,8 @@ impl<'a, D: Device> Session<'a, D> {
         let mut core = self.lock();
         core.dma().clear();
         for index in irqs {
-            if let Err(e) = core.device().set_irqs(index, 0, Vec::new()) {
+            let all = vfio_migrate_device::IrqRequest::Detach { start: 0, count: 0 };
+            if let Err(e) = core.device().set_irqs(index, all) {
                 tracing::warn!(index, error = %e, "dropping IRQ eventfds on disconnect failed");
             }
         }
