@@ -133,9 +133,11 @@ pub(crate) fn set<D: Device>(
                 req.index
             ))
         })?;
+    // The disable: DATA_NONE | TRIGGER with count 0 (the spec), or
+    // DATA_EVENTFD | TRIGGER with count 0 and no fds (de-assign all).
     let disable_all = req.count == 0
-        && (data == IRQ_SET_DATA_NONE || fds.is_empty())
-        && action == IRQ_SET_ACTION_TRIGGER;
+        && action == IRQ_SET_ACTION_TRIGGER
+        && (data == IRQ_SET_DATA_NONE || (data == IRQ_SET_DATA_EVENTFD && fds.is_empty()));
     if !disable_all {
         if req.count == 0 {
             return Err(DeviceError::inval(format!(

@@ -160,6 +160,9 @@ fn masks_and_client_triggers_reach_the_eventfds() {
     let mut p = set(IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_TRIGGER, 2, 0, 2);
     p.push(1);
     assert_eq!(si(&mut s, p, vec![]), libc::EINVAL, "one byte short");
+    let p = set(IRQ_SET_DATA_BOOL | IRQ_SET_ACTION_TRIGGER, 2, 0, 0);
+    assert_eq!(si(&mut s, p, vec![]), libc::EINVAL, "BOOL count 0");
+    assert_eq!(attached(&s), 2, "still attached");
     // Disable: DATA_NONE | TRIGGER, count 0.
     assert_eq!(
         si(&mut s, set(none | IRQ_SET_ACTION_TRIGGER, 2, 0, 0), vec![]),
