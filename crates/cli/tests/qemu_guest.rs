@@ -272,8 +272,21 @@ fn a_qemu_guest_drives_the_vgpu_and_the_serial() {
     assert!(vgpu.alive() && serial.alive(), "{report}");
     assert_eq!(vgpu.terminate(Duration::from_secs(10)).unwrap(), Some(0));
     assert_eq!(serial.terminate(Duration::from_secs(10)).unwrap(), Some(0));
+    let uptime = |marker: &str| {
+        out.lines()
+            .find(|l| l.contains(marker))
+            .and_then(|l| l.split("uptime ").nth(1))
+            .map(|u| {
+                u.trim_end_matches(|c: char| !c.is_ascii_digit())
+                    .to_string()
+            })
+            .unwrap_or_else(|| "?".into())
+    };
     eprintln!(
-        "QEMU guest: {oks} checks passed, QEMU ran {:.1} s",
+        "QEMU guest: {oks} checks passed; guest uptime {} s at /init, {} s at the verdict; \
+         QEMU ran {:.1} s",
+        uptime("[init] kernel"),
+        uptime("VERDICT: PASS"),
         took.as_secs_f64()
     );
 }
