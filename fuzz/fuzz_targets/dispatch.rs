@@ -35,7 +35,7 @@ fn vgpu() -> &'static Mutex<Server<Vgpu>> {
     static S: OnceLock<Mutex<Server<Vgpu>>> = OnceLock::new();
     S.get_or_init(|| {
         let dma = Arc::new(DmaSpace::new());
-        let dev = Vgpu::new(VgpuConfig { mem_size: 64 << 10 }, dma.clone()).expect("vgpu");
+        let dev = Vgpu::new(VgpuConfig { mem_size: 64 << 10, ..Default::default() }, dma.clone()).expect("vgpu");
         Mutex::new(Server::new(DeviceCore::new(dev, dma)))
     })
 }

@@ -60,14 +60,29 @@ impl DeviceDescriptor {
         }
     }
 
+    /// A name for the device kind when the PCI ids are ones this project
+    /// knows (its sample devices, libvfio-user's sample server), for
+    /// messages; `None` otherwise.
+    pub fn known_kind(&self) -> Option<&'static str> {
+        KNOWN_KINDS
+            .iter()
+            .find(|(v, d, _)| (*v, *d) == (self.vendor_id, self.device_id))
+            .map(|(_, _, name)| *name)
+    }
+
     /// Checks that state saved from `self` can be loaded into `dest`.
     /// Returns every mismatch, in words a user understands.
     pub fn check_compatible(&self, dest: &DeviceDescriptor) -> std::result::Result<(), String> {
         let mut why = Vec::new();
         if (self.vendor_id, self.device_id) != (dest.vendor_id, dest.device_id) {
             why.push(format!(
-                "PCI id {:04x}:{:04x} at the source, {:04x}:{:04x} at the destination",
-                self.vendor_id, self.device_id, dest.vendor_id, dest.device_id
+                "PCI id {:04x}:{:04x}{} at the source, {:04x}:{:04x}{} at the destination",
+                self.vendor_id,
+                self.device_id,
+                kind_suffix(self),
+                dest.vendor_id,
+                dest.device_id,
+                kind_suffix(dest)
             ));
         }
         if (self.subsystem_vendor_id, self.subsystem_id)
@@ -108,7 +123,9 @@ impl DeviceDescriptor {
         }
         if why.is_empty() {
             Ok(())
-        } else if self.region_sizes != dest.region_sizes {
+        } else if self.region_sizes != dest.region_sizes
+            && (self.vendor_id, self.device_id) == (dest.vendor_id, dest.device_id)
+        {
             Err(format!(
                 "{} (the devices are configured differently, e.g. another port count or memory size: create the destination with the source's configuration)",
                 why.join("; ")
@@ -117,4 +134,18 @@ impl DeviceDescriptor {
             Err(why.join("; "))
         }
     }
+}
+
+/// PCI ids with a name for messages: `(vendor, device, kind)`.
+const KNOWN_KINDS: &[(u16, u16, &str)] = &[
+    (0x1b36, 0x00f0, "vfio-migrate vgpu"),
+    (0x1b36, 0x00f1, "vfio-migrate serial"),
+    (0xdead, 0xbeef, "libvfio-user sample device"),
+];
+
+/// ` (kind)` for a known device, empty otherwise.
+fn kind_suffix(d: &DeviceDescriptor) -> String {
+    d.known_kind()
+        .map(|k| format!(" ({k})"))
+        .unwrap_or_default()
 }

@@ -169,6 +169,7 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
             dma_rate: 32 << 20,
             protocol: crate::endpoint::ProtocolArg::Auto,
             liveness: crate::liveness::Liveness::default(),
+            bandwidth_limit: None,
             verify,
         };
         let out = demo::execute(&args, Style::Off, &crate::interrupt::install()?)?;

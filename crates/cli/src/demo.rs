@@ -76,6 +76,9 @@ pub struct Args {
     /// detected, v2 preferred).
     #[arg(long, value_enum, default_value = "auto")]
     pub(crate) protocol: ProtocolArg,
+    /// Send at most this many bytes per second (K/M/G suffixes).
+    #[arg(long, value_name = "BYTES/S", value_parser = parse_size)]
+    pub(crate) bandwidth_limit: Option<u64>,
     #[command(flatten)]
     pub(crate) liveness: Liveness,
     /// Compare digests and RAM hashes (always, from the command line; the
@@ -268,6 +271,7 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
         },
         downtime_limit: args.downtime_limit,
         max_iterations: args.max_iterations,
+        bandwidth_limit: args.bandwidth_limit,
     };
     let listener = TcpListener::bind("127.0.0.1:0").context("listening on 127.0.0.1")?;
     let addr = listener.local_addr()?;

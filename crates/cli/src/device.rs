@@ -107,10 +107,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let mut dev = ep.open_device()?;
     match args.action {
         Action::Info { json } => {
-            let d = dev
-                .descriptor()
-                .with_context(|| format!("{ep}: descriptor"))?;
             let state = dev.state().with_context(|| format!("{ep}: state"))?;
+            // Some devices (libvfio-user's) refuse DEVICE_GET_INFO and
+            // DEVICE_GET_REGION_INFO while stopped: say so and show the rest.
+            let (d, unavailable) = match dev.descriptor() {
+                Ok(d) => (Some(d), None),
+                Err(e @ vfio_migrate_backend::BackendError::Refused { .. })
+                    if state == MigState::Stop =>
+                {
+                    (None, Some(format!("the device refuses to describe itself while stopped ({e}); it answers in RUNNING or RESUMING")))
+                }
+                Err(e) => return Err(anyhow!(e).context(format!("{ep}: descriptor"))),
+            };
+            let flags = match &d {
+                Some(d) => d.migration_flags,
+                None => dev
+                    .migration_flags()
+                    .with_context(|| format!("{ep}: migration flags"))?,
+            };
             let status = dev.status().with_context(|| format!("{ep}: status"))?;
             if json {
                 let v = serde_json::json!({
@@ -118,21 +132,32 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     "protocol": dev.protocol(),
                     "state": state.name(),
                     "status": status,
+                    "migration_flags": flags,
                     "descriptor": d,
+                    "descriptor_unavailable": unavailable,
                 });
                 println!("{v}");
             } else {
                 println!("endpoint:        {ep}");
                 println!("protocol:        {}", dev.protocol());
-                println!("model:           {} ({})", d.model, d.version);
-                println!(
-                    "migration flags: {:#x}{}",
-                    d.migration_flags,
-                    flag_names(d.migration_flags)
-                );
+                match &d {
+                    Some(d) => println!(
+                        "model:           {} ({}){}",
+                        d.model,
+                        d.version,
+                        d.known_kind().map(|k| format!(", {k}")).unwrap_or_default()
+                    ),
+                    None => println!(
+                        "model:           unknown: {}",
+                        unavailable.as_deref().unwrap_or("")
+                    ),
+                }
+                println!("migration flags: {flags:#x}{}", flag_names(flags));
                 println!("state:           {state}");
                 println!("use:             {}", describe_status(status));
-                println!("regions:         {:?}", d.region_sizes);
+                if let Some(d) = &d {
+                    println!("regions:         {:?}", d.region_sizes);
+                }
             }
         }
         Action::Reset => {

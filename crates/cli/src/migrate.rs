@@ -39,6 +39,11 @@ pub struct Tuning {
     /// Switch over after this many pre-copy rounds whatever the estimate.
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub max_iterations: u32,
+    /// Send at most this many bytes per second (K/M/G suffixes: 100M is
+    /// 100 MiB/s), so the migration leaves room for the host's other
+    /// traffic. Default: as fast as the link goes.
+    #[arg(long, value_name = "BYTES/S", value_parser = crate::serve::parse_size)]
+    pub bandwidth_limit: Option<u64>,
 }
 
 impl Tuning {
@@ -59,6 +64,7 @@ impl Tuning {
             progress: (progress != Style::Off).then(|| Printer::new(progress).callback()),
             source_name,
             force,
+            bandwidth_limit: self.bandwidth_limit,
         }
     }
 }
@@ -220,11 +226,12 @@ fn device_to_device(
     let slink = Link::unix(a, dst.to_string(), &deadlines)?;
     let dcancel = cancel.clone();
     let force = args.force;
-    let dest = std::thread::Builder::new()
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
         .name("migrate-dest".into())
         .spawn(move || {
             let mut ddev = ddev;
-            migrate_in(
+            let r = migrate_in(
                 std::slice::from_mut(&mut ddev),
                 None,
                 dlink,
@@ -234,16 +241,27 @@ fn device_to_device(
                     force,
                     ..Default::default()
                 },
-            )
+            );
+            let _ = tx.send(r);
         })
         .context("starting the destination thread")?;
     let opts = tuning.source_options(src.to_string(), cancel, style, args.force);
     let r = migrate_out(std::slice::from_mut(&mut sdev), None, slink, opts);
-    let d = dest
-        .join()
-        .map_err(|_| anyhow::anyhow!("the destination thread panicked"))?;
-    if let (Ok(_), Err(e)) = (&r, &d) {
-        bail!("the source finished but the destination reports: {e}");
+    // After a success the destination is done (it answered RUNNING). After
+    // a failure it may still be inside a slow device call: it gets a moment
+    // to reset its device, and is otherwise left behind — when this process
+    // exits, its device server sees the client go and recovers the device.
+    let wait = if r.is_ok() {
+        Duration::from_secs(args.liveness.stall_timeout)
+    } else {
+        Duration::from_millis(500)
+    };
+    match rx.recv_timeout(wait) {
+        Ok(Err(e)) if r.is_ok() => {
+            bail!("the source finished but the destination reports: {e}")
+        }
+        Err(_) if r.is_ok() => bail!("the source finished but the destination did not report"),
+        _ => {}
     }
     Ok(r)
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use vfio_migrate_device::{Device, DeviceCore, DmaSpace};
 use vfio_migrate_samples::serial::Serial;
-use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig, DEFAULT_MEM_SIZE};
+use vfio_migrate_samples::vgpu::{Latency, Vgpu, VgpuConfig, DEFAULT_MEM_SIZE};
 use vfio_migrate_server::{Listener, Server, Shutdown};
 
 /// Which sample device to serve.
@@ -49,6 +49,32 @@ pub struct Args {
     /// device is accepted too, without this flag.)
     #[arg(long)]
     incoming: bool,
+    /// vgpu: take this many ms to enter RESUMING (simulates a slow device;
+    /// a migration waits for it, kept alive by heartbeats).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        help_heading = "Simulated slowness (vgpu)"
+    )]
+    slow_resume: u64,
+    /// vgpu: take this many ms to validate a loaded state (RESUMING →
+    /// STOP).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        help_heading = "Simulated slowness (vgpu)"
+    )]
+    slow_validate: u64,
+    /// vgpu: take this many ms for each stop-copy size estimate.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 0,
+        help_heading = "Simulated slowness (vgpu)"
+    )]
+    slow_estimate: u64,
 }
 
 /// `serve --protocol`.
@@ -91,13 +117,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     match args.device {
         DeviceKind::Vgpu => {
             let mem_size = args.device_mem.unwrap_or(DEFAULT_MEM_SIZE);
-            let dev = Vgpu::new(VgpuConfig { mem_size }, dma.clone())
+            let ms = std::time::Duration::from_millis;
+            let latency = Latency {
+                resume: ms(args.slow_resume),
+                validate: ms(args.slow_validate),
+                estimate: ms(args.slow_estimate),
+            };
+            let dev = Vgpu::new(VgpuConfig { mem_size, latency }, dma.clone())
                 .map_err(|e| anyhow::anyhow!("--device-mem {mem_size}: {}", e.message))?;
             serve(DeviceCore::new(dev, dma), &args)
         }
         DeviceKind::Serial => {
             if args.device_mem.is_some() {
                 anyhow::bail!("--device-mem applies to --device vgpu only: the serial device has no device memory");
+            }
+            if args.slow_resume + args.slow_validate + args.slow_estimate > 0 {
+                anyhow::bail!("--slow-* apply to --device vgpu only");
             }
             serve(DeviceCore::new(Serial::new(), dma), &args)
         }

@@ -281,6 +281,14 @@ impl ServerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `sig` (e.g. SIGSTOP, SIGCONT) while the child runs.
+    pub fn signal(&mut self, sig: i32) -> io::Result<()> {
+        if !self.alive() {
+            return Err(io::Error::other(format!("{} is not running", self.what)));
+        }
+        vfio_migrate_sys::signal::kill(&self.child, sig)
+    }
+
     /// SIGKILL at once, and reap.
     pub fn kill(&mut self) {
         if self.alive() {
@@ -296,8 +304,10 @@ impl ServerProcess {
             return Ok(s.code());
         }
         // Our own child, not yet reaped (the try_wait above saw it running,
-        // and only we reap it). A failure (it exited meanwhile) is fine.
+        // and only we reap it). A failure (it exited meanwhile) is fine. A
+        // stopped child is woken so that it can take the SIGTERM.
         let _ = vfio_migrate_sys::signal::kill(&self.child, libc::SIGTERM);
+        let _ = vfio_migrate_sys::signal::kill(&self.child, libc::SIGCONT);
         let t = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait()? {

@@ -99,6 +99,24 @@ impl Server {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+
+    /// Sends `sig` to the server process (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&mut self, sig: i32) {
+        self.process.signal(sig).unwrap();
+    }
+
+    /// Starts `serve --device KIND [ARGS...]` on `socket`.
+    pub fn with_args(kind: &str, args: &[&str], socket: &Path) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--device", kind, "--socket"])
+            .arg(socket)
+            .args(args);
+        let process = ServerProcess::start(cmd, socket).unwrap_or_else(|e| panic!("{e}"));
+        Self {
+            process,
+            socket: socket.to_path_buf(),
+        }
+    }
 }
 
 pub fn write(c: &mut Client, off: u64, v: u64) {

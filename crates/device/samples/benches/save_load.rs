@@ -47,7 +47,14 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 fn vgpu(mem: u64) -> (LocalDevice<Vgpu>, SharedMemory) {
     let dma = Arc::new(DmaSpace::new());
-    let dev = Vgpu::new(VgpuConfig { mem_size: mem }, dma.clone()).expect("vgpu");
+    let dev = Vgpu::new(
+        VgpuConfig {
+            mem_size: mem,
+            ..Default::default()
+        },
+        dma.clone(),
+    )
+    .expect("vgpu");
     let fd = dev
         .regions()
         .into_iter()

@@ -89,14 +89,32 @@ pub const MSI: IrqDesc = IrqDesc {
 pub struct VgpuConfig {
     /// Device memory (BAR2) size in bytes: a power of two, at least 4 KiB.
     pub mem_size: u64,
+    /// Simulated slowness of some migration steps (none by default).
+    pub latency: Latency,
 }
 
 impl Default for VgpuConfig {
     fn default() -> Self {
         Self {
             mem_size: DEFAULT_MEM_SIZE,
+            latency: Latency::default(),
         }
     }
+}
+
+/// How long the vgpu takes for steps that are slow on real devices, to
+/// show (and test) that a slow but live device is waited for and never
+/// taken for a dead one: a destination that takes long to enter RESUMING
+/// or to validate what it loaded, a source slow to estimate its stop-copy
+/// size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Entering RESUMING (STOP → RESUMING).
+    pub resume: std::time::Duration,
+    /// Validating a loaded state (RESUMING → STOP).
+    pub validate: std::time::Duration,
+    /// Each stop-copy size estimate.
+    pub estimate: std::time::Duration,
 }
 
 /// The vgpu device.
@@ -108,6 +126,7 @@ pub struct Vgpu {
     pci: PciConfig,
     save: Option<SaveStream>,
     load: Option<LoadStream>,
+    latency: Latency,
 }
 
 impl std::fmt::Debug for Vgpu {
@@ -180,6 +199,7 @@ impl Vgpu {
             pci,
             save: None,
             load: None,
+            latency: cfg.latency,
         })
     }
 
@@ -547,6 +567,11 @@ impl Device for Vgpu {
         use MigState::*;
         vfio_migrate_device::core::check_arc(FLAGS, from, to)?;
         match (from, to) {
+            (Stop, Resuming) => std::thread::sleep(self.latency.resume),
+            (Resuming, Stop) => std::thread::sleep(self.latency.validate),
+            _ => {}
+        }
+        match (from, to) {
             (Resuming, Stop) => {
                 let load = self
                     .load
@@ -594,6 +619,7 @@ impl Device for Vgpu {
     }
 
     fn stop_copy_size(&mut self) -> u64 {
+        std::thread::sleep(self.latency.estimate);
         match &self.save {
             Some(s) => s.remaining_bytes(&self.shared),
             None => save::full_stream_bytes(self.shared.pages()),

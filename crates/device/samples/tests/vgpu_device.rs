@@ -81,7 +81,10 @@ fn identity_regions_and_config_space() {
 fn bad_mem_sizes_are_refused() {
     for m in [0, 1000, 3 * MIB, 4095] {
         let e = Vgpu::new(
-            VgpuConfig { mem_size: m },
+            VgpuConfig {
+                mem_size: m,
+                ..Default::default()
+            },
             std::sync::Arc::new(DmaSpace::new()),
         )
         .unwrap_err();

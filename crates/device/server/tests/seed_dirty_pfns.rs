@@ -31,7 +31,14 @@ fn dirty_bitmap_joins_rounds_across_the_section_limit() {
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("d.sock");
     let dma = Arc::new(DmaSpace::new());
-    let dev = Vgpu::new(VgpuConfig { mem_size: 1 << 20 }, dma.clone()).unwrap();
+    let dev = Vgpu::new(
+        VgpuConfig {
+            mem_size: 1 << 20,
+            ..Default::default()
+        },
+        dma.clone(),
+    )
+    .unwrap();
     let mut server = Server::new(DeviceCore::new(dev, dma));
     server.set_v2_migration(false);
     server.add_seed_region(PAGE).unwrap();

@@ -127,7 +127,7 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
             error_no: 0,
         };
         let whead = MigData {
-            argsz: MigData::SIZE as u32,
+            argsz: super::mig_commands::mig_write_argsz(n),
             size: n as u32,
         };
         dst.conn

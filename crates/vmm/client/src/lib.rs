@@ -33,6 +33,7 @@ mod seed;
 mod v1;
 
 pub use forward::forward_mig_data;
+pub use mig_commands::mig_write_argsz;
 pub use migregion::MigRegion;
 pub use protocol::{open, open_with, Protocol};
 pub use seed::SeedDevice;

@@ -123,12 +123,15 @@ impl Client {
     }
 
     /// MIG_DATA_WRITE of `data`, in chunks of [`Client::write_chunk`].
+    ///
+    /// `argsz` is [`mig_write_argsz`]: the head plus the data, the size of
+    /// the request payload (see `docs/vfio-user-wire.md`).
     pub fn mig_data_write(&mut self, data: &[u8]) -> Result<()> {
         let step = "MIG_DATA_WRITE";
         let chunk = self.write_chunk();
         for piece in data.chunks(chunk) {
             let head = MigData {
-                argsz: MigData::SIZE as u32,
+                argsz: mig_write_argsz(piece.len()),
                 size: piece.len() as u32,
             };
             self.call(
@@ -152,4 +155,14 @@ impl Client {
         self.mig_flags = Some(f);
         Ok(f)
     }
+}
+
+/// The `argsz` of a MIG_DATA_WRITE carrying `len` data bytes: the 8-byte
+/// head plus the data. The spec's text for this field ("the maximum size
+/// of the reply payload") cannot be meant literally, since the reply has
+/// no payload; libvfio-user, the reference server, refuses any `argsz`
+/// below head + data, and our server accepts any value. Head + data is
+/// what every known server takes.
+pub fn mig_write_argsz(len: usize) -> u32 {
+    (MigData::SIZE + len) as u32
 }

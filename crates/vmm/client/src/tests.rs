@@ -65,6 +65,11 @@ fn foreign_peer_gets_32k_writes() {
             assert!(p.len() - 8 <= SAFE_WRITE_CHUNK, "chunk of {}", p.len() - 8);
             let m = MigData::decode(&p).unwrap();
             assert_eq!(m.size as usize, p.len() - 8);
+            assert_eq!(
+                m.argsz as usize,
+                p.len(),
+                "argsz covers the head and the data"
+            );
             got.extend_from_slice(&p[8..]);
             reply(s, &h, 0, &[]);
         }

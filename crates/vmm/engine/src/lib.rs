@@ -42,6 +42,7 @@ pub mod guest;
 pub mod heartbeat;
 pub mod link;
 pub mod metrics;
+pub mod pacing;
 pub mod progress;
 pub mod report;
 pub mod snapshot;

@@ -22,7 +22,14 @@ pub type SerialHandle = LocalDevice<Serial>;
 /// A vgpu with `mem_size` bytes of device memory behind a handle.
 pub fn vgpu(name: &str, mem_size: u64) -> VgpuHandle {
     let dma = Arc::new(DmaSpace::new());
-    let dev = Vgpu::new(VgpuConfig { mem_size }, dma.clone()).expect("vgpu");
+    let dev = Vgpu::new(
+        VgpuConfig {
+            mem_size,
+            ..Default::default()
+        },
+        dma.clone(),
+    )
+    .expect("vgpu");
     LocalDevice::new(name, Arc::new(Mutex::new(DeviceCore::new(dev, dma))))
 }
 

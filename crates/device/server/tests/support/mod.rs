@@ -54,7 +54,14 @@ fn serve_child() {
             let mem_size = std::env::var(ENV_MEM).map_or(DEFAULT_MEM_SIZE, |m| {
                 m.parse().expect("memory size in bytes")
             });
-            let dev = Vgpu::new(VgpuConfig { mem_size }, dma.clone()).expect("vgpu");
+            let dev = Vgpu::new(
+                VgpuConfig {
+                    mem_size,
+                    ..Default::default()
+                },
+                dma.clone(),
+            )
+            .expect("vgpu");
             serve(DeviceCore::new(dev, dma), &socket, &protocol)
         }
         "serial" => serve(DeviceCore::new(Serial::new(), dma), &socket, &protocol),

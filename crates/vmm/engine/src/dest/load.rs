@@ -8,7 +8,7 @@ use crate::error::EngineError;
 use crate::format::{Event, Reply};
 use crate::progress::Phase;
 use std::time::{Duration, Instant};
-use vfio_migrate_backend::{MigState, MigrationDevice};
+use vfio_migrate_backend::{BackendError, MigState, MigrationDevice};
 
 impl<D: MigrationDevice> Dest<'_, D> {
     /// Loads records until the end marker.
@@ -28,7 +28,7 @@ impl<D: MigrationDevice> Dest<'_, D> {
                     if stop_copy {
                         self.st.phase = Phase::StopCopy;
                     }
-                    self.st.write_device(index, data)?;
+                    self.st.write_device(index, data, stop_copy)?;
                     None
                 }
                 Event::Verify { index, digest } => {
@@ -71,14 +71,38 @@ impl<D: MigrationDevice> Loader<'_, D> {
 
     /// Writes a chunk of device `i`'s state, in the device's preferred
     /// chunk size.
-    fn write_device(&mut self, i: usize, data: &[u8]) -> Result<(), EngineError> {
+    fn write_device(&mut self, i: usize, data: &[u8], stop_copy: bool) -> Result<(), EngineError> {
         let d = &mut self.devs[i];
         let chunk = d.h.preferred_chunk().max(1);
         for part in data.chunks(chunk) {
-            d.h.write_data(part)
-                .map_err(|e| EngineError::device(self.phase, d.name.clone(), e))?;
+            d.h.write_data(part).map_err(|e| {
+                let e = match e {
+                    // A device that restarts its stream when its source
+                    // enters STOP_COPY (libvfio-user's sample server) takes
+                    // the pre-copy bytes as the start of its state and
+                    // refuses what goes past its end.
+                    BackendError::Refused {
+                        step,
+                        errno,
+                        detail,
+                    } if stop_copy && d.precopy_written > 0 => BackendError::Refused {
+                        step,
+                        errno,
+                        detail: format!(
+                            "{detail}{}refused stop-copy data after {} bytes of pre-copy data; a device whose stop-copy data restarts its state from the beginning cannot take pre-copy data: migrate it with --precopy off",
+                            if detail.is_empty() { "" } else { "; " },
+                            d.precopy_written
+                        ),
+                    },
+                    e => e,
+                };
+                EngineError::device(self.phase, d.name.clone(), e)
+            })?;
         }
         d.written += data.len() as u64;
+        if !stop_copy {
+            d.precopy_written += data.len() as u64;
+        }
         Ok(())
     }
 

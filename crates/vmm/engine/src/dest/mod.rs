@@ -144,6 +144,8 @@ struct DevIn<'a, D> {
     h: &'a mut D,
     name: String,
     written: u64,
+    /// Of `written`, the pre-copy bytes.
+    precopy_written: u64,
     source_digest: Option<u64>,
     dest_digest: Option<u64>,
 }
@@ -373,11 +375,7 @@ impl<D: MigrationDevice> Loader<'_, D> {
                 if reset {
                     // Reset (the partial state is gone), then stopped:
                     // nothing runs until someone decides.
-                    if let Err(e) = d.h.reset() {
-                        problem = Some(format!("the reset failed: {e}"));
-                    } else if let Err(e) = d.h.set_state(MigState::Stop) {
-                        problem = Some(format!("reset, but stopping it failed: {e}"));
-                    }
+                    problem = reset_and_stop(&mut *d.h);
                 }
                 let state = d.h.state().ok();
                 if reset && problem.is_none() {
@@ -424,6 +422,41 @@ impl<D: MigrationDevice> Loader<'_, D> {
             ram_bytes: self.ram_bytes,
             ram_hash: self.hash.map(|h| digest_hex(h.0)),
             total_ms: t0.elapsed().as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// Resets a destination device that took part of a state, then stops it.
+/// Returns what went differently. Not every device's reset ends a
+/// migration: libvfio-user's server refuses DEVICE_RESET in STOP, and in
+/// RESUMING it accepts it but stays in RESUMING (its reset callback
+/// decides what is reset, the sample's does nothing). Either way the
+/// device is moved to STOP and never started, and the answer says that it
+/// may still hold the incoming state.
+fn reset_and_stop<D: MigrationDevice + ?Sized>(h: &mut D) -> Option<String> {
+    let before = h.state().ok();
+    match h.reset() {
+        Err(e) => {
+            let stopped = match before {
+                Some(MigState::Resuming) => h.set_state(MigState::Stop).is_ok(),
+                Some(MigState::Stop) => true,
+                _ => false,
+            };
+            Some(format!(
+                "the device refused the reset ({e}){}; it may hold part of the incoming state",
+                if stopped { ", it was left stopped" } else { "" }
+            ))
+        }
+        Ok(()) => {
+            let after = h.state().ok();
+            let stop = h.set_state(MigState::Stop);
+            match (after, stop) {
+                (_, Err(e)) => Some(format!("reset, but stopping it failed: {e}")),
+                (Some(MigState::Resuming), Ok(())) => Some(
+                    "its reset left it in RESUMING (the device's reset does not end a migration), so it may hold part of the incoming state; it was moved to STOP and not started".into(),
+                ),
+                _ => None,
+            }
         }
     }
 }

@@ -29,7 +29,14 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 _ => return Err(self.unexpected("in the setup section")),
             }
         }
-        if let Err(reason) = self.check_compatible(devices, &descs, ram) {
+        let mut described_in_resuming = Vec::new();
+        if let Err(reason) = self.check_compatible(devices, &descs, ram, &mut described_in_resuming)
+        {
+            // A device moved to RESUMING only to be described goes back to
+            // STOP, where the operator left it.
+            for &i in &described_in_resuming {
+                let _ = devices[i].set_state(MigState::Stop);
+            }
             let _ = self.reply(&Reply::Refuse(reason.clone()));
             self.st.refused = true;
             return Err(EngineError::Incompatible { reason });
@@ -39,6 +46,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 name: h.name(),
                 h,
                 written: 0,
+                precopy_written: 0,
                 source_digest: None,
                 dest_digest: None,
             });
@@ -68,12 +76,15 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         self.reply(&Reply::Accept)
     }
 
-    /// Why state from `descs` cannot be loaded here, if it cannot.
+    /// Why state from `descs` cannot be loaded here, if it cannot. The
+    /// indices of devices it moved to RESUMING to read their descriptors
+    /// go into `described_in_resuming` (see [`describe`]).
     fn check_compatible(
         &self,
         devices: &mut [D],
         descs: &[DeviceDescriptor],
         ram: Option<RamInfo>,
+        described_in_resuming: &mut Vec<usize>,
     ) -> Result<(), String> {
         if descs.len() != devices.len() {
             return Err(format!(
@@ -84,7 +95,15 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         }
         let mut why = Vec::new();
         for (i, (h, src)) in devices.iter_mut().zip(descs).enumerate() {
-            match h.descriptor() {
+            let state = h.state();
+            let may_load = match &state {
+                Ok(s @ (MigState::Running | MigState::Stop)) => {
+                    self.st.opts.force || expecting(h, *s).is_ok()
+                }
+                _ => false,
+            };
+            let stopped = matches!(state, Ok(MigState::Stop));
+            match describe(h, stopped && may_load, i, described_in_resuming) {
                 Ok(local) => {
                     if let Err(r) = src.check_compatible(&local) {
                         why.push(format!("device {i} ({}): {r}", h.name()));
@@ -95,7 +114,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                     h.name()
                 )),
             }
-            match h.state() {
+            match state {
                 Ok(s @ (MigState::Running | MigState::Stop)) => {
                     if !self.st.opts.force {
                         if let Err(r) = expecting(h, s) {
@@ -133,6 +152,33 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         } else {
             Err(why.join("; "))
         }
+    }
+}
+
+/// The destination device's descriptor. Some devices refuse
+/// DEVICE_GET_INFO and DEVICE_GET_REGION_INFO while stopped
+/// (libvfio-user's server allows only region access, DEVICE_FEATURE and
+/// MIG_DATA_READ in STOP; the spec does not say which commands STOP
+/// allows). When such a device is a stopped destination that may be
+/// loaded (`detour`), it is moved to RESUMING, where it goes next anyway,
+/// and described there; its index is noted so that a refusal puts it back
+/// in STOP.
+fn describe<D: MigrationDevice>(
+    h: &mut D,
+    detour: bool,
+    index: usize,
+    described_in_resuming: &mut Vec<usize>,
+) -> vfio_migrate_backend::Result<DeviceDescriptor> {
+    match h.descriptor() {
+        Err(e @ vfio_migrate_backend::BackendError::Refused { .. }) if detour => {
+            tracing::info!(device = %h.name(), error = %e, "the stopped destination cannot describe itself; asking again in RESUMING");
+            if h.set_state(MigState::Resuming).is_err() {
+                return Err(e);
+            }
+            described_in_resuming.push(index);
+            h.descriptor()
+        }
+        r => r,
     }
 }
 

@@ -29,7 +29,32 @@ pub(super) struct Dev<'a, D> {
     /// Its digest while stopped, when a verifier knows how.
     pub digest: Option<u64>,
     pub report: DeviceReport,
+    /// It cannot tell its pending pre-copy bytes.
+    pub unsized_precopy: bool,
+    /// Pre-copy bytes its last round moved.
+    pub last_round_bytes: u64,
+    /// Its last pre-copy round ended on an empty read: nothing more to
+    /// send right now.
+    pub precopy_dry: bool,
+    /// It is in STOP_COPY.
+    pub in_stop_copy: bool,
+    /// Its STOP_COPY stream was read to the end (a 0-byte read).
+    pub stream_ended: bool,
+    /// Before a rollback moves it out of STOP_COPY, the rest of its stream
+    /// is read (bounded by [`DRAIN_BYTES`] and [`DRAIN_TIME`]): the uAPI
+    /// lets a device leave STOP_COPY at any point, but libvfio-user's
+    /// sample server aborts (an assertion) when it leaves STOP_COPY before
+    /// its stream was read whole. Set for every device that does not
+    /// report the status extension (foreign servers, kernel devices);
+    /// ours are rolled back at once.
+    pub drain_on_rollback: bool,
 }
+
+/// Most bytes read from a device's STOP_COPY stream before a rollback.
+pub(super) const DRAIN_BYTES: u64 = 256 << 20;
+/// Longest time spent reading a device's STOP_COPY stream before a
+/// rollback.
+pub(super) const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl<'a, D> Dev<'a, D> {
     pub fn new(
@@ -52,7 +77,36 @@ impl<'a, D> Dev<'a, D> {
             stop_estimate: 0,
             digest: None,
             report,
+            unsized_precopy: false,
+            last_round_bytes: 0,
+            precopy_dry: false,
+            in_stop_copy: false,
+            stream_ended: false,
+            drain_on_rollback: false,
         }
+    }
+}
+
+impl<D: MigrationDevice> Dev<'_, D> {
+    /// Reads and drops the rest of the STOP_COPY stream, within the
+    /// bounds; returns the bytes dropped and whether the stream ended.
+    pub fn drain_stop_copy(&mut self, buf: &mut [u8]) -> (u64, bool) {
+        let t = std::time::Instant::now();
+        let mut n = 0u64;
+        while n < DRAIN_BYTES && t.elapsed() < DRAIN_TIME {
+            match self.h.read_data(buf) {
+                Ok(0) => {
+                    self.stream_ended = true;
+                    return (n, true);
+                }
+                Ok(k) => n += k as u64,
+                Err(e) => {
+                    tracing::warn!(device = %self.name, error = %e, "reading the rest of the stop-copy stream before the rollback");
+                    return (n, false);
+                }
+            }
+        }
+        (n, false)
     }
 }
 
@@ -86,14 +140,22 @@ impl<D: MigrationDevice> Source<'_, D> {
         kind: Kind,
         budget: u64,
     ) -> Result<(u64, bool), EngineError> {
-        let chunk = self.devs[i]
+        let mut chunk = self.devs[i]
             .h
             .preferred_chunk()
             .clamp(4096, MAX_DEVICE_DATA)
             .min(self.buf.len());
+        if let Some(rate) = self.opts.bandwidth_limit {
+            // Paced: chunks of at most ~50 ms of the rate, so that a
+            // destination's failure or a cancel is seen between them.
+            chunk = chunk.min((rate / 20).max(64 << 10) as usize);
+        }
         let mut sent = 0u64;
         while sent < budget {
             self.check_cancel()?;
+            // A destination that failed says so on the back channel: stop
+            // sending at once rather than after the whole state.
+            self.poll_replies()?;
             let n = {
                 let d = &mut self.devs[i];
                 d.h.read_data(&mut self.buf[..chunk])
@@ -117,10 +179,22 @@ impl<D: MigrationDevice> Source<'_, D> {
             let phase = self.phase;
             let d = &mut self.devs[i];
             if d.precopy {
-                let info =
-                    d.h.precopy_info()
-                        .map_err(|e| EngineError::device(phase, d.name.clone(), e))?;
-                d.pending = info.initial_bytes + info.dirty_bytes;
+                match d.h.precopy_info() {
+                    Ok(info) => d.pending = info.initial_bytes + info.dirty_bytes,
+                    // vfio-user has no pre-copy size report (ours is an
+                    // extension): the device's data tells instead. Until
+                    // a round found it empty, count what the last round
+                    // moved (at least a byte, so each round asks).
+                    Err(vfio_migrate_backend::BackendError::Unsupported { .. }) => {
+                        d.unsized_precopy = true;
+                        d.pending = if d.precopy_dry {
+                            0
+                        } else {
+                            d.last_round_bytes.max(1)
+                        };
+                    }
+                    Err(e) => return Err(EngineError::device(phase, d.name.clone(), e)),
+                }
             }
             d.stop_estimate = match d.h.stop_copy_size() {
                 Ok(Some(n)) => n,

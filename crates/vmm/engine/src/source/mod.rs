@@ -36,6 +36,7 @@ use crate::guest::GuestRam;
 use crate::heartbeat::{Heartbeat, SharedWriter};
 use crate::link::Link;
 use crate::metrics::{ms, Metrics};
+use crate::pacing::Pacer;
 use crate::progress::{Phase, Progress, ProgressFn};
 use crate::report::{DeviceReport, MigrationReport};
 use crate::verify::Verifier;
@@ -70,6 +71,9 @@ pub struct SourceOptions {
     /// Migrate even a device that was migrated out already (it may run
     /// elsewhere: two copies).
     pub force: bool,
+    /// Send at most this many bytes per second (`None`: as fast as the
+    /// link goes).
+    pub bandwidth_limit: Option<u64>,
 }
 
 impl Default for SourceOptions {
@@ -83,6 +87,7 @@ impl Default for SourceOptions {
             progress: None,
             source_name: String::new(),
             force: false,
+            bandwidth_limit: None,
         }
     }
 }
@@ -110,6 +115,8 @@ struct Source<'a, D> {
     committed: bool,
     metrics: Metrics,
     report: MigrationReport,
+    /// Holds writes to `--bandwidth-limit`.
+    pacer: Option<Pacer>,
 }
 
 /// Migrates `devices` (and `guest` RAM, if given) out over `link`.
@@ -163,7 +170,9 @@ pub fn migrate_out<D: MigrationDevice>(
         committed: false,
         metrics,
         report,
+        pacer: None,
     };
+    s.pacer = s.opts.bandwidth_limit.map(Pacer::new);
     let r = s.run(devices);
     s.finish(r)
 }
@@ -213,6 +222,12 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
     }
 
     fn write(&mut self, kind: Kind, device: u32, parts: &[&[u8]]) -> Result<(), EngineError> {
+        if let Some(p) = self.pacer.as_mut() {
+            let n: usize = parts.iter().map(|p| p.len()).sum();
+            if !p.pace(n as u64, &self.opts.cancel) {
+                return Err(EngineError::Cancelled { phase: self.phase });
+            }
+        }
         match self.out.write_parts(kind, device, parts) {
             Ok(()) => Ok(()),
             Err(e) => Err(self.stream_err(e)),
@@ -277,10 +292,12 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                     state: initial,
                 });
             }
+            let status = h.status();
+            // Devices that report their status are ours: they may leave
+            // STOP_COPY at any point. Others may not (see `Dev`).
+            let drain_on_rollback = !matches!(status, Ok(Some(_)));
             if !self.opts.force {
-                let st = h
-                    .status()
-                    .map_err(|e| EngineError::device(Phase::Setup, name.clone(), e))?;
+                let st = status.map_err(|e| EngineError::device(Phase::Setup, name.clone(), e))?;
                 if initial == MigState::Stop && st.is_some_and(|s| s.migrated_out) {
                     return Err(EngineError::AlreadyMigrated { device: name });
                 }
@@ -290,8 +307,9 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 && desc.migration_flags & MIGRATION_PRE_COPY != 0
                 && initial == MigState::Running;
             let report = DeviceReport::new(name.clone(), h.protocol(), &desc);
-            self.devs
-                .push(Dev::new(h, name, desc, initial, precopy, report));
+            let mut dev = Dev::new(h, name, desc, initial, precopy, report);
+            dev.drain_on_rollback = drain_on_rollback;
+            self.devs.push(dev);
         }
         self.buf = vec![0u8; chunk];
 

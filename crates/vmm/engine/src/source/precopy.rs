@@ -64,6 +64,10 @@ impl Convergence {
     }
 }
 
+/// Most bytes one pre-copy round reads from a device that cannot tell
+/// how much it has pending.
+const UNSIZED_ROUND_BYTES: u64 = 64 << 20;
+
 impl<D: MigrationDevice> Source<'_, D> {
     /// Pre-copy rounds until [`Convergence`] says switch.
     pub(super) fn precopy(&mut self) -> Result<(), EngineError> {
@@ -124,8 +128,16 @@ impl<D: MigrationDevice> Source<'_, D> {
         let mut dev_budget: Vec<u64> = self
             .devs
             .iter()
-            .map(|d| if d.precopy { d.pending.max(1) } else { 0 })
+            .map(|d| match (d.precopy, d.unsized_precopy) {
+                (false, _) => 0,
+                // Read until the device has nothing more right now.
+                (true, true) => UNSIZED_ROUND_BYTES,
+                (true, false) => d.pending.max(1),
+            })
             .collect();
+        for d in self.devs.iter_mut() {
+            d.last_round_bytes = 0;
+        }
         loop {
             let r = self.send_ram(4 * RAM_RUN_BYTES)?;
             moved += r;
@@ -137,6 +149,10 @@ impl<D: MigrationDevice> Source<'_, D> {
                 let (n, exhausted) =
                     self.send_device(i, Kind::DevicePrecopy, (*budget).min(4 * RAM_RUN_BYTES))?;
                 self.devs[i].report.precopy_bytes += n;
+                self.devs[i].last_round_bytes += n;
+                if self.devs[i].unsized_precopy {
+                    self.devs[i].precopy_dry = exhausted && n == 0;
+                }
                 self.metrics.device_bytes += n;
                 *budget = if exhausted {
                     0

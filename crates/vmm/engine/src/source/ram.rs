@@ -107,6 +107,8 @@ impl<D: MigrationDevice> Source<'_, D> {
         let mut sent = 0u64;
         let mut p = ram.cursor;
         while sent < budget {
+            self.check_cancel()?;
+            self.poll_replies()?;
             // Next dirty page at or after p.
             let Some(first) = next_set(&ram.pending, p, pages) else {
                 p = pages;

@@ -41,13 +41,24 @@ impl<D: MigrationDevice> Source<'_, D> {
     /// vCPUs running. Returns what could not be restored.
     pub(super) fn restore_source(&mut self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.is_empty() {
+            buf = vec![0u8; 1 << 20];
+        }
         for d in &mut self.devs {
+            if d.touched && d.in_stop_copy && !d.stream_ended && d.drain_on_rollback {
+                let chunk = d.h.preferred_chunk().clamp(4096, buf.len());
+                let (n, ended) = d.drain_stop_copy(&mut buf[..chunk]);
+                tracing::info!(device = %d.name, bytes = n, ended, "read the rest of the stop-copy stream before the rollback");
+            }
             if d.touched {
                 if let Err(e) = d.h.set_state(d.initial) {
                     problems.push(format!(
                         "device {} could not return to {}: {e}",
                         d.name, d.initial
                     ));
+                } else {
+                    d.in_stop_copy = false;
                 }
             }
             if d.logging {
@@ -57,6 +68,7 @@ impl<D: MigrationDevice> Source<'_, D> {
                 d.logging = false;
             }
         }
+        self.buf = buf;
         if self.guest_paused {
             if let Some(g) = self.guest {
                 g.resume();

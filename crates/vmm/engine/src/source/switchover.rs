@@ -46,13 +46,16 @@ impl<D: MigrationDevice> Source<'_, D> {
                 .h
                 .set_state(MigState::StopCopy)
                 .map_err(|e| self.dev_err(i, e))?;
+            self.devs[i].in_stop_copy = true;
+            self.devs[i].stream_ended = false;
         }
         self.metrics.stopped = Some(Instant::now());
         self.emit(0, 0.0, 0.0);
 
         for i in 0..self.devs.len() {
-            let (n, _) = self.send_device(i, Kind::DeviceStopCopy, u64::MAX)?;
+            let (n, ended) = self.send_device(i, Kind::DeviceStopCopy, u64::MAX)?;
             let d = &mut self.devs[i];
+            d.stream_ended = ended;
             d.report.stopcopy_bytes += n;
             self.metrics.device_bytes += n;
             self.metrics.device_bytes_stopped += n;
