@@ -16,6 +16,11 @@ KERNEL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 HOST_PACKAGES=(qemu-system-x86 busybox-static cpio dwarves xz-utils zstd
                gcc gcc-12 make libc6-dev binutils kmod)
 
+# Modules of the same kernel kept for other suites, in <cache>/<abi>/extra-modules
+# with their own load-order (dependencies first). run-guest.sh does not load
+# them; tests/peers/qemu.sh puts uio + uio_pci_generic in its guest.
+EXTRA_MODULES=(uio uio_pci_generic)
+
 _log_tag=${_log_tag:-kernel}
 log()  { printf '[%s] %s\n' "$_log_tag" "$*"; }
 warn() { printf '[%s] WARNING: %s\n' "$_log_tag" "$*" >&2; }

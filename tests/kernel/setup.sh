@@ -9,7 +9,9 @@
 #   - build mtty.ko from the source's samples/vfio-mdev/mtty.c
 #   - keep vmlinuz + the decompressed modules (dependencies first) in
 #       ${VFIO_KERNEL_CACHE:-/var/cache/vfio-migrate-kernel}/<abi>/
-#     with <cache>/current -> <abi>, and the static guest helpers in <cache>/tools.
+#     with <cache>/current -> <abi>, and the static guest helpers in <cache>/tools;
+#     the modules other suites need (EXTRA_MODULES in lib.sh: uio,
+#     uio_pci_generic for the QEMU peer suite) go to <abi>/extra-modules.
 # Idempotent: when everything is already in place it takes about a second.
 #
 # Environment:
@@ -114,15 +116,17 @@ log "kernel: $KREL (cache $D)"
 
 complete_ok() {
     [ -f "$D/.complete" ] && [ -f "$D/vmlinuz" ] && [ -f "$D/modules/load-order" ] || return 1
+    [ -f "$D/extra-modules/load-order" ] || return 1
     local m
     while read -r m; do [ -f "$D/modules/$m" ] || return 1; done <"$D/modules/load-order"
+    while read -r m; do [ -f "$D/extra-modules/$m" ] || return 1; done <"$D/extra-modules/load-order"
 }
 
 if complete_ok; then
     log "kernel $KREL already prepared"
 else
     [ -e "$D" ] && { log "removing incomplete $D"; rm -rf "$D"; }
-    mkdir -p "$D/mtty" "$D/modules"
+    mkdir -p "$D/mtty" "$D/modules" "$D/extra-modules"
 
     # Scratch space for the packages and unpacked trees (~600 MB, discarded at
     # the end). tmpfs by default: creating the ~22000 files of the image and
@@ -248,27 +252,40 @@ else
         for dep in ${deps//,/ }; do add_module "$dep"; done
         ORDER+=("$name")
     }
+    # keep_modules DIR: decompress ORDER's modules into DIR, with DIR/load-order.
+    keep_modules() {
+        local dir=$1 name f
+        : >"$dir/load-order.tmp"
+        for name in "${ORDER[@]}"; do
+            f=${MODFILE[$name]}
+            case $f in
+                *.ko.xz)  xz -dc "$f"    >"$dir/$name.ko" ;;
+                *.ko.zst) zstd -qdc "$f" >"$dir/$name.ko" ;;
+                *.ko.gz)  gzip -dc "$f"  >"$dir/$name.ko" ;;
+                *.ko)     cp "$f" "$dir/$name.ko" ;;
+                *) die "unknown module file type: $f" ;;
+            esac
+            echo "$name.ko" >>"$dir/load-order.tmp"
+        done
+        mv "$dir/load-order.tmp" "$dir/load-order"
+    }
     for m in vfio vfio_iommu_type1 mdev mtty; do add_module "$m"; done
-    : >"$D/modules/load-order.tmp"
-    for name in "${ORDER[@]}"; do
-        f=${MODFILE[$name]}
-        case $f in
-            *.ko.xz)  xz -dc "$f"    >"$D/modules/$name.ko" ;;
-            *.ko.zst) zstd -qdc "$f" >"$D/modules/$name.ko" ;;
-            *.ko.gz)  gzip -dc "$f"  >"$D/modules/$name.ko" ;;
-            *.ko)     cp "$f" "$D/modules/$name.ko" ;;
-            *) die "unknown module file type: $f" ;;
-        esac
-        echo "$name.ko" >>"$D/modules/load-order.tmp"
-    done
-    mv "$D/modules/load-order.tmp" "$D/modules/load-order"
+    keep_modules "$D/modules"
     log "modules (load order): ${ORDER[*]}"
+    MAIN_ORDER=("${ORDER[@]}")
+    SEEN=() ORDER=()
+    for m in "${EXTRA_MODULES[@]}"; do add_module "$m"; done
+    keep_modules "$D/extra-modules"
+    log "extra modules (load order): ${ORDER[*]}"
+    EXTRA_ORDER=("${ORDER[@]}")
+    ORDER=("${MAIN_ORDER[@]}")
     rm -rf "$S"
     {
         echo "abi=$ABI"
         echo "krel=$KREL"
         echo "package_version=$PKGVER"
         echo "modules=${ORDER[*]}"
+        echo "extra_modules=${EXTRA_ORDER[*]}"
         echo "prepared=$(date -u +%FT%TZ)"
     } >"$D/.complete"
 fi

@@ -117,3 +117,68 @@ fn bad_arguments_are_explained() {
         "nothing bound"
     );
 }
+
+/// A refused message sent with NO_REPLY (QEMU posts its BAR writes so)
+/// gets no reply; the server logs it as a warning, since the client
+/// cannot learn of it.
+#[test]
+fn refused_posted_writes_are_logged() {
+    use std::io::{Read, Write};
+    use vfio_migrate_abi::vfio_user::{
+        Command as Cmd, DeviceInfo, Header, RegionAccess, Version, FLAG_NO_REPLY, HEADER_SIZE,
+        TYPE_COMMAND,
+    };
+    let dir = Dir::new("serve-posted");
+    let path = dir.path("s.sock");
+    let s = ServerProcess::start(serve(&path), &path).unwrap();
+    let mut c = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut send = |id: u16, cmd: Cmd, flags: u32, payload: &[u8]| {
+        let mut m = Header {
+            msg_id: id,
+            cmd: cmd as u16,
+            msg_size: (HEADER_SIZE + payload.len()) as u32,
+            flags: TYPE_COMMAND | flags,
+            error_no: 0,
+        }
+        .to_bytes();
+        m.extend_from_slice(payload);
+        c.write_all(&m).unwrap();
+    };
+    send(
+        1,
+        Cmd::Version,
+        0,
+        &Version { major: 0, minor: 0 }.to_bytes(),
+    );
+    let mut lsr = RegionAccess {
+        offset: 5,
+        region: 0,
+        count: 1,
+    }
+    .to_bytes();
+    lsr.push(0);
+    send(2, Cmd::RegionWrite, FLAG_NO_REPLY, &lsr);
+    let info = DeviceInfo {
+        argsz: DeviceInfo::SIZE as u32,
+        ..Default::default()
+    };
+    send(3, Cmd::DeviceGetInfo, 0, &info.to_bytes());
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut h = [0u8; HEADER_SIZE];
+        c.read_exact(&mut h).unwrap();
+        let h = Header::decode(&h).unwrap();
+        let mut p = vec![0u8; h.msg_size as usize - HEADER_SIZE];
+        c.read_exact(&mut p).unwrap();
+        ids.push((h.msg_id, h.error_no));
+    }
+    assert_eq!(ids, [(1, 0), (3, 0)], "no reply to the posted write");
+    let t = Instant::now();
+    while !s.stderr().contains("LSR (0x5) is read-only") {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", s.stderr());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let e = s.stderr();
+    assert!(e.contains("WARN") && e.contains("without reply"), "{e}");
+}

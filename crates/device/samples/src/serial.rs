@@ -9,7 +9,12 @@
 //!   transmitter empty), 0x06 MSR (read-only, looped back from MCR), 0x07
 //!   SCR; 0x10 DIGEST (u64, read-only), 0x18 FIFO_LEVEL (u32, read-only).
 //! - Region 7: PCI config space (vendor 0x1b36, device 0x00f1, class
-//!   0x070002).
+//!   0x070002, interrupt pin INTA#).
+//! - INTx (IRQ index 0, one vector, maskable, automasked): the line is
+//!   high while IIR reports an interrupt (IER enables it), Command's INTx
+//!   Disable is clear and the device runs; Status' Interrupt Status shows
+//!   the condition whatever INTx Disable says (PCI 2.3 INTx masking, what
+//!   Linux's `uio_pci_generic` needs).
 //!
 //! The save stream is a header record, one registers record (registers,
 //! FIFO content, config space) and an end record, in the framing of
@@ -23,8 +28,12 @@ use super::stream::{
 use super::{CONFIG_REGION, SAMPLE_VENDOR_ID};
 use std::collections::VecDeque;
 use vfio_migrate_abi::kernel::{MigState, MIGRATION_STOP_COPY};
-use vfio_migrate_device::device::{Device, DeviceIdentity, Region};
+use vfio_migrate_abi::vfio_user::{
+    IRQ_INFO_AUTOMASKED, IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, PCI_INTX_IRQ_INDEX,
+};
+use vfio_migrate_device::device::{Device, DeviceIdentity, IrqDesc, Region};
 use vfio_migrate_device::error::{DeviceError, DeviceResult};
+use vfio_migrate_device::irq::{Interrupts, IrqRequest};
 use vfio_migrate_device::pci::{Bar, BarKind, PciConfig, CONFIG_SIZE};
 
 /// PCI device id.
@@ -162,6 +171,11 @@ impl Uart {
         d.finish()
     }
 
+    /// IIR reports an interrupt: the INTx condition.
+    fn interrupt_pending(&self) -> bool {
+        self.iir() & 0x01 == 0
+    }
+
     fn iir(&self) -> u8 {
         let fifo_bits = if self.fcr & 1 != 0 { 0xc0 } else { 0 };
         let id = if self.ier & 0x01 != 0 && !self.fifo.is_empty() {
@@ -200,11 +214,20 @@ fn identity() -> DeviceIdentity {
     }
 }
 
+/// The INTx line the serial offers: index 0, one vector, maskable,
+/// automasked (as the kernel's vfio-pci reports INTx).
+pub const INTX: IrqDesc = IrqDesc {
+    index: PCI_INTX_IRQ_INDEX,
+    count: 1,
+    flags: IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_AUTOMASKED,
+};
+
 /// The serial device.
 #[derive(Debug)]
 pub struct Serial {
     uart: Uart,
     pci: PciConfig,
+    irq: Interrupts,
     save: Option<Outbox>,
     load: Option<(RecordReader, SerialSink)>,
 }
@@ -233,9 +256,25 @@ impl Serial {
         Self {
             uart: Uart::default(),
             pci,
+            irq: Interrupts::new(&[INTX]),
             save: None,
             load: None,
         }
+    }
+
+    /// The device's interrupts (shared: clones see the same eventfds).
+    pub fn interrupts(&self) -> &Interrupts {
+        &self.irq
+    }
+
+    /// Sets Interrupt Status and the INTx level from the UART, Command's
+    /// INTx Disable and the migration state (a stopped device raises
+    /// nothing).
+    fn update_irq(&mut self, state: MigState) {
+        let pending = self.uart.interrupt_pending();
+        self.pci.set_interrupt_status(pending);
+        let level = pending && !self.pci.intx_disabled() && state == MigState::Running;
+        self.irq.set_level(PCI_INTX_IRQ_INDEX, 0, level);
     }
 
     fn stream(&self) -> Vec<u8> {
@@ -487,7 +526,11 @@ impl Device for Serial {
         buf: &mut [u8],
     ) -> DeviceResult<()> {
         match index {
-            BAR0 => self.bar0_read(state, offset, buf),
+            BAR0 => {
+                let r = self.bar0_read(state, offset, buf);
+                self.update_irq(state);
+                r
+            }
             CONFIG_REGION => self.pci.read(offset, buf),
             _ => Err(DeviceError::inval(format!("serial has no region {index}"))),
         }
@@ -500,7 +543,7 @@ impl Device for Serial {
         offset: u64,
         data: &[u8],
     ) -> DeviceResult<()> {
-        match index {
+        let r = match index {
             BAR0 => self.bar0_write(state, offset, data),
             CONFIG_REGION => {
                 if matches!(state, MigState::StopCopy | MigState::Resuming) {
@@ -514,7 +557,17 @@ impl Device for Serial {
                 self.pci.write(offset, data)
             }
             _ => Err(DeviceError::inval(format!("serial has no region {index}"))),
-        }
+        };
+        self.update_irq(state);
+        r
+    }
+
+    fn irqs(&self) -> Vec<IrqDesc> {
+        self.irq.descs()
+    }
+
+    fn set_irqs(&mut self, index: u32, req: IrqRequest) -> DeviceResult<()> {
+        self.irq.apply(index, req)
     }
 
     fn reset(&mut self) -> DeviceResult<()> {
@@ -522,6 +575,7 @@ impl Device for Serial {
         self.pci.reset();
         self.save = None;
         self.load = None;
+        self.update_irq(MigState::Running);
         Ok(())
     }
 
@@ -570,6 +624,7 @@ impl Device for Serial {
             }
             _ => {}
         }
+        self.update_irq(to);
         Ok(())
     }
 

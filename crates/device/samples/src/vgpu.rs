@@ -4,7 +4,10 @@
 //! - BAR2 (region 2, `mem_size`, 256 MiB by default): device memory (a
 //!   framebuffer), a memfd that clients may mmap (`Region::mmap`).
 //! - Region 7: PCI config space (vendor 0x1b36, device 0x00f0, subsystem
-//!   0x1b36:0x0001, revision 1, class 0x038000).
+//!   0x1b36:0x0001, revision 1, class 0x038000, no interrupt pin, a 64-bit
+//!   MSI capability with one vector at 0x40).
+//! - MSI (IRQ index 1, one vector): raised after every render step
+//!   (CONTROL bit 2) and every DMA step (CONTROL bit 3).
 //!
 //! While the device runs (RUNNING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P) and
 //! CONTROL enables them, a render engine writes device memory at
@@ -29,7 +32,7 @@ pub mod save;
 
 use self::engines::{Engine, Shared, PAGE};
 use self::load::LoadStream;
-use self::regs::{reg, Regs, CONTROL_DMA, CONTROL_RENDER, REG_END};
+use self::regs::{reg, Regs, CONTROL_BITS, CONTROL_DMA, CONTROL_RENDER, REG_END};
 use self::save::SaveStream;
 use super::hash::Digest64;
 use super::mem::SharedMemory;
@@ -37,11 +40,15 @@ use super::{is_running, CONFIG_REGION, SAMPLE_VENDOR_ID};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vfio_migrate_abi::kernel::{MigState, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY};
+use vfio_migrate_abi::vfio_user::{
+    IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, IRQ_INFO_NORESIZE, PCI_MSI_IRQ_INDEX,
+};
 use vfio_migrate_backend::PrecopyInfo;
-use vfio_migrate_device::device::{Device, DeviceIdentity, Region, RegionMmap};
+use vfio_migrate_device::device::{Device, DeviceIdentity, IrqDesc, Region, RegionMmap};
 use vfio_migrate_device::dirty::DirtyBitmap;
 use vfio_migrate_device::dma::DmaSpace;
 use vfio_migrate_device::error::{DeviceError, DeviceResult};
+use vfio_migrate_device::irq::{Interrupts, IrqRequest};
 use vfio_migrate_device::pci::{Bar, BarKind, PciConfig, CONFIG_SIZE};
 
 pub use self::regs::{ID_VALUE, REG_END as BAR0_REG_END};
@@ -67,6 +74,15 @@ pub const BAR0: u32 = 0;
 pub const BAR2: u32 = 2;
 /// Default device memory size.
 pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;
+/// Config-space offset of the MSI capability.
+pub const MSI_CAP: u8 = 0x40;
+/// The MSI the vgpu offers: index 1, one vector (the config space's MSI
+/// capability announces one).
+pub const MSI: IrqDesc = IrqDesc {
+    index: PCI_MSI_IRQ_INDEX,
+    count: 1,
+    flags: IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_NORESIZE,
+};
 
 /// How to build a vgpu.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,7 +165,7 @@ impl Vgpu {
         }
         let mem = SharedMemory::new("vgpu-bar2", m)?;
         let dirty = DirtyBitmap::new(m, PAGE)?;
-        let pci = PciConfig::new(
+        let mut pci = PciConfig::new(
             &identity(),
             &[
                 Bar {
@@ -167,9 +183,16 @@ impl Vgpu {
             ],
             0,
         )?;
+        pci.add_msi(MSI_CAP, MSI.count)?;
         let regs = Regs::default();
+        let irq = Interrupts::new(&[MSI]);
         Ok(Self {
-            shared: Arc::new(Shared { mem, dirty, regs }),
+            shared: Arc::new(Shared {
+                mem,
+                dirty,
+                regs,
+                irq,
+            }),
             dma,
             render: None,
             dma_engine: None,
@@ -183,6 +206,11 @@ impl Vgpu {
     /// Device memory size.
     pub fn mem_size(&self) -> u64 {
         self.shared.mem.len()
+    }
+
+    /// The device's interrupts (shared: clones see the same eventfds).
+    pub fn interrupts(&self) -> &Interrupts {
+        &self.shared.irq
     }
 
     /// Whether the render / DMA engine threads are running.
@@ -300,12 +328,11 @@ impl Vgpu {
     /// Checks that `v` may be written to register `off`.
     fn check_write(off: u64, v: u64) -> DeviceResult<()> {
         match off {
-            reg::CONTROL if v & !(CONTROL_RENDER | CONTROL_DMA) != 0 => {
-                Err(DeviceError::inval(format!(
-                    "CONTROL bits {:#x} are reserved (bit 0 = render, bit 1 = DMA)",
-                    v & !(CONTROL_RENDER | CONTROL_DMA)
-                )))
-            }
+            reg::CONTROL if v & !CONTROL_BITS != 0 => Err(DeviceError::inval(format!(
+                "CONTROL bits {:#x} are reserved (bit 0 = render, bit 1 = DMA, bit 2 = MSI per \
+                 frame, bit 3 = MSI per DMA step)",
+                v & !CONTROL_BITS
+            ))),
             reg::CONTROL
             | reg::RENDER_RATE
             | reg::DMA_RATE
@@ -464,6 +491,14 @@ impl Device for Vgpu {
                 region_type: None,
             },
         ]
+    }
+
+    fn irqs(&self) -> Vec<IrqDesc> {
+        self.shared.irq.descs()
+    }
+
+    fn set_irqs(&mut self, index: u32, req: IrqRequest) -> DeviceResult<()> {
+        self.shared.irq.apply(index, req)
     }
 
     fn region_read(

@@ -208,3 +208,91 @@ fn bad_serial_states_are_refused_and_reset_recovers() {
     b.set_state(MigState::Stop).unwrap();
     assert_eq!(digest(&mut b), good);
 }
+
+/// Reads (and clears) an eventfd's counter; 0 when nothing is pending.
+fn take(fd: &std::os::fd::OwnedFd) -> u64 {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    vfio_migrate_sys::fd::set_nonblocking(fd.as_fd()).unwrap();
+    let mut b = [0u8; 8];
+    match std::fs::File::from(fd.try_clone().unwrap()).read(&mut b) {
+        Ok(8) => u64::from_ne_bytes(b),
+        _ => 0,
+    }
+}
+
+fn command_status(h: &mut SerialHandle) -> (u16, u16) {
+    let mut b = [0u8; 4];
+    h.region_read(7, 4, &mut b).unwrap();
+    (
+        u16::from_le_bytes([b[0], b[1]]),
+        u16::from_le_bytes([b[2], b[3]]),
+    )
+}
+
+/// INTx follows IIR: raised when received data is enabled and waiting,
+/// reported in Status whatever INTx Disable says, signalled only while
+/// INTx is enabled and the device runs, automasked until UNMASK.
+#[test]
+fn intx_follows_the_uart_and_the_command_register() {
+    use vfio_migrate_device::{Device, IrqRequest};
+    let mut h = serial("s");
+    assert_eq!(
+        h.core().lock().unwrap().device_ref().irqs()[0].count,
+        1,
+        "INTx offered"
+    );
+    let mut cfg = [0u8; 1];
+    h.region_read(7, 0x3d, &mut cfg).unwrap();
+    assert_eq!(cfg[0], 1, "interrupt pin A");
+    let ev = vfio_migrate_sys::fd::eventfd().unwrap();
+    let attach = IrqRequest::Attach {
+        start: 0,
+        fds: vec![ev.try_clone().unwrap()],
+    };
+    let set = |h: &mut SerialHandle, req| {
+        h.core().lock().unwrap().device().set_irqs(0, req).unwrap();
+    };
+    let unmask = || IrqRequest::Unmask { start: 0, count: 1 };
+    set(&mut h, attach);
+    push(&mut h, b"x");
+    assert_eq!(take(&ev), 0, "IER off: no interrupt");
+    assert_eq!(command_status(&mut h).1 & 0x08, 0);
+    put(&mut h, reg::IER, 0x01);
+    assert_eq!(take(&ev), 1, "data waiting and enabled: INTx");
+    assert_eq!(get(&mut h, reg::IIR_FCR) & 0x0f, 0x04);
+    assert_eq!(command_status(&mut h).1 & 0x08, 0x08, "Interrupt Status");
+    set(&mut h, unmask());
+    assert_eq!(take(&ev), 1, "still pending at UNMASK: signalled again");
+    assert_eq!(get(&mut h, reg::DATA), b'x');
+    assert_eq!(command_status(&mut h).1 & 0x08, 0);
+    set(&mut h, unmask());
+    assert_eq!(take(&ev), 0, "serviced: quiet");
+
+    // INTx Disable masks the line, not the status.
+    h.region_write(7, 4, &0x0400u16.to_le_bytes()).unwrap();
+    push(&mut h, b"y");
+    assert_eq!(take(&ev), 0);
+    assert_eq!(command_status(&mut h), (0x0400, 0x08));
+    h.region_write(7, 4, &0u16.to_le_bytes()).unwrap();
+    assert_eq!(take(&ev), 1, "enabled again while pending");
+    set(&mut h, unmask());
+    assert_eq!(take(&ev), 1);
+
+    // A stopped device raises nothing; running again, it does.
+    h.set_state(MigState::Stop).unwrap();
+    set(&mut h, unmask());
+    assert_eq!(take(&ev), 0, "stopped");
+    assert_eq!(command_status(&mut h).1 & 0x08, 0x08, "still pending");
+    h.set_state(MigState::Running).unwrap();
+    assert_eq!(take(&ev), 1, "running: the level is back");
+
+    // The destination of a migration shows the pending interrupt too.
+    let mut b = serial("d");
+    h.set_state(MigState::Stop).unwrap();
+    migrate(&mut h, &mut b, 64);
+    assert_eq!(command_status(&mut b).1 & 0x08, 0x08);
+    b.set_state(MigState::Running).unwrap();
+    assert_eq!(pop_all(&mut b), b"y");
+    assert_eq!(command_status(&mut b).1 & 0x08, 0);
+}

@@ -12,6 +12,7 @@
 //! as its `state` parameter (`transition` gets `from` and `to`).
 
 use crate::error::{DeviceError, DeviceResult};
+use crate::irq::IrqRequest;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use vfio_migrate_abi::kernel::MigState;
@@ -113,15 +114,19 @@ pub trait Device: Send {
         data: &[u8],
     ) -> DeviceResult<()>;
 
-    /// Interrupts offered.
+    /// Interrupts offered. Keep them consistent with config space: INTx
+    /// (index 0) exactly when the interrupt pin is not 0, MSI (index 1)
+    /// with as many vectors as the MSI capability announces; QEMU decides
+    /// from config space, other clients from this list.
     fn irqs(&self) -> Vec<IrqDesc> {
         Vec::new()
     }
 
-    /// Sets eventfds for `index` starting at vector `start` (an empty list
-    /// with `count == 0` tears them down).
-    fn set_irqs(&mut self, index: u32, start: u32, fds: Vec<OwnedFd>) -> DeviceResult<()> {
-        let _ = (start, fds);
+    /// A client's DEVICE_SET_IRQS for `index` (vectors and fds checked by
+    /// the server). Devices built on [`crate::Interrupts`] pass it to
+    /// [`crate::Interrupts::apply`].
+    fn set_irqs(&mut self, index: u32, req: IrqRequest) -> DeviceResult<()> {
+        let _ = req;
         Err(DeviceError::unsupported(format!(
             "IRQ index {index} is not offered"
         )))

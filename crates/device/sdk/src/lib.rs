@@ -15,6 +15,8 @@
 //! - [`LocalDevice`]: an in-process [`vfio_migrate_backend::MigrationDevice`]
 //!   over a `DeviceCore`, for tests and embedding.
 //! - [`dirty`]: an atomic dirty-page bitmap for a device's own memory.
+//! - [`irq`]: interrupts — the client's requests and [`Interrupts`], the
+//!   eventfds, masks, INTx levels and MSI edges a device raises.
 //! - [`pci`]: a type-0 PCI config space with write masks and BAR sizing.
 //! - [`region`]: the older migration interfaces as device regions over the
 //!   same `DeviceCore`: the Linux 5.8 v1 region and the 2018 seed region.
@@ -31,6 +33,7 @@ pub mod dirty;
 pub mod dma;
 pub mod error;
 pub mod fsm;
+pub mod irq;
 pub mod local;
 pub mod pci;
 pub mod region;
@@ -39,4 +42,5 @@ pub use crate::core::DeviceCore;
 pub use device::{Device, DeviceIdentity, IrqDesc, Region, RegionMmap};
 pub use dma::DmaSpace;
 pub use error::{DeviceError, DeviceResult};
+pub use irq::{Interrupts, IrqRequest};
 pub use local::LocalDevice;

@@ -3,8 +3,10 @@
 //! (so BAR sizing by writing all ones works), reset and save/restore.
 //!
 //! It models what a guest or a VMM needs from an emulated endpoint: IDs,
-//! class, command register, BARs, interrupt line/pin. Status bits and
-//! capabilities are read-only.
+//! class, command register, BARs, interrupt line/pin, and an MSI
+//! capability ([`PciConfig::add_msi`]). Status bits are read-only to the
+//! guest; the device drives Interrupt Status
+//! ([`PciConfig::set_interrupt_status`]).
 
 use crate::device::DeviceIdentity;
 use crate::error::{DeviceError, DeviceResult};
@@ -34,6 +36,9 @@ pub mod offset {
     pub const HEADER_TYPE: usize = 0x0e;
     /// BAR0, 32 bits; BARn is at `BAR0 + 4 * n`.
     pub const BAR0: usize = 0x10;
+    /// Capabilities pointer, 8 bits (valid when Status has
+    /// [`super::STATUS_CAP_LIST`]).
+    pub const CAPABILITY_LIST: usize = 0x34;
     /// Subsystem vendor ID, 16 bits.
     pub const SUBSYSTEM_VENDOR_ID: usize = 0x2c;
     /// Subsystem ID, 16 bits.
@@ -47,6 +52,21 @@ pub mod offset {
 /// Command register bits the guest may change: I/O space, memory space,
 /// bus master, parity error response, SERR#, INTx disable.
 pub const COMMAND_WRITABLE: u16 = 0x0001 | 0x0002 | 0x0004 | 0x0040 | 0x0100 | 0x0400;
+/// Command: INTx disable (the function must not assert INTx#).
+pub const COMMAND_INTX_DISABLE: u16 = 0x0400;
+/// Status: Interrupt Status (the function has an INTx interrupt pending,
+/// whatever [`COMMAND_INTX_DISABLE`] says).
+pub const STATUS_INTERRUPT: u16 = 0x0008;
+/// Status: the capabilities list is valid.
+pub const STATUS_CAP_LIST: u16 = 0x0010;
+/// Capability ID of MSI.
+pub const CAP_ID_MSI: u8 = 0x05;
+/// MSI Message Control: MSI enable.
+pub const MSI_FLAGS_ENABLE: u16 = 0x0001;
+/// MSI Message Control: 64-bit address capable.
+pub const MSI_FLAGS_64BIT: u16 = 0x0080;
+/// Length of a 64-bit MSI capability without per-vector masking.
+pub const MSI_CAP_LEN: usize = 14;
 
 /// The kind of a BAR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +102,9 @@ pub struct PciConfig {
     bytes: [u8; CONFIG_SIZE],
     power_on: [u8; CONFIG_SIZE],
     wmask: [u8; CONFIG_SIZE],
+    /// Read-only bits the device itself changes (Interrupt Status): not
+    /// compared by [`PciConfig::restore`].
+    dynamic: [u8; CONFIG_SIZE],
 }
 
 impl std::fmt::Debug for PciConfig {
@@ -165,11 +188,75 @@ impl PciConfig {
                 put32(&mut m, at + 4, (addr_mask >> 32) as u32);
             }
         }
+        let mut dynamic = [0u8; CONFIG_SIZE];
+        put16(&mut dynamic, offset::STATUS, STATUS_INTERRUPT);
         Ok(Self {
             bytes: b,
             power_on: b,
             wmask: m,
+            dynamic,
         })
+    }
+
+    /// Adds a 64-bit MSI capability without per-vector masking at `at`
+    /// (dword-aligned, in 0x40..=0xf0), announcing `vectors` vectors (a
+    /// power of two, 1 to 32), at the head of the capability list. The
+    /// guest may write Message Control's enable and Multiple Message
+    /// Enable bits, the address and the data. Call it while building the
+    /// device: it changes the power-on contents.
+    pub fn add_msi(&mut self, at: u8, vectors: u32) -> DeviceResult<()> {
+        let a = at as usize;
+        if !a.is_multiple_of(4) || !(0x40..=0xf0).contains(&a) {
+            return Err(DeviceError::inval(format!(
+                "MSI capability at {at:#x}: capabilities sit dword-aligned in 0x40..=0xf0"
+            )));
+        }
+        if !vectors.is_power_of_two() || vectors > 32 {
+            return Err(DeviceError::inval(format!(
+                "MSI with {vectors} vectors: a power of two from 1 to 32"
+            )));
+        }
+        if self.power_on[a..a + MSI_CAP_LEN]
+            .iter()
+            .chain(&self.wmask[a..a + MSI_CAP_LEN])
+            .any(|b| *b != 0)
+        {
+            return Err(DeviceError::inval(format!(
+                "MSI capability at {at:#x} overlaps another capability"
+            )));
+        }
+        let (b, m) = (&mut self.power_on, &mut self.wmask);
+        b[a] = CAP_ID_MSI;
+        b[a + 1] = b[offset::CAPABILITY_LIST];
+        let mmc = vectors.trailing_zeros() as u16;
+        put16(b, a + 2, MSI_FLAGS_64BIT | (mmc << 1));
+        put16(m, a + 2, MSI_FLAGS_ENABLE | 0x0070);
+        put32(m, a + 4, 0xffff_fffc);
+        put32(m, a + 8, 0xffff_ffff);
+        put16(m, a + 12, 0xffff);
+        b[offset::CAPABILITY_LIST] = at;
+        let status = u16::from_le_bytes([b[offset::STATUS], b[offset::STATUS + 1]]);
+        put16(b, offset::STATUS, status | STATUS_CAP_LIST);
+        self.bytes = self.power_on;
+        Ok(())
+    }
+
+    /// The command register.
+    pub fn command(&self) -> u16 {
+        self.u16_at(offset::COMMAND)
+    }
+
+    /// The guest set [`COMMAND_INTX_DISABLE`].
+    pub fn intx_disabled(&self) -> bool {
+        self.command() & COMMAND_INTX_DISABLE != 0
+    }
+
+    /// Sets or clears Status' Interrupt Status bit: the device's INTx
+    /// condition, reported even while INTx is disabled.
+    pub fn set_interrupt_status(&mut self, pending: bool) {
+        let s = self.u16_at(offset::STATUS) & !STATUS_INTERRUPT;
+        let v = if pending { s | STATUS_INTERRUPT } else { s };
+        put16(&mut self.bytes, offset::STATUS, v);
     }
 
     fn u16_at(&self, at: usize) -> u16 {
@@ -214,8 +301,10 @@ impl PciConfig {
     }
 
     /// Restores contents saved with [`bytes`](Self::bytes). Read-only bytes
-    /// must match this device's (IDs, class, BAR flags): a state from a
-    /// different device is refused and nothing changes.
+    /// must match this device's (IDs, class, BAR flags, capabilities): a
+    /// state from a different device is refused and nothing changes. The
+    /// bits the device drives (Interrupt Status) are taken as saved; the
+    /// device sets them again from its own state.
     pub fn restore(&mut self, saved: &[u8]) -> DeviceResult<()> {
         if saved.len() != CONFIG_SIZE {
             return Err(DeviceError::inval(format!(
@@ -223,8 +312,8 @@ impl PciConfig {
                 saved.len()
             )));
         }
-        if let Some(i) =
-            (0..CONFIG_SIZE).find(|&i| (saved[i] ^ self.power_on[i]) & !self.wmask[i] != 0)
+        if let Some(i) = (0..CONFIG_SIZE)
+            .find(|&i| (saved[i] ^ self.power_on[i]) & !self.wmask[i] & !self.dynamic[i] != 0)
         {
             return Err(DeviceError::inval(format!(
                 "saved config space differs from this device in read-only byte {i:#x} \
@@ -353,6 +442,54 @@ mod tests {
         let e = d.restore(&other).unwrap_err();
         assert!(e.message.contains("read-only byte 0x2"), "{e}");
         assert!(d.restore(&saved[..10]).is_err());
+    }
+
+    #[test]
+    fn msi_capability() {
+        let mut c = cfg();
+        c.add_msi(0x40, 1).unwrap();
+        let mut b = [0u8; 16];
+        c.read(0x40, &mut b).unwrap();
+        assert_eq!(&b[..4], &[CAP_ID_MSI, 0, 0x80, 0]);
+        assert_eq!(r32(&c, 4) >> 16, STATUS_CAP_LIST as u32);
+        assert_eq!(r32(&c, 0x34) & 0xff, 0x40);
+        // The guest programs address, data and enable; the rest stays.
+        c.write(0x42, &[0xff, 0xff]).unwrap();
+        assert_eq!(r32(&c, 0x40) >> 16, 0x00f1);
+        c.write(0x44, &[0xff; 8]).unwrap();
+        assert_eq!(r32(&c, 0x44), 0xffff_fffc);
+        c.write(0x4c, &0x1234_5678u32.to_le_bytes()).unwrap();
+        assert_eq!(r32(&c, 0x4c), 0x5678, "data is 16 bits");
+        let saved = *c.bytes();
+        let mut d = cfg();
+        assert!(d.restore(&saved).is_err(), "no MSI here");
+        d.add_msi(0x40, 1).unwrap();
+        d.restore(&saved).unwrap();
+        c.reset();
+        assert_eq!(r32(&c, 0x40), 0x0080_0005);
+        assert!(c.add_msi(0x44, 1).is_err(), "overlap");
+        assert!(c.add_msi(0x3c, 1).is_err());
+        assert!(c.add_msi(0x60, 3).is_err());
+        c.add_msi(0x60, 4).unwrap();
+        assert_eq!(r32(&c, 0x60), 0x0084_4005, "chained in front, MMC 2");
+    }
+
+    #[test]
+    fn interrupt_status_is_the_devices() {
+        let mut c = cfg();
+        c.write(4, &[0, 0, 0xff, 0xff]).unwrap();
+        assert_eq!(r32(&c, 4), 0, "status is read-only to the guest");
+        c.set_interrupt_status(true);
+        assert_eq!(r32(&c, 4) >> 16, STATUS_INTERRUPT as u32);
+        assert!(!c.intx_disabled());
+        c.write(4, &COMMAND_INTX_DISABLE.to_le_bytes()).unwrap();
+        assert!(c.intx_disabled());
+        let saved = *c.bytes();
+        let mut d = cfg();
+        d.restore(&saved).unwrap();
+        assert!(d.intx_disabled());
+        c.set_interrupt_status(false);
+        assert_eq!(r32(&c, 4), COMMAND_INTX_DISABLE as u32);
     }
 
     #[test]

@@ -392,19 +392,48 @@ fn serve_message<D: Device>(
     }
     conn.recv_exact(&mut inbuf[..plen], &mut fds, false)?;
     dispatch(session, &hdr, &inbuf[..plen], fds, reply);
-    if reply.errno != 0 {
-        tracing::debug!(
-            cmd = hdr.cmd,
-            errno = reply.errno,
-            "refused: {}",
-            reply.message
-        );
-    }
     if hdr.no_reply() {
+        if reply.errno != 0 {
+            log_unanswered_refusal(session, &hdr, reply);
+        }
         return Ok(!reply.close);
     }
     send_reply(conn, &hdr, reply)?;
     Ok(!reply.close)
+}
+
+/// How many refused NO_REPLY messages per connection are logged as
+/// warnings; later ones go to the debug log.
+const UNANSWERED_WARNINGS: u64 = 16;
+
+/// A refused message the client asked no reply for (QEMU posts its BAR
+/// writes so): nobody else will ever hear of it, so it is logged as a
+/// warning — the first [`UNANSWERED_WARNINGS`] of a connection, then at
+/// debug level (a guest could otherwise flood the log).
+fn log_unanswered_refusal<D: Device>(session: &mut Session<'_, D>, hdr: &Header, reply: &Reply) {
+    session.refused_unanswered += 1;
+    let n = session.refused_unanswered;
+    if n <= UNANSWERED_WARNINGS {
+        tracing::warn!(
+            cmd = hdr.cmd,
+            errno = reply.errno,
+            "refused a message sent without reply (a posted write: the client cannot \
+             learn of it): {}{}",
+            reply.message,
+            if n == UNANSWERED_WARNINGS {
+                "; further ones on this connection are logged at debug level"
+            } else {
+                ""
+            }
+        );
+    } else {
+        tracing::debug!(
+            cmd = hdr.cmd,
+            errno = reply.errno,
+            "refused without reply: {}",
+            reply.message
+        );
+    }
 }
 
 /// Sends the reply to `req` (one sendmsg: header + payload + fds).

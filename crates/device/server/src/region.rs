@@ -87,8 +87,14 @@ fn caps(r: &Region) -> Vec<u8> {
 }
 
 /// DEVICE_GET_REGION_INFO. When `argsz` is too small for the capability
-/// chain, the reply is the bare info with `argsz` = the size needed (the
-/// kernel's convention), not an error.
+/// chain, the reply is the bare 32-byte info with `argsz` = the size
+/// needed, not an error, and it describes only what it carries: no `CAPS`
+/// flag and `cap_offset` 0 (QEMU refuses `CAPS` with an offset below 32,
+/// the kernel's convention for this case), and no `MMAP` flag and no fd
+/// (the spec sends the fd with every `MMAP` reply, and libvfio-user's
+/// client cannot take an fd with its first, 32-byte request). A client
+/// that sees `argsz` grow asks again with room for the chain and gets
+/// `CAPS`, `MMAP` and the fd together. See `docs/qemu.md`.
 pub(crate) fn info<D: Device>(
     s: &mut Session<'_, D>,
     payload: &[u8],
@@ -124,15 +130,16 @@ pub(crate) fn info<D: Device>(
     if r.writable {
         flags |= REGION_FLAG_WRITE;
     }
-    let send_fd = r.mmap.is_some() && s.client_max_fds() >= 1;
+    let full = RegionInfo::SIZE + chain.len();
+    let fits = req.argsz as usize >= full;
+    // Only a reply that carries the chain says MMAP and passes the fd.
+    let send_fd = fits && r.mmap.is_some() && s.client_max_fds() >= 1;
     if send_fd {
         flags |= REGION_FLAG_MMAP;
     }
-    if !chain.is_empty() {
+    if fits && !chain.is_empty() {
         flags |= REGION_FLAG_CAPS;
     }
-    let full = RegionInfo::SIZE + chain.len();
-    let fits = req.argsz as usize >= full;
     reply.put(
         &RegionInfo {
             argsz: full as u32,

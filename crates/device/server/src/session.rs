@@ -151,6 +151,8 @@ pub struct Session<'a, D: Device> {
     pub(crate) client: Option<Capabilities>,
     /// IRQ indices this client attached eventfds to.
     pub(crate) irqs: BTreeSet<u32>,
+    /// Refused messages sent with NO_REPLY (posted writes) so far.
+    pub(crate) refused_unanswered: u64,
 }
 
 impl<'a, D: Device> Session<'a, D> {
@@ -166,6 +168,7 @@ impl<'a, D: Device> Session<'a, D> {
             config,
             client: None,
             irqs: BTreeSet::new(),
+            refused_unanswered: 0,
         }
     }
 
@@ -210,7 +213,8 @@ impl<'a, D: Device> Session<'a, D> {
         let mut core = self.lock();
         core.dma().clear();
         for index in irqs {
-            if let Err(e) = core.device().set_irqs(index, 0, Vec::new()) {
+            let all = vfio_migrate_device::IrqRequest::Detach { start: 0, count: 0 };
+            if let Err(e) = core.device().set_irqs(index, all) {
                 tracing::warn!(index, error = %e, "dropping IRQ eventfds on disconnect failed");
             }
         }

@@ -7,11 +7,11 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use vfio_migrate_abi::kernel::{MigState, MIGRATION_P2P, MIGRATION_PRE_COPY, MIGRATION_STOP_COPY};
-use vfio_migrate_abi::vfio_user::{IRQ_INFO_EVENTFD, PCI_MSIX_IRQ_INDEX};
+use vfio_migrate_abi::vfio_user::{IRQ_INFO_EVENTFD, IRQ_INFO_MASKABLE, PCI_MSIX_IRQ_INDEX};
 use vfio_migrate_backend::PrecopyInfo;
 use vfio_migrate_device::{
-    Device, DeviceCore, DeviceError, DeviceIdentity, DeviceResult, DmaSpace, IrqDesc, Region,
-    RegionMmap,
+    Device, DeviceCore, DeviceError, DeviceIdentity, DeviceResult, DmaSpace, Interrupts, IrqDesc,
+    IrqRequest, Region, RegionMmap,
 };
 
 pub const MEM: usize = 16 << 10;
@@ -24,7 +24,7 @@ pub struct TestDev {
     out: Vec<u8>,
     out_pos: usize,
     incoming: Vec<u8>,
-    pub irq_fds: Vec<OwnedFd>,
+    pub irq: Interrupts,
 }
 
 fn memfd(len: usize) -> OwnedFd {
@@ -46,7 +46,11 @@ impl TestDev {
             out: Vec::new(),
             out_pos: 0,
             incoming: Vec::new(),
-            irq_fds: Vec::new(),
+            irq: Interrupts::new(&[IrqDesc {
+                index: PCI_MSIX_IRQ_INDEX,
+                count: 2,
+                flags: IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE,
+            }]),
         }
     }
 
@@ -156,16 +160,11 @@ impl Device for TestDev {
     }
 
     fn irqs(&self) -> Vec<IrqDesc> {
-        vec![IrqDesc {
-            index: PCI_MSIX_IRQ_INDEX,
-            count: 2,
-            flags: IRQ_INFO_EVENTFD,
-        }]
+        self.irq.descs()
     }
 
-    fn set_irqs(&mut self, _index: u32, _start: u32, fds: Vec<OwnedFd>) -> DeviceResult<()> {
-        self.irq_fds = fds;
-        Ok(())
+    fn set_irqs(&mut self, index: u32, req: IrqRequest) -> DeviceResult<()> {
+        self.irq.apply(index, req)
     }
 
     fn migration_flags(&self) -> u64 {

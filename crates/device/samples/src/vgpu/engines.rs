@@ -4,19 +4,22 @@
 //!
 //! Both are paced to a byte rate read live from their registers, write
 //! 4 KiB blocks whose place and content follow from `(SEED, counter)` only,
-//! and stop synchronously: [`Engine::stop`] returns after the thread has
-//! finished its last write.
+//! raise MSI vector 0 after each step when CONTROL asks for it, and stop
+//! synchronously: [`Engine::stop`] returns after the thread has finished
+//! its last write.
 
-use super::regs::Regs;
+use super::regs::{Regs, CONTROL_IRQ_DMA, CONTROL_IRQ_FRAME};
 use crate::hash::{fill_pseudo_random, mix_words};
 use crate::mem::SharedMemory;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use vfio_migrate_abi::vfio_user::PCI_MSI_IRQ_INDEX;
 use vfio_migrate_device::dirty::DirtyBitmap;
 use vfio_migrate_device::dma::DmaSpace;
 use vfio_migrate_device::error::{DeviceError, DeviceResult};
+use vfio_migrate_device::irq::Interrupts;
 
 /// Page size of device memory and of the engines' blocks.
 pub const PAGE: u64 = 4096;
@@ -38,6 +41,17 @@ pub struct Shared {
     /// The registers the engines read their rates, window and seed from
     /// and count their work in.
     pub regs: Regs,
+    /// The MSI the engines raise after a step when CONTROL asks for it.
+    pub irq: Interrupts,
+}
+
+impl Shared {
+    /// Raises MSI vector 0 when CONTROL has `bit`.
+    fn interrupt_if(&self, bit: u64) {
+        if self.regs.control.load(Ordering::Acquire) & bit != 0 {
+            self.irq.raise(PCI_MSI_IRQ_INDEX, 0);
+        }
+    }
 }
 
 impl Shared {
@@ -210,7 +224,10 @@ fn render_loop(ctl: &Ctl, s: &Shared) {
     let mut block = vec![0u8; PAGE as usize];
     while !ctl.stopping() {
         match pacer.next(s.regs.render_rate.load(Ordering::Acquire), PAGE) {
-            Pace::Go => render_step(s, &mut block),
+            Pace::Go => {
+                render_step(s, &mut block);
+                s.interrupt_if(CONTROL_IRQ_FRAME);
+            }
             Pace::Wait(d) => ctl.nap(d),
         }
     }
@@ -261,7 +278,10 @@ fn dma_loop(ctl: &Ctl, s: &Shared, dma: &DmaSpace) {
             s.regs.dma_rate.load(Ordering::Acquire)
         };
         match pacer.next(rate, size.clamp(1, PAGE)) {
-            Pace::Go => dma_step(s, dma, &mut block),
+            Pace::Go => {
+                dma_step(s, dma, &mut block);
+                s.interrupt_if(CONTROL_IRQ_DMA);
+            }
             Pace::Wait(d) => ctl.nap(d),
         }
     }

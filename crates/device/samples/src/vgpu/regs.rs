@@ -9,7 +9,8 @@ use vfio_migrate_device::pci::CONFIG_SIZE;
 pub mod reg {
     /// RO: [`super::ID_VALUE`].
     pub const ID: u64 = 0x00;
-    /// RW: bit 0 render engine on, bit 1 DMA engine on.
+    /// RW: bit 0 render engine on, bit 1 DMA engine on, bit 2 MSI after
+    /// every render step, bit 3 MSI after every DMA step.
     pub const CONTROL: u64 = 0x08;
     /// RW: bytes/s the render engine writes into device memory.
     pub const RENDER_RATE: u64 = 0x10;
@@ -45,6 +46,12 @@ pub const ID_VALUE: u64 = 0x5647_5055_0000_0001;
 pub const CONTROL_RENDER: u64 = 1;
 /// CONTROL: DMA engine on.
 pub const CONTROL_DMA: u64 = 2;
+/// CONTROL: raise MSI vector 0 after every render step ("frame done").
+pub const CONTROL_IRQ_FRAME: u64 = 4;
+/// CONTROL: raise MSI vector 0 after every DMA step (written or failed).
+pub const CONTROL_IRQ_DMA: u64 = 8;
+/// Every CONTROL bit that means something; the others are reserved.
+pub const CONTROL_BITS: u64 = CONTROL_RENDER | CONTROL_DMA | CONTROL_IRQ_FRAME | CONTROL_IRQ_DMA;
 
 /// Name of the register at `off`, for messages.
 pub fn name(off: u64) -> &'static str {
@@ -69,7 +76,7 @@ pub fn name(off: u64) -> &'static str {
 /// The registers that carry state, shared with the engine threads.
 #[derive(Debug, Default)]
 pub struct Regs {
-    /// [`reg::CONTROL`]: [`CONTROL_RENDER`] | [`CONTROL_DMA`].
+    /// [`reg::CONTROL`]: [`CONTROL_BITS`].
     pub control: AtomicU64,
     /// [`reg::RENDER_RATE`], bytes/s.
     pub render_rate: AtomicU64,
@@ -216,7 +223,7 @@ pub fn decode_state(b: &[u8]) -> DeviceResult<(RegSnapshot, [u8; CONFIG_SIZE])> 
         *v = u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
     }
     let s = RegSnapshot::from_words(w);
-    if s.control & !(CONTROL_RENDER | CONTROL_DMA) != 0 {
+    if s.control & !CONTROL_BITS != 0 {
         return Err(DeviceError::inval(format!(
             "registers record sets reserved CONTROL bits ({:#x})",
             s.control
@@ -253,7 +260,7 @@ mod tests {
     fn bad_state_is_refused() {
         let mut b = encode_state(&RegSnapshot::default(), &[0; CONFIG_SIZE]);
         assert!(decode_state(&b[1..]).is_err());
-        b[0] = 0x80;
+        b[0] = 0x80 | CONTROL_BITS as u8;
         let e = decode_state(&b).unwrap_err();
         assert!(e.message.contains("reserved CONTROL bits"), "{e}");
     }

@@ -96,7 +96,8 @@ fn info_and_regions() {
     );
     assert_eq!(e, libc::EINVAL, "argsz too small");
 
-    // BAR2 with a small argsz: the size needed, no caps, but the fd.
+    // BAR2 with a small argsz: the size needed, and nothing it does not
+    // carry: no CAPS, no MMAP, no fd (they come with the full reply).
     let q = |argsz, index| {
         RegionInfo {
             argsz,
@@ -116,14 +117,16 @@ fn info_and_regions() {
     assert_eq!(p.len(), 32);
     assert_eq!(ri.argsz, 32 + 8 + 8 + 16);
     assert_eq!(ri.cap_offset, 0);
-    assert_eq!(nfds, 1);
-    let (e, p, _) = call_fds(
+    assert_eq!(ri.flags, REGION_FLAG_READ | REGION_FLAG_WRITE);
+    assert_eq!(nfds, 0);
+    let (e, p, nfds) = call_fds(
         &mut s,
         Command::DeviceGetRegionInfo as u16,
         &q(ri.argsz, 2),
         vec![],
     );
     assert_eq!(e, 0);
+    assert_eq!(nfds, 1, "the full reply passes the region fd");
     let ri = RegionInfo::decode(&p).unwrap();
     assert_eq!(ri.cap_offset, 32);
     assert_ne!(ri.flags & REGION_FLAG_MMAP, 0);

@@ -23,6 +23,7 @@ mod support;
 #[macro_use]
 mod spec;
 
+mod consistency;
 mod dma_migration;
 mod info;
 
@@ -31,6 +32,15 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use support::Served;
+
+/// Connects to `path` and negotiates with a plain spec JSON.
+fn session_on(path: &std::path::Path) -> Conn {
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = Conn { s, next_id: 0x100 };
+    c.call(VERSION, &version_payload(0, 0, SPEC_CAPS), &[]).ok();
+    c
+}
 
 /// A server process serving the vgpu.
 struct Server(Served);
