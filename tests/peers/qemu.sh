@@ -2,7 +2,7 @@
 # Peer suite: QEMU's vfio-user client drives `vfio-migrate serve` devices.
 #
 #   1. builds QEMU 10.2.2 with its vfio-user client with the kit in
-#      ../shared/peers/qemu (found by kits.sh; build.sh, ~4-6 min the first
+#      ../shared/peers/qemu (found by kits.inc; build.sh, ~4-6 min the first
 #      time, then cached in $VFIO_PEER_CACHE/qemu: well under a second);
 #   2. prepares the guest kernel with tests/kernel/setup.sh (the kernel
 #      test's Debian 6.12 kernel, plus uio and uio_pci_generic; ~1 s when
@@ -17,15 +17,15 @@
 # A failing test, or a guest program that does not compile, always fails.
 #
 # Environment: VFIO_PEER_CACHE (default /var/cache/vfio-migrate-peers),
-# VFIO_PEER_KITS (see kits.sh), PEER_LOG (set by test.sh), and those of
+# VFIO_PEER_KITS (see kits.inc), PEER_LOG (set by test.sh), and those of
 # tests/kernel/setup.sh (VFIO_KERNEL_CACHE, ...).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SUITE=qemu
 CACHE=${VFIO_PEER_CACHE:-/var/cache/vfio-migrate-peers}
 PEER_LOG=${PEER_LOG:-/dev/null}
-# shellcheck source=kits.sh
-. tests/peers/kits.sh
+# shellcheck source=kits.inc
+. tests/peers/kits.inc
 kits_find || true
 KIT=${kits:-../shared/peers}/qemu
 _log_tag=peer-qemu
