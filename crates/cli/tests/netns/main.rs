@@ -143,6 +143,8 @@ fn link_cut(phase: Phase, n: u8) {
                 &dst_uri,
                 "--stall-timeout",
                 &stall,
+                // Two namespaces of our own: plaintext on purpose.
+                "--insecure",
             ],
         )
         .stdout(Stdio::piped())
