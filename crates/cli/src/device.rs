@@ -3,7 +3,7 @@
 //! region reads and writes — over any device endpoint (`unix:` vfio-user
 //! server or `kernel:` VFIO device).
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Busy, Endpoint};
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use vfio_migrate_backend::{MigState, MigrationDevice};
@@ -33,7 +33,8 @@ enum Action {
         #[arg(long)]
         json: bool,
     },
-    /// Print the migration state (e.g. RUNNING).
+    /// Print the migration state (e.g. RUNNING), or, when another client
+    /// (a running migration) holds the device, BUSY and who holds it.
     State,
     /// Move the device to a state: STOP, RUNNING, STOP_COPY, RESUMING,
     /// RUNNING_P2P, PRE_COPY or PRE_COPY_P2P (the device walks the arcs).
@@ -104,7 +105,28 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if !ep.is_device() {
         bail!("{ep} is not a device; use unix:PATH or kernel:DEVICE");
     }
-    let mut dev = ep.open_device()?;
+    let mut dev = match ep.open_device() {
+        Ok(d) => d,
+        // `state` of a device a migration holds: who holds it and how far
+        // the migration is, rather than an error.
+        Err(e) if matches!(args.action, Action::State) => match e.downcast::<Busy>() {
+            Ok(b) => {
+                println!(
+                    "BUSY: held by {}",
+                    b.holder.as_deref().unwrap_or("another client")
+                );
+                if let Some(d) = b.doing() {
+                    println!("  {d}");
+                }
+                if let Some(c) = &b.control {
+                    println!("  vfio-migrate status {}", c.display());
+                }
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
     match args.action {
         Action::Info { json } => {
             let state = dev.state().with_context(|| format!("{ep}: state"))?;

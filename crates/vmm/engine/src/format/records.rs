@@ -14,7 +14,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this build writes. A reader accepts any minor
 /// version of its major: newer minors only add records marked
 /// [`FLAG_OPTIONAL`], which an older reader skips.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 /// Stream header size.
 pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
 /// Record header size.
@@ -145,6 +145,17 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Payload of [`Kind::Verified`]: what the source compared before it
+    /// told the destination to run.
+    pub struct Verdict {
+        /// Device digests compared, every one equal.
+        pub compared: u32,
+        /// Devices in the migration.
+        pub devices: u32,
+    }
+}
+
+wire_struct! {
     /// Payload of [`Kind::End`]: how many records came before it and their
     /// total size (headers included), so a truncated stream is detected
     /// even when it ends on a record boundary.
@@ -200,6 +211,11 @@ pub enum Kind {
     Abort = 0x7e,
     /// End of the stream ([`End`]).
     End = 0x7f,
+    /// Live, after the end marker and just before [`Kind::Go`] (minor 2,
+    /// optional): the source compared the destination's digests with its
+    /// own and they were equal ([`Verdict`]), so the destination can say
+    /// it runs verified state.
+    Verified = 0x50,
     /// Source → destination after [`Kind::Ready`]: start running.
     Go = 0x80,
     /// Reply: the devices are compatible and RESUMING.
@@ -219,7 +235,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 22] = [
         Kind::Device,
         Kind::Ram,
         Kind::RunState,
@@ -232,6 +248,7 @@ impl Kind {
         Kind::RamPages,
         Kind::RamZero,
         Kind::Verify,
+        Kind::Verified,
         Kind::Abort,
         Kind::End,
         Kind::Go,
@@ -263,6 +280,7 @@ impl Kind {
             Kind::RamPages => "ram-pages",
             Kind::RamZero => "ram-zero",
             Kind::Verify => "verify",
+            Kind::Verified => "verified",
             Kind::Abort => "abort",
             Kind::End => "end",
             Kind::Go => "go",
@@ -288,6 +306,7 @@ impl Kind {
             Kind::RamPages => (RamRun::SIZE + 1, RamRun::SIZE + MAX_RAM_RUN_BYTES),
             Kind::RamZero => (RamRun::SIZE, RamRun::SIZE),
             Kind::Verify => (Digest::SIZE, Digest::SIZE),
+            Kind::Verified => (Verdict::SIZE, Verdict::SIZE),
             Kind::End => (End::SIZE, End::SIZE),
             Kind::Abort | Kind::Refuse | Kind::Failed => (0, MAX_REASON),
             Kind::Go | Kind::Accept | Kind::Running | Kind::Heartbeat => (0, 0),

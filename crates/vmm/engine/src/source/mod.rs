@@ -117,6 +117,8 @@ struct Source<'a, D> {
     report: MigrationReport,
     /// Holds writes to `--bandwidth-limit`.
     pacer: Option<Pacer>,
+    /// In-between progress reports.
+    ticker: crate::progress::Ticker,
 }
 
 /// Migrates `devices` (and `guest` RAM, if given) out over `link`.
@@ -171,6 +173,7 @@ pub fn migrate_out<D: MigrationDevice>(
         metrics,
         report,
         pacer: None,
+        ticker: crate::progress::Ticker::new(),
     };
     s.pacer = s.opts.bandwidth_limit.map(Pacer::new);
     let r = s.run(devices);
@@ -182,8 +185,13 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
     fn run(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
         self.setup(devices)?;
         self.metrics.precopy_start = Some(std::time::Instant::now());
-        if self.opts.precopy {
+        // Pre-copy moves guest RAM and pre-copy capable devices' data
+        // while they run; with neither, rounds would only wait.
+        let movable = self.ram.is_some() || self.devs.iter().any(|d| d.precopy);
+        if self.opts.precopy && movable {
             self.precopy()?;
+        } else {
+            self.report.precopy = false;
         }
         self.stop_and_copy()?;
         self.resume()?;
@@ -229,7 +237,10 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             }
         }
         match self.out.write_parts(kind, device, parts) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.tick();
+                Ok(())
+            }
             Err(e) => Err(self.stream_err(e)),
         }
     }
@@ -258,9 +269,25 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             bandwidth: self.metrics.bandwidth(),
             expected_downtime_ms: expected_ms,
             elapsed: self.metrics.t0.elapsed(),
+            tick: false,
         };
+        self.ticker.boundary(&p);
         if let Some(f) = self.opts.progress.as_mut() {
             f(&p);
+        }
+    }
+
+    /// Reports bytes moved inside a round or phase, every
+    /// [`crate::progress::TICK_INTERVAL`].
+    fn tick(&mut self) {
+        if self.opts.progress.is_none() {
+            return;
+        }
+        let sent = self.out.bytes();
+        if let Some(p) = self.ticker.due(sent, self.metrics.t0.elapsed()) {
+            if let Some(f) = self.opts.progress.as_mut() {
+                f(&p);
+            }
         }
     }
 
