@@ -46,6 +46,7 @@ mod secure;
 mod serve;
 mod shell;
 mod status;
+mod track;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -90,6 +91,10 @@ enum Cmd {
     Status(status::StatusArgs),
     /// Cancel a running migration: it rolls back as on Ctrl-C.
     Cancel(status::CancelArgs),
+    /// Track a running device's dirty pages without migrating it: dirty
+    /// rate over time, hot ranges, whether it would converge (--plot for a
+    /// heatmap).
+    Track(track::Args),
     /// Make TLS credentials (a CA, a receiver and a sender certificate) for
     /// `migrate`/`receive --tls-creds`.
     Certs(certs::Args),
@@ -140,6 +145,7 @@ fn main() {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Certs(a) => certs::run(a),
         Cmd::Status(a) => status::status(a),
+        Cmd::Track(a) => track::run(a),
         Cmd::Cancel(a) => status::cancel(a),
         Cmd::Completions(a) => shell::completions(a),
         Cmd::Man(a) => shell::man(a),

@@ -10,7 +10,8 @@
 //!   serial, else a vgpu); the servers a `migrate`/`receive` names are
 //!   started afresh before it, so each scenario starts from a running
 //!   source and an unused destination;
-//! - `file:PATH`, `--tls-creds DIR`, `certs DIR`, `man --dir DIR` and
+//! - `file:PATH`, `--tls-creds DIR`, `certs DIR`, `man --dir DIR`,
+//!   `--plot FILE` and
 //!   output redirections point into the temporary directory (credentials
 //!   a command uses before the text made them are made with `certs`);
 //! - a `receive` runs in the background (it waits for its sender);
@@ -195,12 +196,17 @@ impl World {
         e.0.display().to_string()
     }
 
+    /// A path in the test directory for a path of the text (its file
+    /// name kept: extensions matter).
     fn file(&mut self, doc_path: &str) -> String {
         let n = self.files.len();
         let dir = &self.dir;
+        let base = Path::new(doc_path.trim_matches('"'))
+            .file_name()
+            .map_or("f".into(), |b| b.to_string_lossy().into_owned());
         self.files
             .entry(doc_path.to_string())
-            .or_insert_with(|| dir.path(&format!("f{n}")))
+            .or_insert_with(|| dir.path(&format!("f{n}-{base}")))
             .display()
             .to_string()
     }
@@ -262,7 +268,7 @@ impl World {
                     assert!(o.status.success(), "{o:?}");
                 }
                 dir
-            } else if matches!(prev, "--dir" | "certs" | ">")
+            } else if matches!(prev, "--dir" | "certs" | ">" | "--plot")
                 || (prev == "inspect" && !w.starts_with('-'))
             {
                 self.file(w)
