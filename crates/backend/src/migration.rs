@@ -1,7 +1,7 @@
 //! [`MigrationDevice`]: the migration core every backend implements, and
 //! the door to its optional capabilities.
 
-use crate::capability::{DmaDirtyLog, DmaMapping, RegionAccess};
+use crate::capability::{DeviceThrottle, DmaDirtyLog, DmaMapping, RegionAccess};
 use crate::{DeviceDescriptor, DeviceStatus, MigState, PrecopyInfo, Result};
 
 /// The migration core of a device: what the engine drives.
@@ -92,6 +92,11 @@ pub trait MigrationDevice: Send {
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         None
     }
+
+    /// Throttling the device's dirtying work, when the device offers it.
+    fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
+        None
+    }
 }
 
 impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
@@ -142,5 +147,8 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     }
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         (**self).dma_mapping()
+    }
+    fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
+        (**self).throttle()
     }
 }

@@ -172,6 +172,7 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
             bandwidth_limit: None,
             tls: false,
             verify,
+            converge: crate::migrate::Converge::default(),
         };
         let out = demo::execute(&args, Style::Off, &crate::interrupt::install()?)?;
         if let Some(f) = out.failure {

@@ -268,6 +268,7 @@ impl MigrationDevice for SeedDevice {
         Ok(PrecopyInfo {
             initial_bytes: pre + compat,
             dirty_bytes: 0,
+            reinit: false,
         })
     }
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {

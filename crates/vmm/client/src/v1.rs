@@ -215,6 +215,7 @@ impl MigrationDevice for V1Device {
         Ok(PrecopyInfo {
             initial_bytes: p + self.staged.1,
             dirty_bytes: 0,
+            reinit: false,
         })
     }
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {

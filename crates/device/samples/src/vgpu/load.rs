@@ -4,6 +4,8 @@
 //! that is truncated, corrupt, from another device size, or incomplete.
 
 use super::engines::{Shared, PAGE};
+use super::pagehash::page_seed;
+use crate::hash::Digest64;
 use super::regs::{decode_state, RegSnapshot, STATE_LEN};
 use super::save::{ENTRY, MAGIC, MAX_BATCH, VERSION};
 use crate::stream::{
@@ -45,6 +47,9 @@ struct Sink {
     idx_have: usize,
     page: u64,
     page_off: usize,
+    /// The digest term of the page being written (see
+    /// [`super::pagehash`]), fed as its bytes arrive.
+    page_hash: Digest64,
     received: Vec<u64>,
     received_count: u64,
     records: u64,
@@ -62,6 +67,7 @@ impl Sink {
         }
         self.page = p;
         self.page_off = 0;
+        self.page_hash = Digest64::new(page_seed(p));
         self.page_entries += 1;
         let (w, b) = ((p / 64) as usize, p % 64);
         if self.received[w] & (1 << b) == 0 {
@@ -146,10 +152,14 @@ impl RecordSink for Sink {
             self.shared
                 .mem
                 .write(self.page * PAGE + self.page_off as u64, &chunk[..n])?;
+            self.page_hash.update(&chunk[..n]);
             self.page_off += n;
             chunk = &chunk[n..];
             if self.page_off == PAGE as usize {
                 self.idx_have = 0;
+                self.shared
+                    .hashes
+                    .set(&[(self.page, self.page_hash.finish())]);
             }
         }
         Ok(())
@@ -218,8 +228,10 @@ pub struct LoadStream {
 }
 
 impl LoadStream {
-    /// A load into `shared`'s memory.
+    /// A load into `shared`'s memory (the digest cache starts empty: the
+    /// pages are hashed as they are loaded).
     pub fn new(shared: Arc<Shared>) -> Self {
+        shared.hashes.forget_all();
         let pages = shared.pages();
         Self {
             reader: RecordReader::new("vgpu"),
@@ -235,6 +247,7 @@ impl LoadStream {
                 idx_have: 0,
                 page: 0,
                 page_off: 0,
+                page_hash: Digest64::new(0),
                 received: vec![0u64; pages.div_ceil(64) as usize],
                 received_count: 0,
                 records: 0,

@@ -14,7 +14,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this build writes. A reader accepts any minor
 /// version of its major: newer minors only add records marked
 /// [`FLAG_OPTIONAL`], which an older reader skips.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 /// Stream header size.
 pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
 /// Record header size.
@@ -156,6 +156,29 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// Payload of [`Kind::Caps`] and [`Kind::CapsReply`]: what one end
+    /// offers ([`CAP_SWITCHOVER_ACK`]); unknown bits are ignored.
+    pub struct Caps {
+        /// `CAP_*` bits.
+        pub flags: u64,
+    }
+}
+
+/// [`Caps`] bit: the source waits for [`Kind::SwitchoverAck`]s before it
+/// stops (in [`Kind::Caps`]); the destination sends them (in
+/// [`Kind::CapsReply`]).
+pub const CAP_SWITCHOVER_ACK: u64 = 1;
+
+wire_struct! {
+    /// Payload of [`Kind::InitialSent`] and [`Kind::SwitchoverAck`].
+    pub struct InitialGen {
+        /// Which initial data: 0 at first, one more each time the device
+        /// re-initialised its pre-copy data (REINIT).
+        pub generation: u64,
+    }
+}
+
 /// `StreamHeader::magic` as a little-endian integer.
 pub fn magic_u64() -> u64 {
     u64::from_le_bytes(MAGIC)
@@ -190,6 +213,15 @@ pub enum Kind {
     /// here". Sent on a quiet live link so the peer's stall deadline only
     /// catches a peer that is really gone.
     Heartbeat = 0x14,
+    /// Setup (minor 2, optional): what the source offers ([`Caps`]); a
+    /// destination that knows it answers [`Kind::CapsReply`] before
+    /// [`Kind::Accept`].
+    Caps = 0x15,
+    /// Pre-copy (minor 2, optional): every byte of the device's initial
+    /// pre-copy data of this generation ([`InitialGen`]) came before this
+    /// record. A destination that offered switchover acks answers
+    /// [`Kind::SwitchoverAck`] once it has loaded them.
+    InitialSent = 0x16,
     /// A run of guest RAM pages ([`RamRun`] + data).
     RamPages = 0x20,
     /// A run of guest RAM pages that are all zero ([`RamRun`], no data).
@@ -215,11 +247,19 @@ pub enum Kind {
     Running = 0x85,
     /// Reply: everything up to this pre-copy round ([`Round`]) is loaded.
     RoundAck = 0x86,
+    /// Reply (minor 2, optional), before [`Kind::Accept`], only to a
+    /// source that sent [`Kind::Caps`]: what the destination does
+    /// ([`Caps`]).
+    CapsReply = 0x87,
+    /// Reply (minor 2, optional): the device's initial pre-copy data of
+    /// this generation ([`InitialGen`]) is loaded; the source may stop it
+    /// (QEMU's switchover-ack).
+    SwitchoverAck = 0x88,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 25] = [
         Kind::Device,
         Kind::Ram,
         Kind::RunState,
@@ -229,6 +269,8 @@ impl Kind {
         Kind::DeviceEnd,
         Kind::Round,
         Kind::Heartbeat,
+        Kind::Caps,
+        Kind::InitialSent,
         Kind::RamPages,
         Kind::RamZero,
         Kind::Verify,
@@ -241,6 +283,8 @@ impl Kind {
         Kind::Failed,
         Kind::Running,
         Kind::RoundAck,
+        Kind::CapsReply,
+        Kind::SwitchoverAck,
     ];
 
     /// The kind for a wire value.
@@ -272,6 +316,10 @@ impl Kind {
             Kind::Failed => "failed",
             Kind::Running => "running",
             Kind::RoundAck => "round-ack",
+            Kind::Caps => "caps",
+            Kind::InitialSent => "initial-sent",
+            Kind::CapsReply => "caps-reply",
+            Kind::SwitchoverAck => "switchover-ack",
         }
     }
 
@@ -285,6 +333,8 @@ impl Kind {
             Kind::DevicePrecopy | Kind::DeviceStopCopy => (1, MAX_DEVICE_DATA),
             Kind::DeviceEnd => (DeviceEnd::SIZE, DeviceEnd::SIZE),
             Kind::Round | Kind::RoundAck => (Round::SIZE, Round::SIZE),
+            Kind::Caps | Kind::CapsReply => (Caps::SIZE, Caps::SIZE),
+            Kind::InitialSent | Kind::SwitchoverAck => (InitialGen::SIZE, InitialGen::SIZE),
             Kind::RamPages => (RamRun::SIZE + 1, RamRun::SIZE + MAX_RAM_RUN_BYTES),
             Kind::RamZero => (RamRun::SIZE, RamRun::SIZE),
             Kind::Verify => (Digest::SIZE, Digest::SIZE),
@@ -305,6 +355,8 @@ impl Kind {
                 | Kind::DeviceStopCopy
                 | Kind::DeviceEnd
                 | Kind::Verify
+                | Kind::InitialSent
+                | Kind::SwitchoverAck
         )
     }
 
@@ -318,6 +370,8 @@ impl Kind {
                 | Kind::Failed
                 | Kind::Running
                 | Kind::RoundAck
+                | Kind::CapsReply
+                | Kind::SwitchoverAck
         )
     }
 }
