@@ -119,6 +119,9 @@ pub struct MigrationReport {
     pub max_throttle_percent: u32,
     /// Times a device re-initialised its pre-copy data (REINIT).
     pub reinits: u32,
+    /// The destination acknowledged the devices' initial pre-copy data
+    /// before the source stopped (switchover-ack was negotiated).
+    pub switchover_ack: bool,
     /// Stream bytes (headers included).
     pub transferred_bytes: u64,
     /// Guest RAM page bytes sent (pages re-sent count again).
@@ -182,6 +185,7 @@ impl MigrationReport {
             rounds: Vec::new(),
             max_throttle_percent: 0,
             reinits: 0,
+            switchover_ack: false,
             transferred_bytes: 0,
             ram_bytes: 0,
             ram_size: 0,

@@ -71,7 +71,10 @@ impl Convergence {
     ) -> Decision {
         let shrinking = (remaining as f64) < self.prev_remaining as f64 * 0.8;
         self.prev_remaining = remaining;
-        let fits = est.total_ms() <= self.limit_ms;
+        // Nothing pending and nothing ever moved to measure a bandwidth
+        // with: what is left is stop-copy data no round can reduce.
+        let fits = est.total_ms() <= self.limit_ms
+            || (remaining == 0 && iteration >= 1 && !est.transfer_ms.is_finite());
         self.stalled = iteration >= 1 && !fits && !shrinking;
         if iteration >= 1
             && fits
@@ -177,6 +180,17 @@ mod tests {
         assert_eq!(c.decide(2, T, 0, est(0.0), true), Decision::Switch);
         let mut c = Convergence::new(Duration::from_millis(300), 2, None);
         assert_eq!(c.decide(2, T, 0, est(0.0), false), Decision::GiveUp);
+    }
+
+    #[test]
+    fn nothing_to_measure_and_nothing_pending_switches() {
+        let mut c = Convergence::new(Duration::from_millis(300), 30, None);
+        assert_eq!(c.decide(0, T, 0, est(f64::INFINITY), true), Decision::Continue);
+        assert_eq!(c.decide(1, T, 0, est(f64::INFINITY), true), Decision::Switch);
+        // Pending data without a measured bandwidth: keep measuring.
+        let mut c = Convergence::new(Duration::from_millis(300), 30, None);
+        c.decide(0, T, 10, est(f64::INFINITY), true);
+        assert_eq!(c.decide(1, T, 10, est(f64::INFINITY), true), Decision::Continue);
     }
 
     #[test]

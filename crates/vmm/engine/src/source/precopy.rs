@@ -29,6 +29,10 @@ impl<D: MigrationDevice> Source<'_, D> {
     /// gives up, what `--on-no-converge` says).
     pub(super) fn precopy(&mut self) -> Result<(), EngineError> {
         self.phase = Phase::PreCopy;
+        if self.ram.is_none() && !self.devs.iter().any(|d| d.precopy) {
+            // Nothing can be sent ahead: every device is stop-copy only.
+            return Ok(());
+        }
         let ps = self.ram.as_ref().map_or(4096, |r| r.page_size());
         let mut rule = Convergence::new(
             self.opts.downtime_limit,

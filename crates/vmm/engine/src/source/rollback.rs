@@ -93,6 +93,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         r: Result<(), EngineError>,
     ) -> Result<MigrationReport, SourceFailure> {
         self.metrics.fill(&mut self.report, self.out.bytes());
+        self.report.switchover_ack = self.switch_ack;
         self.report.devices = self.devs.iter().map(|d| d.report.clone()).collect();
         let out = match r {
             Ok(()) => {
