@@ -55,6 +55,14 @@ pub trait MigrationDevice: Send {
     /// Pre-copy estimate (PRE_COPY / PRE_COPY_P2P only).
     fn precopy_info(&mut self) -> Result<PrecopyInfo>;
 
+    /// Whether [`MigrationDevice::precopy_info`]'s `initial_bytes` is the
+    /// device's initial data alone (v2). The older migration regions report
+    /// one pending count, initial and dirty data together: their initial
+    /// data counts as sent after the first whole pre-copy round.
+    fn precopy_initial_known(&self) -> bool {
+        true
+    }
+
     /// Estimated stop-copy size, `None` when the device cannot tell.
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         Ok(None)
@@ -129,6 +137,9 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     }
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         (**self).stop_copy_size()
+    }
+    fn precopy_initial_known(&self) -> bool {
+        (**self).precopy_initial_known()
     }
     fn reset(&mut self) -> Result<()> {
         (**self).reset()

@@ -64,7 +64,9 @@ fn digest(
 /// The verifier for the sample devices; other devices are not verified.
 /// `full`: also re-hash everything and check the incremental digest.
 pub fn sample_verifier(full: bool) -> Verifier {
-    Arc::new(move |desc: &DeviceDescriptor, dev: &mut dyn MigrationDevice| {
-        sample(desc).map(|s| digest(dev, s, full))
-    })
+    Arc::new(
+        move |desc: &DeviceDescriptor, dev: &mut dyn MigrationDevice| {
+            sample(desc).map(|s| digest(dev, s, full))
+        },
+    )
 }

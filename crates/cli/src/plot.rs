@@ -47,7 +47,11 @@ pub fn draw(path: &Path, title: &str, rep: &MigrationReport) -> anyhow::Result<(
         ));
     }
     // Bytes a round sent are counted at the next round's start.
-    let mut sent: Vec<f64> = rounds.iter().skip(1).map(|r| r.sent_bytes as f64 / MIB).collect();
+    let mut sent: Vec<f64> = rounds
+        .iter()
+        .skip(1)
+        .map(|r| r.sent_bytes as f64 / MIB)
+        .collect();
     sent.push(f64::NAN);
     let expected: Vec<f64> = rounds
         .iter()
@@ -87,7 +91,10 @@ pub fn draw(path: &Path, title: &str, rep: &MigrationReport) -> anyhow::Result<(
         Panel {
             title: "device throttle",
             unit: "%",
-            values: rounds.iter().map(|r| f64::from(r.throttle_percent)).collect(),
+            values: rounds
+                .iter()
+                .map(|r| f64::from(r.throttle_percent))
+                .collect(),
             color: RGBColor(148, 103, 189),
             limit: None,
         },

@@ -96,7 +96,11 @@ fn the_downtime_limit_is_a_promise() {
     let args = ["--downtime-limit", "0", "--max-iterations", "3"];
     let out = migrate(&src, &dst, &args);
     assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
-    assert!(stderr(&out).contains("above the limit of 0 ms"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("above the limit of 0 ms"),
+        "{}",
+        stderr(&out)
+    );
     src.with(|c| assert_eq!(state(c), MigState::Running));
     // Forced: it switches, and says plainly that the limit was exceeded.
     let mut forced = args.to_vec();

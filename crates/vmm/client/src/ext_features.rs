@@ -3,8 +3,8 @@
 //! connection opted in (REINIT), and the device throttle.
 
 use super::Client;
-use vfio_migrate_abi::kernel::FEATURE_SET;
 use vfio_migrate_abi::kernel::FEATURE_GET;
+use vfio_migrate_abi::kernel::FEATURE_SET;
 use vfio_migrate_backend::{BackendError, DeviceThrottle, PrecopyInfo, Result};
 use vfio_migrate_vfio_user::ext::{
     FeatureThrottle, FEATURE_PRECOPY_INFO, FEATURE_PRECOPY_INFO_V2, FEATURE_THROTTLE,

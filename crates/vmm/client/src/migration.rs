@@ -8,8 +8,8 @@ use vfio_migrate_abi::kernel::{
 };
 use vfio_migrate_abi::vfio_user::{DMA_FLAG_READ, DMA_FLAG_WRITE};
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DeviceStatus, DeviceThrottle, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange,
-    MigrationDevice, PrecopyInfo, RegionAccess, Result,
+    BackendError, DeviceDescriptor, DeviceStatus, DeviceThrottle, DmaDirtyLog, DmaMapping,
+    DmaWindow, IovaRange, MigrationDevice, PrecopyInfo, RegionAccess, Result,
 };
 
 use super::Client;

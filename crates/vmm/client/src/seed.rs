@@ -263,6 +263,10 @@ impl MigrationDevice for SeedDevice {
         }
         Ok(())
     }
+    fn precopy_initial_known(&self) -> bool {
+        // One pending count: initial and dirty data together.
+        false
+    }
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         let [pre, compat, _] = self.pending()?;
         Ok(PrecopyInfo {

@@ -210,6 +210,10 @@ impl MigrationDevice for V1Device {
         }
         Ok(())
     }
+    fn precopy_initial_known(&self) -> bool {
+        // One pending count: initial and dirty data together.
+        false
+    }
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         let p = self.field(abi::OFF_PENDING_BYTES)?;
         Ok(PrecopyInfo {

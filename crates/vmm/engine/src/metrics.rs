@@ -272,7 +272,8 @@ impl Metrics {
     pub fn lap(&mut self, part: Part) {
         let now = Instant::now();
         if let Some(from) = self.lap_from.replace(now) {
-            self.breakdown.add(part, ms(now.saturating_duration_since(from)));
+            self.breakdown
+                .add(part, ms(now.saturating_duration_since(from)));
         }
     }
 

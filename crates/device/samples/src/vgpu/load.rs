@@ -5,9 +5,9 @@
 
 use super::engines::{Shared, PAGE};
 use super::pagehash::page_seed;
-use crate::hash::Digest64;
 use super::regs::{decode_state, RegSnapshot, STATE_LEN};
 use super::save::{ENTRY, MAGIC, MAX_BATCH, VERSION};
+use crate::hash::Digest64;
 use crate::stream::{
     kind_name, RecordReader, RecordSink, StreamEnd, StreamHeader, KIND_END, KIND_HEADER,
     KIND_PAGES, KIND_STATE,

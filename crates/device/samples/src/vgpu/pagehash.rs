@@ -158,7 +158,10 @@ mod tests {
         let pages = mem.len() / PAGE;
         let h = PageHashes::new(pages);
         // Nothing known: everything is hashed now.
-        assert_eq!(h.memory_digest(&mem, &dirty), (full_memory_digest(&mem), pages));
+        assert_eq!(
+            h.memory_digest(&mem, &dirty),
+            (full_memory_digest(&mem), pages)
+        );
         let mut buf = vec![0u8; PAGE as usize];
         let mut entries = Vec::new();
         for p in 0..pages {
@@ -176,7 +179,10 @@ mod tests {
         mem.write(9 * PAGE, &[7u8; 16]).unwrap();
         assert_ne!(h.memory_digest(&mem, &dirty).0, full_memory_digest(&mem));
         h.forget_all();
-        assert_eq!(h.memory_digest(&mem, &dirty), (full_memory_digest(&mem), pages));
+        assert_eq!(
+            h.memory_digest(&mem, &dirty),
+            (full_memory_digest(&mem), pages)
+        );
         // Same bytes at another page give another term.
         assert_ne!(page_term(1, &buf), page_term(2, &buf));
     }

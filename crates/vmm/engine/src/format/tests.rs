@@ -407,8 +407,13 @@ fn switchover_ack_records_parse_where_they_belong() {
     let caps = Caps {
         flags: CAP_SWITCHOVER_ACK,
     };
-    w.write_raw(Kind::Caps as u16, FLAG_OPTIONAL, NO_DEVICE, &[&caps.to_bytes()])
-        .unwrap();
+    w.write_raw(
+        Kind::Caps as u16,
+        FLAG_OPTIONAL,
+        NO_DEVICE,
+        &[&caps.to_bytes()],
+    )
+    .unwrap();
     w.write(
         Kind::SetupEnd,
         NO_DEVICE,

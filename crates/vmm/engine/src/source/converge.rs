@@ -185,12 +185,21 @@ mod tests {
     #[test]
     fn nothing_to_measure_and_nothing_pending_switches() {
         let mut c = Convergence::new(Duration::from_millis(300), 30, None);
-        assert_eq!(c.decide(0, T, 0, est(f64::INFINITY), true), Decision::Continue);
-        assert_eq!(c.decide(1, T, 0, est(f64::INFINITY), true), Decision::Switch);
+        assert_eq!(
+            c.decide(0, T, 0, est(f64::INFINITY), true),
+            Decision::Continue
+        );
+        assert_eq!(
+            c.decide(1, T, 0, est(f64::INFINITY), true),
+            Decision::Switch
+        );
         // Pending data without a measured bandwidth: keep measuring.
         let mut c = Convergence::new(Duration::from_millis(300), 30, None);
         c.decide(0, T, 10, est(f64::INFINITY), true);
-        assert_eq!(c.decide(1, T, 10, est(f64::INFINITY), true), Decision::Continue);
+        assert_eq!(
+            c.decide(1, T, 10, est(f64::INFINITY), true),
+            Decision::Continue
+        );
     }
 
     #[test]

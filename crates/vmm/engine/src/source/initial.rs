@@ -23,6 +23,8 @@ pub(super) struct Initial {
     pub sent: bool,
     /// The destination acknowledged this generation.
     pub acked: bool,
+    /// Pre-copy rounds completed in this generation.
+    pub rounds: u32,
 }
 
 impl Initial {
@@ -31,6 +33,7 @@ impl Initial {
         self.generation += 1;
         self.sent = false;
         self.acked = false;
+        self.rounds = 0;
     }
 }
 
@@ -44,9 +47,15 @@ impl<D: MigrationDevice> Source<'_, D> {
         for i in 0..self.devs.len() {
             let d = &self.devs[i];
             let all_sent = if d.unsized_precopy {
+                // Read until empty in a round, or found empty.
                 d.precopy_dry
-            } else {
+                    || (d.init_data.rounds >= 1
+                        && d.last_round_bytes < super::precopy::UNSIZED_ROUND_BYTES)
+            } else if d.h.precopy_initial_known() {
                 d.init_data.left == 0
+            } else {
+                // One pending count: the first whole round took it all.
+                d.init_data.rounds >= 1
             };
             if !d.precopy || d.init_data.sent || !all_sent {
                 continue;

@@ -397,7 +397,12 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 flags: CAP_SWITCHOVER_ACK,
             };
             let r = self.out.with(|w| {
-                w.write_raw(Kind::Caps as u16, FLAG_OPTIONAL, NO_DEVICE, &[&caps.to_bytes()])
+                w.write_raw(
+                    Kind::Caps as u16,
+                    FLAG_OPTIONAL,
+                    NO_DEVICE,
+                    &[&caps.to_bytes()],
+                )
             });
             if let Err(e) = r {
                 return Err(self.stream_err(e));

@@ -22,7 +22,7 @@ const ACK_GRACE_ROUNDS: u32 = 10;
 
 /// Most bytes one pre-copy round reads from a device that cannot tell
 /// how much it has pending.
-const UNSIZED_ROUND_BYTES: u64 = 64 << 20;
+pub(super) const UNSIZED_ROUND_BYTES: u64 = 64 << 20;
 
 impl<D: MigrationDevice> Source<'_, D> {
     /// Pre-copy rounds until [`Convergence`] says switch (or, when it
@@ -102,7 +102,7 @@ impl<D: MigrationDevice> Source<'_, D> {
                     return Ok(());
                 }
                 // The source never stops before the destination loaded the
-                    // devices' initial data: a few more rounds for it.
+                // devices' initial data: a few more rounds for it.
                 Decision::GiveUp if !acked && grace < ACK_GRACE_ROUNDS => grace += 1,
                 Decision::GiveUp => match self.opts.on_no_converge {
                     NoConverge::Force if acked => {
@@ -162,7 +162,10 @@ impl<D: MigrationDevice> Source<'_, D> {
             any = true;
         }
         if any {
-            tracing::info!(percent = next, "rounds stopped shrinking: devices throttled");
+            tracing::info!(
+                percent = next,
+                "rounds stopped shrinking: devices throttled"
+            );
             self.throttle = next;
             self.metrics.max_throttle = next;
         }
@@ -251,6 +254,9 @@ impl<D: MigrationDevice> Source<'_, D> {
             std::thread::sleep(IDLE_ROUND);
         }
         self.metrics.rounds = iteration + 1;
+        for d in self.devs.iter_mut().filter(|d| d.precopy) {
+            d.init_data.rounds += 1;
+        }
         Ok(())
     }
 }

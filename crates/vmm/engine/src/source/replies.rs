@@ -157,8 +157,8 @@ impl<D: MigrationDevice> Source<'_, D> {
                 Ok(None)
             }
             Ok(Reply::Caps(flags)) => {
-                self.switch_ack = self.opts.switchover_ack
-                    && flags & crate::format::CAP_SWITCHOVER_ACK != 0;
+                self.switch_ack =
+                    self.opts.switchover_ack && flags & crate::format::CAP_SWITCHOVER_ACK != 0;
                 Ok(None)
             }
             Ok(Reply::Failed(reason)) => Err(EngineError::DestinationFailed {

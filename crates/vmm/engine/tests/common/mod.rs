@@ -123,4 +123,3 @@ pub fn migrate(
         }
     })
 }
-
