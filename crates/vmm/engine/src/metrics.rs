@@ -4,7 +4,7 @@
 //! end.
 
 use crate::report::MigrationReport;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// Milliseconds of a duration, as reports show them.
@@ -144,7 +144,7 @@ impl FixedCosts {
 /// the destination's RUNNING, part after part, so the parts add up to
 /// the downtime; the destination's share is split with the times it
 /// reports in READY.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct DowntimeBreakdown {
     /// Pausing the vCPUs and moving devices through P2P to STOP_COPY.
     pub stop_ms: f64,
