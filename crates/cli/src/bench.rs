@@ -278,7 +278,7 @@ fn migrate_process(
     }
     if render > 0 {
         let mut c =
-            vfio_migrate_client::open(&dir.join("a.sock"), vfio_migrate_client::Protocol::Auto)
+            vfio_migrate_client::open(dir.join("a.sock"), vfio_migrate_client::Protocol::Auto)
                 .context("connecting to the source vgpu")?;
         for (off, v) in [(0x30u64, 0x5eedu64), (0x10, render), (0x08, 1)] {
             vfio_migrate_backend::regions_of(&mut *c)?.region_write(0, off, &v.to_le_bytes())?;
