@@ -20,7 +20,7 @@
 
 use crate::demo;
 use crate::progress::Style;
-use crate::report::{bytes, print_json};
+use crate::report::{breakdown, bytes, print_json};
 use crate::serve::parse_size;
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -442,19 +442,4 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
-}
-
-fn breakdown(b: &DowntimeBreakdown) -> String {
-    format!(
-        "stop {:.2} + device stop-copy {:.2} + final dirty {:.2} + final RAM {:.2} + source digests {:.2} + dest load {:.2} + validate {:.2} + dest digests {:.2} + resume {:.2} ms",
-        b.stop_ms,
-        b.device_stop_copy_ms,
-        b.final_dirty_ms,
-        b.final_ram_ms,
-        b.source_digest_ms,
-        b.dest_load_ms,
-        b.dest_validate_ms,
-        b.dest_digest_ms,
-        b.resume_ms
-    )
 }

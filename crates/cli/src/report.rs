@@ -2,6 +2,7 @@
 //! with `--json`.
 
 use serde::Serialize;
+use vfio_migrate_engine::metrics::DowntimeBreakdown;
 use vfio_migrate_engine::MigrationReport;
 
 /// `1.5 GiB`, `12.0 MiB`, `512 B`.
@@ -36,6 +37,22 @@ pub fn print_json(value: &impl Serialize) {
     );
 }
 
+/// Where the downtime went, ms, in the order it happened.
+pub fn breakdown(b: &DowntimeBreakdown) -> String {
+    format!(
+        "stop {:.2} + device stop-copy {:.2} + final dirty set {:.2} + final RAM {:.2} + source digests {:.2} + destination load {:.2} + validate {:.2} + digests {:.2} + resume {:.2}",
+        b.stop_ms,
+        b.device_stop_copy_ms,
+        b.final_dirty_ms,
+        b.final_ram_ms,
+        b.source_digest_ms,
+        b.dest_load_ms,
+        b.dest_validate_ms,
+        b.dest_digest_ms,
+        b.resume_ms
+    )
+}
+
 /// The human summary of a migration.
 pub fn print_human(title: &str, r: &MigrationReport) {
     println!("{title}");
@@ -61,19 +78,7 @@ pub fn print_human(title: &str, r: &MigrationReport) {
         "  downtime     {:.1} ms   (limit {:.0} ms{expected})",
         r.downtime_ms, r.downtime_limit_ms
     );
-    let b = &r.downtime_breakdown;
-    println!(
-        "               stop {:.2}, device stop-copy {:.2}, final dirty set {:.2}, final RAM {:.2}, source digests {:.2}, destination load {:.2}, validate {:.2}, digests {:.2}, resume {:.2}",
-        b.stop_ms,
-        b.device_stop_copy_ms,
-        b.final_dirty_ms,
-        b.final_ram_ms,
-        b.source_digest_ms,
-        b.dest_load_ms,
-        b.dest_validate_ms,
-        b.dest_digest_ms,
-        b.resume_ms
-    );
+    println!("               {}", breakdown(&r.downtime_breakdown));
     if r.downtime_limit_exceeded {
         println!(
             "  WARNING      the measured downtime ({:.1} ms) exceeded the limit ({:.0} ms){}",

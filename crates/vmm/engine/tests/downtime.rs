@@ -9,28 +9,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use vfio_migrate_backend::{MigState, MigrationDevice};
-use vfio_migrate_engine::{MemfdRam, SourceOptions};
-use vfio_migrate_harness::{SimGuest, VcpuConfig};
+use vfio_migrate_engine::SourceOptions;
 
 const DIGEST_FULL: u64 = 0x68;
 const MODESET: u64 = 0x78;
 
 #[test]
 fn incremental_digests_equal_a_full_rehash_and_the_downtime_adds_up() {
-    let mut guest = SimGuest::new(32 * MIB).unwrap();
-    let dst_ram = MemfdRam::new("dest", 32 * MIB).unwrap();
-    let mut src = vgpu("src", 16 * MIB, Some(guest.ram()));
-    let mut dst = vgpu("dst", 16 * MIB, Some(&dst_ram));
-    start_engines(&mut src, Some(4 * MIB));
-    guest
-        .start_vcpu(VcpuConfig {
-            rate: 32 * MIB,
-            offset: 8 * MIB,
-            length: 8 * MIB,
-            seed: 9,
-        })
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    let World {
+        guest,
+        dst_ram,
+        mut src,
+        mut dst,
+    } = World::running(9);
     let run = migrate(
         &mut src,
         Some(&guest),

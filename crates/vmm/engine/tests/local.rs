@@ -19,20 +19,12 @@ use common::*;
 
 #[test]
 fn live_migration_with_running_engines_and_guest_is_verified() {
-    let mut guest = SimGuest::new(32 * MIB).unwrap();
-    let dst_ram = MemfdRam::new("dest", 32 * MIB).unwrap();
-    let mut src = vgpu("src", 16 * MIB, Some(guest.ram()));
-    let mut dst = vgpu("dst", 16 * MIB, Some(&dst_ram));
-    start_engines(&mut src, Some(4 * MIB));
-    guest
-        .start_vcpu(VcpuConfig {
-            rate: 32 * MIB,
-            offset: 8 * MIB,
-            length: 8 * MIB,
-            seed: 7,
-        })
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    let World {
+        guest,
+        dst_ram,
+        mut src,
+        mut dst,
+    } = World::running(7);
     let run = migrate(
         &mut src,
         Some(&guest),

@@ -9,7 +9,7 @@
 
 use super::Source;
 use crate::error::EngineError;
-use crate::format::{InitialGen, Kind, FLAG_OPTIONAL};
+use crate::format::{InitialGen, Kind};
 use vfio_migrate_backend::MigrationDevice;
 
 /// Where one device's initial pre-copy data stands.
@@ -63,17 +63,7 @@ impl<D: MigrationDevice> Source<'_, D> {
             let g = InitialGen {
                 generation: d.init_data.generation,
             };
-            let r = self.out.with(|w| {
-                w.write_raw(
-                    Kind::InitialSent as u16,
-                    FLAG_OPTIONAL,
-                    i as u32,
-                    &[&g.to_bytes()],
-                )
-            });
-            if let Err(e) = r {
-                return Err(self.stream_err(e));
-            }
+            self.write_optional(Kind::InitialSent, i as u32, &g.to_bytes())?;
             self.devs[i].init_data.sent = true;
         }
         self.flush()

@@ -260,6 +260,19 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         }
     }
 
+    /// Writes a record older readers skip (a kind a newer minor added).
+    fn write_optional(
+        &mut self,
+        kind: Kind,
+        device: u32,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
+        let r = self
+            .out
+            .with(|w| w.write_raw(kind as u16, FLAG_OPTIONAL, device, &[payload]));
+        r.map_err(|e| self.stream_err(e))
+    }
+
     fn flush(&mut self) -> Result<(), EngineError> {
         match self.out.flush() {
             Ok(()) => Ok(()),
@@ -362,17 +375,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 state: self.devs[i].initial as u32,
                 reserved: 0,
             };
-            let r = self.out.with(|w| {
-                w.write_raw(
-                    Kind::RunState as u16,
-                    FLAG_OPTIONAL,
-                    i as u32,
-                    &[&rs.to_bytes()],
-                )
-            });
-            if let Err(e) = r {
-                return Err(self.stream_err(e));
-            }
+            self.write_optional(Kind::RunState, i as u32, &rs.to_bytes())?;
         }
         if let Some(g) = self.guest {
             let page_size = g.page_size();

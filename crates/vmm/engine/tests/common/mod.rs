@@ -11,7 +11,7 @@ use vfio_migrate_engine::{
     migrate_in, migrate_out, Deadlines, DestLink, DestOptions, GuestRam, Link, MemfdRam,
     SourceOptions, Verifier,
 };
-use vfio_migrate_harness::SimGuest;
+use vfio_migrate_harness::{SimGuest, VcpuConfig};
 use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
 
 pub const MIB: u64 = 1 << 20;
@@ -122,4 +122,38 @@ pub fn migrate(
             dest: dest.join().unwrap(),
         }
     })
+}
+
+/// A running source — a 16 MiB vgpu rendering and DMAing into a 32 MiB
+/// guest whose vCPU dirties RAM (`seed`) — and an empty destination.
+pub struct World {
+    pub guest: SimGuest,
+    pub dst_ram: MemfdRam,
+    pub src: Dev,
+    pub dst: Dev,
+}
+
+impl World {
+    pub fn running(seed: u64) -> Self {
+        let mut guest = SimGuest::new(32 * MIB).unwrap();
+        let dst_ram = MemfdRam::new("dest", 32 * MIB).unwrap();
+        let mut src = vgpu("src", 16 * MIB, Some(guest.ram()));
+        let dst = vgpu("dst", 16 * MIB, Some(&dst_ram));
+        start_engines(&mut src, Some(4 * MIB));
+        guest
+            .start_vcpu(VcpuConfig {
+                rate: 32 * MIB,
+                offset: 8 * MIB,
+                length: 8 * MIB,
+                seed,
+            })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        Self {
+            guest,
+            dst_ram,
+            src,
+            dst,
+        }
+    }
 }
