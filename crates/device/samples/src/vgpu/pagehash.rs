@@ -46,6 +46,10 @@ struct Cache {
     /// One bit per page: `terms` holds the page's term as last saved or
     /// loaded.
     known: Vec<u64>,
+    /// Pages known, and the (wrapping) sum of their terms: once every page
+    /// is known, a digest only visits the dirty bitmap.
+    known_pages: u64,
+    sum: u64,
 }
 
 /// The per-page terms of one device memory.
@@ -63,6 +67,8 @@ impl PageHashes {
             cache: Mutex::new(Cache {
                 terms: vec![0; pages as usize],
                 known: vec![0; pages.div_ceil(64) as usize],
+                known_pages: 0,
+                sum: 0,
             }),
         }
     }
@@ -74,7 +80,10 @@ impl PageHashes {
     /// Forgets every term (the dirty bits are about to be cleared without
     /// the pages being hashed).
     pub fn forget_all(&self) {
-        self.lock().known.fill(0);
+        let mut c = self.lock();
+        c.known.fill(0);
+        c.known_pages = 0;
+        c.sum = 0;
     }
 
     /// Records the terms of pages just saved or loaded.
@@ -82,8 +91,15 @@ impl PageHashes {
         let mut c = self.lock();
         for &(p, t) in entries {
             if p < self.pages {
+                let (w, b) = ((p / 64) as usize, 1u64 << (p % 64));
+                if c.known[w] & b != 0 {
+                    c.sum = c.sum.wrapping_sub(c.terms[p as usize]);
+                } else {
+                    c.known[w] |= b;
+                    c.known_pages += 1;
+                }
                 c.terms[p as usize] = t;
-                c.known[(p / 64) as usize] |= 1 << (p % 64);
+                c.sum = c.sum.wrapping_add(t);
             }
         }
     }
@@ -92,9 +108,31 @@ impl PageHashes {
     /// the others hashed from `mem` now. Returns `(sum, pages hashed now)`.
     pub fn memory_digest(&self, mem: &SharedMemory, dirty: &DirtyBitmap) -> (u64, u64) {
         let c = self.lock();
+        let mut page = vec![0u8; PAGE as usize];
+        if c.known_pages == self.pages {
+            // Every page known: only dirty pages change the kept sum, and
+            // finding them costs one word per 64 pages.
+            let mut sum = c.sum;
+            let mut hashed = 0u64;
+            for w in 0..c.known.len() {
+                let mut d = dirty.word(w);
+                while d != 0 {
+                    let p = w as u64 * 64 + u64::from(d.trailing_zeros());
+                    d &= d - 1;
+                    if p >= self.pages {
+                        break;
+                    }
+                    mem.read(p * PAGE, &mut page).expect("page inside memory");
+                    sum = sum
+                        .wrapping_sub(c.terms[p as usize])
+                        .wrapping_add(page_term(p, &page));
+                    hashed += 1;
+                }
+            }
+            return (sum, hashed);
+        }
         let mut sum = 0u64;
         let mut hashed = 0u64;
-        let mut page = vec![0u8; PAGE as usize];
         for (w, &known) in c.known.iter().enumerate() {
             let base = w as u64 * 64;
             let n = (self.pages - base).min(64);
@@ -170,6 +208,11 @@ mod tests {
             entries.push((p, page_term(p, &buf)));
         }
         h.set(&entries);
+        assert_eq!(h.memory_digest(&mem, &dirty), (full_memory_digest(&mem), 0));
+        // A page saved again replaces its term in the kept sum.
+        buf.fill(0xee);
+        mem.write(3 * PAGE, &buf).unwrap();
+        h.set(&[(3, page_term(3, &buf))]);
         assert_eq!(h.memory_digest(&mem, &dirty), (full_memory_digest(&mem), 0));
         // A write marked dirty is hashed again; an untracked write is not
         // seen by the cache but is by the full re-hash.
