@@ -5,10 +5,13 @@
 //! all of device memory.
 //!
 //! The memory part of the digest is the wrapping sum over pages of
-//! [`page_term`] — a [`Digest64`] of the page seeded with its index — so it
-//! does not depend on which pages came from the cache and which were
+//! [`page_term`] — the page's CRC32C (the CPU's CRC instruction: cheap
+//! next to the copy that saves or loads the page) mixed with its index —
+//! so it does not depend on which pages came from the cache and which were
 //! hashed now: [`full_memory_digest`] (every page hashed from memory, the
 //! DIGEST_FULL register) gives the same value whenever the cache is right.
+//! A changed page goes unnoticed with probability 2^-32 (a CRC32C
+//! collision), as in the engine's guest-RAM hash.
 //!
 //! A cached term is used only while its page is known and **not dirty**:
 //! the save stream takes a page's dirty bit before copying it and the
@@ -18,9 +21,9 @@
 //! a new load) forgets the cache first. Writes through a client's mmap of
 //! BAR2 are not tracked (as for migration itself); DIGEST_FULL sees them.
 
-use crate::hash::{mix64, Digest64};
+use crate::hash::mix64;
 use crate::mem::SharedMemory;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use vfio_migrate_device::dirty::DirtyBitmap;
 
 use super::engines::PAGE;
@@ -28,16 +31,37 @@ use super::engines::PAGE;
 /// Seed of every page term (the vgpu ID, so other devices' digests differ).
 const SEED: u64 = super::regs::ID_VALUE;
 
-/// The seed of page `page`'s term.
-pub fn page_seed(page: u64) -> u64 {
-    SEED ^ mix64(page.wrapping_add(1))
+/// The digest term of page `page` whose bytes have CRC32C `crc`.
+pub fn term_of_crc(page: u64, crc: u32) -> u64 {
+    mix64(SEED ^ mix64(page.wrapping_add(1)) ^ u64::from(crc))
+}
+
+/// CRC32C of `a ‖ page` from `crc` = CRC32C(a) and `page_crc` = CRC32C of
+/// one page: what the save stream's record CRC needs, without reading the
+/// page a second time (CRC32C(a ‖ b) = S(CRC32C(a)) ⊕ CRC32C(b), with S
+/// the linear operator "append one page of zeros", applied here byte by
+/// byte from tables).
+pub fn append_page_crc(crc: u32, page_crc: u32) -> u32 {
+    static TABLES: OnceLock<[[u32; 256]; 4]> = OnceLock::new();
+    let t = TABLES.get_or_init(|| {
+        let mut t = [[0u32; 256]; 4];
+        for (k, table) in t.iter_mut().enumerate() {
+            for (b, v) in table.iter_mut().enumerate() {
+                *v = crc32c::crc32c_combine((b as u32) << (8 * k), 0, PAGE as usize);
+            }
+        }
+        t
+    });
+    let shifted = t[0][(crc & 0xff) as usize]
+        ^ t[1][((crc >> 8) & 0xff) as usize]
+        ^ t[2][((crc >> 16) & 0xff) as usize]
+        ^ t[3][(crc >> 24) as usize];
+    shifted ^ page_crc
 }
 
 /// The digest term of page `page` holding `data` (one page).
 pub fn page_term(page: u64, data: &[u8]) -> u64 {
-    let mut d = Digest64::new(page_seed(page));
-    d.update(data);
-    d.finish()
+    term_of_crc(page, crc32c::crc32c(data))
 }
 
 #[derive(Debug)]
@@ -188,6 +212,19 @@ pub fn full_memory_digest(mem: &SharedMemory) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn page_crcs_append_like_one_pass() {
+        let mut rec = vec![0u8; 3 * (4 + PAGE as usize)];
+        crate::hash::fill_pseudo_random(3, &mut rec);
+        let head = b"record header";
+        let mut crc = crc32c::crc32c(head);
+        for e in rec.chunks_exact(4 + PAGE as usize) {
+            crc = crc32c::crc32c_append(crc, &e[..4]);
+            crc = append_page_crc(crc, crc32c::crc32c(&e[4..]));
+        }
+        assert_eq!(crc, crc32c::crc32c_append(crc32c::crc32c(head), &rec));
+    }
 
     #[test]
     fn cached_digest_equals_full_rehash() {

@@ -9,7 +9,7 @@
 //! afterwards (take first, copy second — see [`vfio_migrate_device::dirty`]).
 
 use super::engines::{Shared, PAGE};
-use super::pagehash::page_term;
+use super::pagehash::{append_page_crc, term_of_crc};
 use super::regs::{encode_state, STATE_LEN};
 use crate::stream::{
     finish_crc, put_header, Outbox, StreamEnd, StreamHeader, HEADER_LEN, KIND_END, KIND_HEADER,
@@ -137,7 +137,7 @@ impl SaveStream {
     /// digest cache; returns its size.
     fn write_pages(&mut self, shared: &Shared, out: &mut [u8]) -> usize {
         let len = self.batch.len() * ENTRY;
-        let crc = put_header(out, KIND_PAGES, len as u32);
+        let mut crc = put_header(out, KIND_PAGES, len as u32);
         let mut at = HEADER_LEN;
         self.terms.clear();
         for &p in &self.batch {
@@ -147,16 +147,16 @@ impl SaveStream {
                 .mem
                 .read(p as u64 * PAGE, &mut e[4..])
                 .expect("page index below the page count");
-            // The bytes sent, hashed while in cache: after the stop no
-            // page that was sent and not dirtied again is read twice.
+            // One CRC pass over the page while it is in cache gives both
+            // its digest term (after the stop no page that was sent and
+            // not dirtied again is hashed twice) and the record's CRC.
+            let page_crc = crc32c::crc32c(&e[4..]);
+            crc = append_page_crc(crc32c::crc32c_append(crc, &e[..4]), page_crc);
             self.terms
-                .push((u64::from(p), page_term(u64::from(p), &e[4..])));
+                .push((u64::from(p), term_of_crc(u64::from(p), page_crc)));
             at += ENTRY;
         }
         shared.hashes.set(&self.terms);
-        // One CRC pass over the whole payload (still in cache): long
-        // buffers take the CRC's fastest interleaved path.
-        let crc = crc32c::crc32c_append(crc, &out[HEADER_LEN..at]);
         finish_crc(&mut out[at..], crc);
         at + 4
     }
