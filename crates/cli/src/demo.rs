@@ -288,7 +288,7 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
     let listener = TcpListener::bind("127.0.0.1:0").context("listening on 127.0.0.1")?;
     let addr = listener.local_addr()?;
     let dest_name = format!("tcp:{addr} → {}", dst.name());
-    let mut opts = tuning.source_options(src.name(), cancel.clone(), style, false);
+    let mut opts = tuning.source_options(src.name(), cancel.clone(), style, false, None);
     let full_verify = args.converge.full_verify;
     let verifier = args.verify.then(|| sample_verifier(full_verify));
     opts.verifier = verifier.clone();

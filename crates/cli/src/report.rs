@@ -29,6 +29,23 @@ pub fn rate(bps: f64) -> String {
     format!("{}/s", bytes(bps as u64))
 }
 
+/// What a destination device was left as after a failed load, in words.
+pub fn left_as(d: &vfio_migrate_engine::DeviceLeft) -> String {
+    let state = match d.state {
+        Some(s) => format!("is {s}"),
+        None => "did not answer (its state is unknown)".into(),
+    };
+    let reset = if d.reset {
+        " (reset: the partial state is gone)"
+    } else {
+        ""
+    };
+    match &d.problem {
+        Some(p) => format!("{} {state}{reset}; {p}", d.name),
+        None => format!("{} {state}{reset}", d.name),
+    }
+}
+
 /// Prints `value` as one JSON object on stdout.
 pub fn print_json(value: &impl Serialize) {
     println!(
@@ -112,13 +129,13 @@ pub fn print_human(title: &str, r: &MigrationReport) {
         r.total_ms, r.setup_ms
     );
     println!(
-        "  transferred  {}   (guest RAM {}, device state {}; while stopped: {} + {}) at {:.0} Mbit/s",
+        "  transferred  {}   (guest RAM {}, device state {}; while stopped: {} + {}) at {}",
         bytes(r.transferred_bytes),
         bytes(r.ram_bytes),
         bytes(r.device_bytes),
         bytes(r.ram_bytes_stopped),
         bytes(r.device_bytes_stopped),
-        r.throughput_mbps
+        rate(r.throughput_bytes_per_sec)
     );
     if let (Some(a), Some(b)) = (&r.ram_hash_source, &r.ram_hash_dest) {
         println!(

@@ -204,5 +204,6 @@ pub(crate) fn rename(e: BackendError, step: String) -> BackendError {
         BackendError::Io { source, .. } => BackendError::Io { step, source },
         BackendError::Protocol { detail, .. } => BackendError::Protocol { step, detail },
         BackendError::Unsupported { detail, .. } => BackendError::Unsupported { step, detail },
+        e @ BackendError::NotFound { .. } => e,
     }
 }

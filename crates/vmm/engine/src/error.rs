@@ -365,6 +365,9 @@ fn states(devices: &[(String, Option<MigState>)]) -> String {
 
 fn describe(s: &SourceState, devices: &[(String, Option<MigState>)]) -> String {
     match s {
+        SourceState::Restored if devices.is_empty() => {
+            "nothing at the source was changed".to_string()
+        }
         SourceState::Restored => format!("the source was rolled back: {}", states(devices)),
         SourceState::RollbackIncomplete(p) => format!(
             "rolling the source back failed: {} ({})",

@@ -51,7 +51,7 @@ pub mod tls;
 pub mod verify;
 
 pub use cancel::{Cancel, Cancelled};
-pub use dest::{migrate_in, DestFailure, DestOptions, DestReport, DeviceLeft};
+pub use dest::{migrate_in, DestDevice, DestFailure, DestOptions, DestReport, DeviceLeft};
 pub use error::{EngineError, SourceFailure, SourceState};
 pub use guest::{GuestRam, MemfdRam};
 pub use link::{accept_tcp, connect_tcp, Deadlines, DestLink, Link};

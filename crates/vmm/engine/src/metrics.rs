@@ -330,7 +330,7 @@ impl Metrics {
         r.ram_bytes_stopped = self.ram_bytes_stopped;
         r.device_bytes = self.device_bytes;
         r.device_bytes_stopped = self.device_bytes_stopped;
-        r.throughput_mbps = transferred as f64 * 8.0 / 1e6 / total.as_secs_f64().max(1e-9);
-        r.bandwidth_mbps = self.bandwidth() * 8.0 / 1e6;
+        r.throughput_bytes_per_sec = transferred as f64 / total.as_secs_f64().max(1e-9);
+        r.bandwidth_bytes_per_sec = self.bandwidth();
     }
 }

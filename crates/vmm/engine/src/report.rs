@@ -88,8 +88,9 @@ pub struct MigrationReport {
     pub dest_digest_ms: f64,
     /// After the downtime: hashing the source RAM to compare.
     pub verify_ms: f64,
-    /// Pre-copy was asked for (devices without PRE_COPY still move all
-    /// their data in stop-copy).
+    /// Pre-copy ran: it was asked for and there was something to move
+    /// while running (guest RAM, or a device with PRE_COPY); devices
+    /// without PRE_COPY move all their data in stop-copy.
     pub precopy: bool,
     /// Pre-copy rounds completed.
     pub precopy_iterations: u32,
@@ -136,10 +137,11 @@ pub struct MigrationReport {
     pub device_bytes: u64,
     /// Device data bytes sent while stopped.
     pub device_bytes_stopped: u64,
-    /// Stream throughput over the whole migration, Mbit/s.
-    pub throughput_mbps: f64,
-    /// Bandwidth measured during pre-copy, Mbit/s.
-    pub bandwidth_mbps: f64,
+    /// Stream throughput over the whole migration, bytes per second.
+    pub throughput_bytes_per_sec: f64,
+    /// Bandwidth measured during pre-copy, bytes per second (0: not
+    /// measured).
+    pub bandwidth_bytes_per_sec: f64,
     /// RAM hash at the source at the stop, when compared.
     pub ram_hash_source: Option<String>,
     /// RAM hash at the destination before it ran.
@@ -193,8 +195,8 @@ impl MigrationReport {
             ram_bytes_stopped: 0,
             device_bytes: 0,
             device_bytes_stopped: 0,
-            throughput_mbps: 0.0,
-            bandwidth_mbps: 0.0,
+            throughput_bytes_per_sec: 0.0,
+            bandwidth_bytes_per_sec: 0.0,
             ram_hash_source: None,
             ram_hash_dest: None,
             source,

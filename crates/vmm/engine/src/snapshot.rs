@@ -158,6 +158,7 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
             Event::RamZero { .. } => "ram-zero",
             Event::Abort { .. } => "abort",
             Event::End => "end",
+            Event::Verified { .. } => "verified",
             Event::Go => "go",
         };
         let mut end = false;
@@ -205,7 +206,9 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
             Event::Abort { reason } => {
                 return Err(p.invalid(format!("the source aborted this stream: {reason}")))
             }
-            Event::Go => return Err(p.invalid("a go record does not belong in a snapshot")),
+            Event::Go | Event::Verified { .. } => {
+                return Err(p.invalid(format!("a {name} record does not belong in a snapshot")))
+            }
             Event::End => end = true,
             Event::SetupEnd { .. }
             | Event::Round { .. }

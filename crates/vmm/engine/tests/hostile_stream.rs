@@ -222,6 +222,11 @@ fn a_destination_never_runs_a_mutated_stream() {
         } else {
             forged(&mut rng)
         };
+        // A mutation that changed nothing (an empty range drained, a
+        // length field set to its own value) is the valid stream.
+        if b == good {
+            continue;
+        }
         if load(b.clone()) {
             // Only a stream that still parses whole may run.
             assert!(

@@ -59,16 +59,15 @@ impl KernelDevice {
     /// Opens with an explicit locator (sysfs and /dev roots).
     pub fn open_with(locator: &Locator, spec: &str) -> Result<Self> {
         let located = locator.locate(spec).map_err(|e| match e {
-            LocateError::Io { source, .. } => {
-                BackendError::io(format!("kernel:{spec}: locate"), source)
+            LocateError::Io { path, source, .. } => {
+                BackendError::io(format!("reading {}", path.display()), source)
             }
-            other => BackendError::refused(
-                format!("kernel:{spec}: locate"),
-                libc::ENODEV,
-                other.to_string(),
-            ),
+            other => BackendError::NotFound {
+                detail: other.to_string(),
+            },
         })?;
-        let step = |s: &str| format!("kernel:{spec}: {s}");
+        // Steps do not name the device: the caller does, once.
+        let step = |s: &str| s.to_string();
         let ioerr = |s: &str, e: io::Error| {
             let errno = e.raw_os_error();
             BackendError::Refused {
@@ -168,7 +167,7 @@ impl KernelDevice {
     }
 
     fn step(&self, s: &str) -> String {
-        format!("kernel:{}: {s}", self.spec)
+        s.to_string()
     }
 
     fn err(&self, s: &str, e: io::Error) -> BackendError {

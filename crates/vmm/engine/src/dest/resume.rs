@@ -69,10 +69,16 @@ impl<D: MigrationDevice> Dest<'_, D> {
                     .map_or(0.0, |e| e.elapsed().as_secs_f64() * 1000.0),
             };
             self.reply(&Reply::Ready(info))?;
-            match next_event(&mut self.input, &self.st)? {
-                Event::Go => {}
-                // The parser allows only go (or abort) after the end.
-                _ => return Err(self.unexpected("after the end marker")),
+            loop {
+                match next_event(&mut self.input, &self.st)? {
+                    Event::Go => break,
+                    Event::Verified { compared, devices } => {
+                        self.st.sender_verified = Some((compared, devices));
+                    }
+                    // The parser allows only verified, go (or abort) after
+                    // the end.
+                    _ => return Err(self.unexpected("after the end marker")),
+                }
             }
         }
         // Each device ends in the run state its source had: a stopped

@@ -21,11 +21,11 @@ pub struct ReadyInfo {
     #[serde(default)]
     pub digest_ms: f64,
     /// Time the devices took to leave RESUMING for STOP (validating what
-    /// they loaded), ms (minor 2; 0 from older destinations).
+    /// they loaded), ms (minor 3; 0 from older destinations).
     #[serde(default)]
     pub validate_ms: f64,
     /// From the end marker read to this answer, ms: validation, digests
-    /// and the rest of the destination's work after the load (minor 2).
+    /// and the rest of the destination's work after the load (minor 3).
     #[serde(default)]
     pub after_end_ms: f64,
 }

@@ -43,13 +43,13 @@ pub enum Event<'a> {
     },
     /// The guest RAM layout.
     Ram(RamInfo),
-    /// What the source offers (minor 2): `CAP_*` bits.
+    /// What the source offers (minor 3): `CAP_*` bits.
     Caps {
         /// The bits.
         flags: u64,
     },
     /// Device `index`'s initial pre-copy data of `generation` was sent
-    /// whole (minor 2).
+    /// whole (minor 3).
     InitialSent {
         /// Device index.
         index: usize,
@@ -112,6 +112,14 @@ pub enum Event<'a> {
     },
     /// The end marker (record count and size checked, every device ended).
     End,
+    /// Live only, after the end, before go: the source compared
+    /// `compared` of `devices` device digests and all were equal.
+    Verified {
+        /// Digests compared.
+        compared: u32,
+        /// Devices in the migration.
+        devices: u32,
+    },
     /// Live only, after the end: the destination may run.
     Go,
 }
@@ -329,6 +337,13 @@ impl<R: Read> StreamParser<R> {
                 }
                 self.stage = Stage::Ended;
                 Ok(Event::End)
+            }
+            (Stage::Ended, Kind::Verified) => {
+                let v = crate::format::Verdict::decode(self.rd.payload()).expect("length checked");
+                Ok(Event::Verified {
+                    compared: v.compared,
+                    devices: v.devices,
+                })
             }
             (Stage::Ended, Kind::Go) => {
                 self.stage = Stage::Done;

@@ -14,7 +14,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this build writes. A reader accepts any minor
 /// version of its major: newer minors only add records marked
 /// [`FLAG_OPTIONAL`], which an older reader skips.
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 3;
 /// Stream header size.
 pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
 /// Record header size.
@@ -145,6 +145,17 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Payload of [`Kind::Verified`]: what the source compared before it
+    /// told the destination to run.
+    pub struct Verdict {
+        /// Device digests compared, every one equal.
+        pub compared: u32,
+        /// Devices in the migration.
+        pub devices: u32,
+    }
+}
+
+wire_struct! {
     /// Payload of [`Kind::End`]: how many records came before it and their
     /// total size (headers included), so a truncated stream is detected
     /// even when it ends on a record boundary.
@@ -213,11 +224,11 @@ pub enum Kind {
     /// here". Sent on a quiet live link so the peer's stall deadline only
     /// catches a peer that is really gone.
     Heartbeat = 0x14,
-    /// Setup (minor 2, optional): what the source offers ([`Caps`]); a
+    /// Setup (minor 3, optional): what the source offers ([`Caps`]); a
     /// destination that knows it answers [`Kind::CapsReply`] before
     /// [`Kind::Accept`].
     Caps = 0x15,
-    /// Pre-copy (minor 2, optional): every byte of the device's initial
+    /// Pre-copy (minor 3, optional): every byte of the device's initial
     /// pre-copy data of this generation ([`InitialGen`]) came before this
     /// record. A destination that offered switchover acks answers
     /// [`Kind::SwitchoverAck`] once it has loaded them.
@@ -232,6 +243,11 @@ pub enum Kind {
     Abort = 0x7e,
     /// End of the stream ([`End`]).
     End = 0x7f,
+    /// Live, after the end marker and just before [`Kind::Go`] (minor 2,
+    /// optional): the source compared the destination's digests with its
+    /// own and they were equal ([`Verdict`]), so the destination can say
+    /// it runs verified state.
+    Verified = 0x50,
     /// Source → destination after [`Kind::Ready`]: start running.
     Go = 0x80,
     /// Reply: the devices are compatible and RESUMING.
@@ -247,11 +263,11 @@ pub enum Kind {
     Running = 0x85,
     /// Reply: everything up to this pre-copy round ([`Round`]) is loaded.
     RoundAck = 0x86,
-    /// Reply (minor 2, optional), before [`Kind::Accept`], only to a
+    /// Reply (minor 3, optional), before [`Kind::Accept`], only to a
     /// source that sent [`Kind::Caps`]: what the destination does
     /// ([`Caps`]).
     CapsReply = 0x87,
-    /// Reply (minor 2, optional): the device's initial pre-copy data of
+    /// Reply (minor 3, optional): the device's initial pre-copy data of
     /// this generation ([`InitialGen`]) is loaded; the source may stop it
     /// (QEMU's switchover-ack).
     SwitchoverAck = 0x88,
@@ -259,7 +275,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 25] = [
+    pub const ALL: [Kind; 26] = [
         Kind::Device,
         Kind::Ram,
         Kind::RunState,
@@ -274,6 +290,7 @@ impl Kind {
         Kind::RamPages,
         Kind::RamZero,
         Kind::Verify,
+        Kind::Verified,
         Kind::Abort,
         Kind::End,
         Kind::Go,
@@ -307,6 +324,7 @@ impl Kind {
             Kind::RamPages => "ram-pages",
             Kind::RamZero => "ram-zero",
             Kind::Verify => "verify",
+            Kind::Verified => "verified",
             Kind::Abort => "abort",
             Kind::End => "end",
             Kind::Go => "go",
@@ -338,6 +356,7 @@ impl Kind {
             Kind::RamPages => (RamRun::SIZE + 1, RamRun::SIZE + MAX_RAM_RUN_BYTES),
             Kind::RamZero => (RamRun::SIZE, RamRun::SIZE),
             Kind::Verify => (Digest::SIZE, Digest::SIZE),
+            Kind::Verified => (Verdict::SIZE, Verdict::SIZE),
             Kind::End => (End::SIZE, End::SIZE),
             Kind::Abort | Kind::Refuse | Kind::Failed => (0, MAX_REASON),
             Kind::Go | Kind::Accept | Kind::Running | Kind::Heartbeat => (0, 0),

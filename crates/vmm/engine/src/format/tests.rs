@@ -90,6 +90,7 @@ fn parse(b: &[u8]) -> Result<Vec<String>, StreamError> {
             Event::RamPages { count, .. } => format!("pages {count}"),
             Event::RamZero { count, .. } => format!("zero {count}"),
             Event::Abort { reason } => format!("abort {reason}"),
+            Event::Verified { compared, devices } => format!("verified {compared}/{devices}"),
             Event::Go => "go".into(),
             Event::End => {
                 out.push("end".into());
@@ -380,7 +381,7 @@ fn replies_round_trip() {
         write_reply(&mut w, r).unwrap();
     }
     let b = w.into_inner();
-    // The minor-2 replies are optional: an older source skips them.
+    // The minor-3 replies are optional: an older source skips them.
     let mut at = STREAM_HEADER_SIZE;
     let mut flags = Vec::new();
     while at < b.len() {
@@ -451,4 +452,54 @@ fn switchover_ack_records_parse_where_they_belong() {
     w.write_raw(Kind::InitialSent as u16, FLAG_OPTIONAL, 0, &[&g.to_bytes()])
         .unwrap();
     assert!(parse(&w.into_inner()).is_err());
+}
+
+#[test]
+fn verified_comes_after_the_end_and_before_go_only() {
+    let v = Verdict {
+        compared: 1,
+        devices: 1,
+    };
+    let mut b = valid_stream(|_| {});
+    let mut tail = Vec::new();
+    {
+        let mut t = RecordWriter::new(&mut tail, "test");
+        t.write_raw(
+            Kind::Verified as u16,
+            FLAG_OPTIONAL,
+            NO_DEVICE,
+            &[&v.to_bytes()],
+        )
+        .unwrap();
+        t.write(Kind::Go, NO_DEVICE, &[]).unwrap();
+    }
+    b.extend_from_slice(&tail);
+    let mut p = StreamParser::new(&b[..], "test");
+    p.read_header().unwrap();
+    while !matches!(p.read_event().unwrap(), Event::End) {}
+    assert!(matches!(
+        p.read_event().unwrap(),
+        Event::Verified {
+            compared: 1,
+            devices: 1
+        }
+    ));
+    assert!(matches!(p.read_event().unwrap(), Event::Go));
+    // Before the end it is out of place.
+    let b = valid_stream(|w| {
+        w.write_raw(
+            Kind::Verified as u16,
+            FLAG_OPTIONAL,
+            NO_DEVICE,
+            &[&v.to_bytes()],
+        )
+        .unwrap();
+    });
+    assert!(matches!(
+        parse(&b),
+        Err(StreamError::Record {
+            problem: RecordProblem::OutOfPlace { .. },
+            ..
+        })
+    ));
 }

@@ -141,6 +141,8 @@ struct Source<'a, D> {
     throttle: u32,
     /// The destination acknowledges devices' initial data (negotiated).
     switch_ack: bool,
+    /// In-between progress reports.
+    ticker: crate::progress::Ticker,
 }
 
 /// Migrates `devices` (and `guest` RAM, if given) out over `link`.
@@ -197,6 +199,7 @@ pub fn migrate_out<D: MigrationDevice>(
         pacer: None,
         throttle: 0,
         switch_ack: false,
+        ticker: crate::progress::Ticker::new(),
     };
     s.pacer = s.opts.bandwidth_limit.map(Pacer::new);
     let r = s.run(devices);
@@ -208,8 +211,13 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
     fn run(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
         self.setup(devices)?;
         self.metrics.precopy_start = Some(std::time::Instant::now());
-        if self.opts.precopy {
+        // Pre-copy moves guest RAM and pre-copy capable devices' data
+        // while they run; with neither, rounds would only wait.
+        let movable = self.ram.is_some() || self.devs.iter().any(|d| d.precopy);
+        if self.opts.precopy && movable {
             self.precopy()?;
+        } else {
+            self.report.precopy = false;
         }
         self.stop_and_copy()?;
         self.resume()?;
@@ -255,7 +263,10 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             }
         }
         match self.out.write_parts(kind, device, parts) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.tick();
+                Ok(())
+            }
             Err(e) => Err(self.stream_err(e)),
         }
     }
@@ -298,9 +309,25 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             expected_downtime_ms: expected_ms,
             throttle_percent: self.throttle,
             elapsed: self.metrics.t0.elapsed(),
+            tick: false,
         };
+        self.ticker.boundary(&p);
         if let Some(f) = self.opts.progress.as_mut() {
             f(&p);
+        }
+    }
+
+    /// Reports bytes moved inside a round or phase, every
+    /// [`crate::progress::TICK_INTERVAL`].
+    fn tick(&mut self) {
+        if self.opts.progress.is_none() {
+            return;
+        }
+        let sent = self.out.bytes();
+        if let Some(p) = self.ticker.due(sent, self.metrics.t0.elapsed()) {
+            if let Some(f) = self.opts.progress.as_mut() {
+                f(&p);
+            }
         }
     }
 
@@ -394,7 +421,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             flags: 0,
         };
         if self.mode.is_live() && self.opts.switchover_ack {
-            // Optional (minor 2): an older destination skips it and never
+            // Optional (minor 3): an older destination skips it and never
             // answers caps-reply, so the source does not wait for acks.
             let caps = Caps {
                 flags: CAP_SWITCHOVER_ACK,

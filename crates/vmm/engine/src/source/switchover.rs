@@ -116,6 +116,30 @@ impl<D: MigrationDevice> Source<'_, D> {
             .split_destination(ready.validate_ms, ready.digest_ms);
         self.check_ready(&ready)?;
         self.check_cancel()?;
+        // Optional (minor 2): tells the destination its state was verified
+        // here; readers of older minors skip it.
+        let compared = self
+            .devs
+            .iter()
+            .filter(|d| d.report.verified == Some(true))
+            .count();
+        if compared > 0 {
+            let v = crate::format::Verdict {
+                compared: compared as u32,
+                devices: self.devs.len() as u32,
+            };
+            let r = self.out.with(|w| {
+                w.write_raw(
+                    Kind::Verified as u16,
+                    crate::format::FLAG_OPTIONAL,
+                    crate::format::NO_DEVICE,
+                    &[&v.to_bytes()],
+                )
+            });
+            if let Err(e) = r {
+                return Err(self.stream_err(e));
+            }
+        }
         // Past this point the destination may run: no rollback.
         self.committed = true;
         self.write(Kind::Go, crate::format::NO_DEVICE, &[])?;
