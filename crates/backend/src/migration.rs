@@ -1,7 +1,7 @@
 //! [`MigrationDevice`]: the migration core every backend implements, and
 //! the door to its optional capabilities.
 
-use crate::capability::{DmaDirtyLog, DmaMapping, RegionAccess};
+use crate::capability::{DeviceThrottle, DmaDirtyLog, DmaMapping, RegionAccess};
 use crate::{DeviceDescriptor, DeviceStatus, MigState, PrecopyInfo, Result};
 
 /// The migration core of a device: what the engine drives.
@@ -55,6 +55,14 @@ pub trait MigrationDevice: Send {
     /// Pre-copy estimate (PRE_COPY / PRE_COPY_P2P only).
     fn precopy_info(&mut self) -> Result<PrecopyInfo>;
 
+    /// Whether [`MigrationDevice::precopy_info`]'s `initial_bytes` is the
+    /// device's initial data alone (v2). The older migration regions report
+    /// one pending count, initial and dirty data together: their initial
+    /// data counts as sent after the first whole pre-copy round.
+    fn precopy_initial_known(&self) -> bool {
+        true
+    }
+
     /// Estimated stop-copy size, `None` when the device cannot tell.
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         Ok(None)
@@ -92,6 +100,11 @@ pub trait MigrationDevice: Send {
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         None
     }
+
+    /// Throttling the device's dirtying work, when the device offers it.
+    fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
+        None
+    }
 }
 
 impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
@@ -125,6 +138,9 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         (**self).stop_copy_size()
     }
+    fn precopy_initial_known(&self) -> bool {
+        (**self).precopy_initial_known()
+    }
     fn reset(&mut self) -> Result<()> {
         (**self).reset()
     }
@@ -142,5 +158,8 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     }
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         (**self).dma_mapping()
+    }
+    fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
+        (**self).throttle()
     }
 }

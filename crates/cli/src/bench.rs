@@ -8,20 +8,26 @@
 //!   without pre-copy, verified, and once more with pre-copy but without
 //!   the digest reads (what a production migration pays); downtimes and
 //!   the stop-copy / pre-copy ratio;
+//!   and once with `--full-verify` (every page re-hashed at both ends
+//!   inside the downtime); each with the downtime's breakdown;
 //! - a large device (2 GiB by default) migrated by a separate
 //!   `vfio-migrate migrate` process: its peak RSS (its own VmHWM, which
 //!   exec resets — `wait4`'s ru_maxrss would include the forking parent's)
-//!   and throughput against the raw AF_UNIX copy.
+//!   and throughput against the raw AF_UNIX copy;
+//! - `migrate` downtime with little dirty (render engine at 8 MiB/s) for
+//!   the demo's device size and the large one, and the large one
+//!   stop-copy only: the downtime must not grow with the device.
 
 use crate::demo;
 use crate::progress::Style;
-use crate::report::{bytes, print_json};
+use crate::report::{breakdown, bytes, print_json};
 use crate::serve::parse_size;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
+use vfio_migrate_engine::metrics::DowntimeBreakdown;
 use vfio_migrate_harness::{Options, ServerProcess, TempDir};
 
 /// Arguments of `vfio-migrate bench`.
@@ -59,6 +65,20 @@ struct Variant {
     median_total_ms: f64,
     /// Of the downtime: the destination reading digests.
     median_dest_digest_ms: f64,
+    /// The median run's breakdown and estimate.
+    median_breakdown: DowntimeBreakdown,
+    median_expected_ms: f64,
+    verified: bool,
+}
+
+/// One `vfio-migrate migrate` process between two `serve` processes.
+#[derive(Serialize)]
+struct MigrateRun {
+    device_mem: u64,
+    precopy: bool,
+    downtime_ms: f64,
+    expected_downtime_ms: f64,
+    breakdown: DowntimeBreakdown,
     verified: bool,
 }
 
@@ -79,11 +99,19 @@ struct Out {
     precopy: Variant,
     precopy_unverified: Variant,
     stopcopy: Variant,
+    precopy_full_verify: Variant,
     /// stop-copy downtime / pre-copy downtime (verified runs).
     downtime_ratio: f64,
     /// The same, without digest reads in either.
     downtime_ratio_unverified: f64,
     big: Big,
+    /// `migrate`, little dirty: the demo's device size, the large one, and
+    /// the large one stop-copy only.
+    migrate_small: MigrateRun,
+    migrate_big: MigrateRun,
+    migrate_big_stopcopy: MigrateRun,
+    /// Large device: stop-copy-only downtime / pre-copy downtime.
+    migrate_ratio: f64,
 }
 
 fn gib_s(bytes: u64, secs: f64) -> f64 {
@@ -151,10 +179,17 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow::Result<Variant> {
+fn variant(
+    a: &Args,
+    name: &'static str,
+    precopy: bool,
+    verify: bool,
+    full_verify: bool,
+) -> anyhow::Result<Variant> {
     let mut down = Vec::new();
     let mut total = Vec::new();
     let mut digest = Vec::new();
+    let mut runs = Vec::new();
     let mut verified = true;
     for i in 0..a.runs.max(1) {
         let args = demo::Args {
@@ -172,6 +207,10 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
             bandwidth_limit: None,
             tls: false,
             verify,
+            converge: crate::migrate::Converge {
+                full_verify,
+                ..Default::default()
+            },
         };
         let out = demo::execute(&args, Style::Off, &crate::interrupt::install()?)?;
         if let Some(f) = out.failure {
@@ -188,9 +227,14 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
         down.push(m.downtime_ms);
         total.push(m.total_ms);
         digest.push(m.dest_digest_ms);
+        runs.push((m.downtime_ms, m.downtime_breakdown, m.expected_downtime_ms));
     }
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (_, median_breakdown, median_expected_ms) = runs[runs.len() / 2];
     Ok(Variant {
         name,
+        median_breakdown,
+        median_expected_ms,
         median_downtime_ms: median(&mut down.clone()),
         median_total_ms: median(&mut total),
         median_dest_digest_ms: median(&mut digest),
@@ -199,12 +243,17 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
     })
 }
 
-/// Migrates a `big_mem` vgpu with a separate `migrate` process; returns
-/// its peak RSS.
-fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
+/// Migrates a `mem` vgpu (rendering at `render` bytes/s) with a separate
+/// `migrate` process (`extra` arguments); returns its JSON report and the
+/// wall time.
+fn migrate_process(
+    mem: u64,
+    render: u64,
+    extra: &[&str],
+) -> anyhow::Result<(serde_json::Value, f64)> {
     let dir = TempDir::new("bench").context("creating a directory for the sockets")?;
     let exe = std::env::current_exe()?;
-    let mem = a.big_mem.to_string();
+    let mem = mem.to_string();
     let mut servers = Vec::new();
     for name in ["a.sock", "b.sock"] {
         let sock = dir.join(name);
@@ -227,12 +276,22 @@ fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
                 .context("starting `vfio-migrate serve`")?,
         );
     }
+    if render > 0 {
+        let mut c =
+            vfio_migrate_client::open(dir.join("a.sock"), vfio_migrate_client::Protocol::Auto)
+                .context("connecting to the source vgpu")?;
+        for (off, v) in [(0x30u64, 0x5eedu64), (0x10, render), (0x08, 1)] {
+            vfio_migrate_backend::regions_of(&mut *c)?.region_write(0, off, &v.to_le_bytes())?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let t = Instant::now();
     let child = Command::new(&exe)
         .args(["migrate", "--json", "--source"])
         .arg(servers[0].uri())
         .arg("--dest")
         .arg(servers[1].uri())
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -245,8 +304,33 @@ fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
     drop(dir);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("migrate output")?;
     if v["status"] != "ok" {
-        bail!("large-device migration failed: {}", v["error"]);
+        bail!("the migration of a {mem}-byte vgpu failed: {}", v["error"]);
     }
+    Ok((v, secs))
+}
+
+/// `migrate` of a `mem` vgpu with little dirty; its downtime.
+fn migrate_run(mem: u64, precopy: bool) -> anyhow::Result<MigrateRun> {
+    let (v, _) = migrate_process(
+        mem,
+        8 << 20,
+        &["--precopy", if precopy { "on" } else { "off" }],
+    )?;
+    Ok(MigrateRun {
+        device_mem: mem,
+        precopy,
+        downtime_ms: v["downtime_ms"].as_f64().unwrap_or(0.0),
+        expected_downtime_ms: v["expected_downtime_ms"].as_f64().unwrap_or(0.0),
+        breakdown: serde_json::from_value(v["downtime_breakdown"].clone())
+            .context("migrate reported no downtime breakdown")?,
+        verified: v["verified"] == true,
+    })
+}
+
+/// Migrates a `big_mem` idle vgpu with a separate `migrate` process;
+/// returns its peak RSS.
+fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
+    let (v, secs) = migrate_process(a.big_mem, 0, &[])?;
     let moved = v["transferred_bytes"].as_u64().unwrap_or(0);
     let thr = gib_s(
         moved,
@@ -273,12 +357,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         bytes(a.device_mem),
         bytes(a.guest_mem)
     );
-    let precopy = variant(&a, "pre-copy", true, true)?;
-    let precopy_unverified = variant(&a, "pre-copy, no digest reads", true, false)?;
-    let stopcopy = variant(&a, "stop-copy only", false, true)?;
+    let precopy = variant(&a, "pre-copy", true, true, false)?;
+    let precopy_unverified = variant(&a, "pre-copy, no digest reads", true, false, false)?;
+    let stopcopy = variant(&a, "stop-copy only", false, true, false)?;
+    let precopy_full_verify = variant(&a, "pre-copy, --full-verify", true, true, true)?;
     eprintln!("large device ({}) ...", bytes(a.big_mem));
     let big = big(&a, limits.unix_copy_gib_s)?;
+    eprintln!("migrate, little dirty ...");
+    let migrate_small = migrate_run(a.device_mem, true)?;
+    let migrate_big = migrate_run(a.big_mem, true)?;
+    let migrate_big_stopcopy = migrate_run(a.big_mem, false)?;
     let out = Out {
+        migrate_ratio: migrate_big_stopcopy.downtime_ms / migrate_big.downtime_ms,
+        migrate_small,
+        migrate_big,
+        migrate_big_stopcopy,
+        precopy_full_verify,
         downtime_ratio: stopcopy.median_downtime_ms / precopy.median_downtime_ms,
         downtime_ratio_unverified: stopcopy.median_downtime_ms
             / precopy_unverified.median_downtime_ms,
@@ -296,16 +390,22 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "limits: memcpy {:.1} GiB/s, AF_UNIX copy {:.2} GiB/s, TCP loopback copy {:.2} GiB/s",
             l.memcpy_gib_s, l.unix_copy_gib_s, l.tcp_copy_gib_s
         );
-        for v in [&out.precopy, &out.precopy_unverified, &out.stopcopy] {
+        for v in [
+            &out.precopy,
+            &out.precopy_unverified,
+            &out.stopcopy,
+            &out.precopy_full_verify,
+        ] {
             println!(
-                "{:<28} downtime {:>7.1} ms (median of {}; digest reads {:.1} ms)  total {:>6.0} ms  verified {}",
+                "{:<28} downtime {:>7.1} ms (median of {}; expected {:.1} ms)  total {:>6.0} ms  verified {}",
                 v.name,
                 v.median_downtime_ms,
                 v.downtime_ms.len(),
-                v.median_dest_digest_ms,
+                v.median_expected_ms,
                 v.median_total_ms,
                 v.verified
             );
+            println!("{:<28} {}", "", breakdown(&v.median_breakdown));
         }
         println!(
             "stop-copy / pre-copy downtime: {:.1}x (verified), {:.1}x (no digest reads)",
@@ -319,6 +419,26 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             b.throughput_gib_s,
             b.throughput_vs_unix_copy,
             b.verified
+        );
+        for m in [
+            &out.migrate_small,
+            &out.migrate_big,
+            &out.migrate_big_stopcopy,
+        ] {
+            println!(
+                "migrate {} vgpu, render 8 MiB/s, pre-copy {}: downtime {:.1} ms (expected {:.1} ms), verified {}",
+                bytes(m.device_mem),
+                if m.precopy { "on" } else { "off" },
+                m.downtime_ms,
+                m.expected_downtime_ms,
+                m.verified
+            );
+            println!("    {}", breakdown(&m.breakdown));
+        }
+        println!(
+            "migrate {}: stop-copy only / pre-copy downtime: {:.0}x",
+            bytes(a.big_mem),
+            out.migrate_ratio
         );
     }
     Ok(0)

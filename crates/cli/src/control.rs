@@ -331,11 +331,10 @@ fn handle(c: UnixStream, s: &Shared) -> std::io::Result<()> {
             st.cancelling = s.cancel.is_cancelled();
             serde_json::json!({ "ok": true, "status": st })
         }
-        Some("cancel") => {
-            tracing::warn!("cancel asked for on the control socket");
-            s.cancel.cancel();
-            serde_json::json!({ "ok": true, "cancelling": true })
-        }
+        // The cancel itself comes after the reply, once the connection
+        // waits for the outcome: a migration that ends at once must still
+        // find it among the waiters.
+        Some("cancel") => serde_json::json!({ "ok": true, "cancelling": true }),
         Some(other) => serde_json::json!({
             "ok": false,
             "error": format!("unknown command {other:?}: status or cancel")
@@ -351,6 +350,8 @@ fn handle(c: UnixStream, s: &Shared) -> std::io::Result<()> {
         // The outcome follows when the migration has ended: no deadline
         // on the client's side of it, but ours still holds for writes.
         s.waiters.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+        tracing::warn!("cancel asked for on the control socket");
+        s.cancel.cancel();
     }
     Ok(())
 }

@@ -16,8 +16,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use vfio_migrate_engine::{
-    migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport, SourceFailure,
-    SourceOptions,
+    migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport, NoConverge,
+    SourceFailure, SourceOptions,
 };
 
 /// `on` / `off`.
@@ -27,16 +27,78 @@ pub enum OnOff {
     Off,
 }
 
+/// `abort` / `force`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnNoConverge {
+    /// Fail; the source keeps running.
+    Abort,
+    /// Switch over anyway, with the longer downtime.
+    Force,
+}
+
+/// When pre-copy switches over, and what it does when it cannot (shared
+/// with `demo`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Converge {
+    /// Give up pre-copy after this many seconds (with --max-iterations,
+    /// whichever comes first); then --on-no-converge decides.
+    #[arg(long, value_name = "SECS")]
+    pub converge_timeout: Option<u64>,
+    /// When pre-copy cannot bring the expected downtime under
+    /// --downtime-limit: abort (the source keeps running, the message says
+    /// the dirty rate and bandwidth that prevented it) or force (switch
+    /// over anyway).
+    #[arg(long, value_enum, default_value = "abort")]
+    pub on_no_converge: OnNoConverge,
+    /// Throttle devices that offer it (the vgpu slows its render engine)
+    /// step by step while pre-copy rounds stop shrinking, and release the
+    /// throttle at the end: the device-side analogue of QEMU's
+    /// auto-converge.
+    #[arg(long, value_enum, default_value = "on")]
+    pub auto_converge: OnOff,
+    /// Have the destination acknowledge that it loaded each device's
+    /// initial pre-copy data, and never stop the source before (QEMU's
+    /// switchover-ack; an older destination simply does not offer it).
+    #[arg(long, value_enum, default_value = "on")]
+    pub switchover_ack: OnOff,
+    /// Verify with a full re-hash: device digests and guest RAM are hashed
+    /// whole at both ends (besides the incremental digests, which must
+    /// agree). Slower: the device re-hash is inside the downtime.
+    #[arg(long)]
+    pub full_verify: bool,
+    /// Draw the pre-copy rounds (bytes sent, dirty bytes remaining,
+    /// expected downtime, throttle) into this PNG file.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+impl Default for Converge {
+    fn default() -> Self {
+        Self {
+            converge_timeout: None,
+            on_no_converge: OnNoConverge::Abort,
+            auto_converge: OnOff::On,
+            switchover_ack: OnOff::On,
+            full_verify: false,
+            plot: None,
+        }
+    }
+}
+
 /// How the source side migrates (shared with `demo`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Tuning {
     /// Pre-copy: send state while the device runs, stop only for the rest.
     #[arg(long, value_enum, default_value = "on")]
     pub precopy: OnOff,
-    /// Switch over once the expected downtime is at most this many ms.
+    /// The downtime to stay under, ms: pre-copy switches over only when
+    /// the expected downtime (what is left over the measured bandwidth,
+    /// plus the measured fixed costs) fits, and the report says when the
+    /// measured downtime did not.
     #[arg(long, value_name = "MS", default_value_t = 300)]
     pub downtime_limit: u64,
-    /// Switch over after this many pre-copy rounds whatever the estimate.
+    /// Give up pre-copy after this many rounds unless the estimate fits
+    /// (then --on-no-converge decides).
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub max_iterations: u32,
     /// Send at most this many bytes per second (K/M/G suffixes: 100M is
@@ -44,6 +106,8 @@ pub struct Tuning {
     /// traffic. Default: as fast as the link goes.
     #[arg(long, value_name = "BYTES/S", value_parser = crate::serve::parse_size)]
     pub bandwidth_limit: Option<u64>,
+    #[command(flatten)]
+    pub converge: Converge,
 }
 
 impl Tuning {
@@ -65,12 +129,20 @@ impl Tuning {
             precopy: self.precopy == OnOff::On,
             downtime_limit: Duration::from_millis(self.downtime_limit),
             max_iterations: self.max_iterations,
-            verifier: Some(sample_verifier()),
+            verifier: Some(sample_verifier(self.converge.full_verify)),
             cancel,
             progress,
             source_name,
             force,
             bandwidth_limit: self.bandwidth_limit,
+            converge_timeout: self.converge.converge_timeout.map(Duration::from_secs),
+            on_no_converge: match self.converge.on_no_converge {
+                OnNoConverge::Abort => NoConverge::Abort,
+                OnNoConverge::Force => NoConverge::Force,
+            },
+            auto_converge: self.converge.auto_converge == OnOff::On,
+            switchover_ack: self.converge.switchover_ack == OnOff::On,
+            full_verify: self.converge.full_verify,
         }
     }
 }
@@ -89,7 +161,7 @@ pub struct Args {
     #[arg(long, value_name = "ENDPOINT")]
     dest: String,
     #[command(flatten)]
-    tuning: Tuning,
+    pub(crate) tuning: Tuning,
     /// Migration protocol for unix: devices (source and destination):
     /// auto prefers v2, then the v1 region, then the seed region. The
     /// stream does not depend on it.
@@ -204,7 +276,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         _ => return Err(exit::usage(format!("migrating from {src} to {dst} is not supported: the source must be a device or a snapshot file, the destination a device, tcp:HOST:PORT or file:PATH, and at least one of them a device"))),
     };
-    let code = finish(&title, result, args.json, &cancel, ctl);
+    let code = finish(
+        &title,
+        result,
+        args.json,
+        &cancel,
+        ctl,
+        args.tuning.converge.plot.as_deref(),
+    );
     Ok(code)
 }
 
@@ -215,7 +294,17 @@ pub fn finish(
     json: bool,
     cancel: &Cancel,
     control: Option<&ControlServer>,
+    plot: Option<&std::path::Path>,
 ) -> i32 {
+    if let Some(path) = plot {
+        let rep = match &r {
+            Ok(rep) => rep,
+            Err(f) => &*f.report,
+        };
+        if let Err(e) = crate::plot::draw(path, title, rep) {
+            eprintln!("warning: --plot {}: {e:#}", path.display());
+        }
+    }
     if let Some(c) = control {
         c.finish(&outcome(&r, cancel));
     }
@@ -350,6 +439,7 @@ fn device_to_device(
     let slink = Link::unix(a, dst.to_string(), &deadlines)?;
     let dcancel = cancel.clone();
     let force = args.force;
+    let full_verify = tuning.converge.full_verify;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("migrate-dest".into())
@@ -360,7 +450,8 @@ fn device_to_device(
                 None,
                 dlink,
                 DestOptions {
-                    verifier: Some(sample_verifier()),
+                    verifier: Some(sample_verifier(full_verify)),
+                    full_verify,
                     cancel: dcancel,
                     force,
                     ..Default::default()

@@ -153,7 +153,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     eprintln!("receiving from {source} into {dst}");
     let show = !args.json || crate::verbosity() > 0;
     let opts = DestOptions {
-        verifier: Some(sample_verifier()),
+        verifier: Some(sample_verifier(false)),
         cancel: cancel.clone(),
         force: args.force,
         progress: (show || ctl_status.is_some()).then(|| {

@@ -86,7 +86,7 @@ pub fn run(
         None,
         DestLink::file(f, src.to_string()),
         DestOptions {
-            verifier: Some(sample_verifier()),
+            verifier: Some(sample_verifier(args.tuning.converge.full_verify)),
             cancel: cancel.clone(),
             force: args.force,
             ..Default::default()

@@ -4,27 +4,12 @@
 //! an embedded DejaVu font (no system fonts needed).
 
 use super::{Sample, BINS};
+use crate::plot::{font, FONT};
 use anyhow::anyhow;
 use plotters::prelude::*;
-use plotters::style::{register_font, FontStyle};
 use std::path::Path;
-use std::sync::Once;
 
-const FONT: &str = "sans-serif";
 const MIB: f64 = 1024.0 * 1024.0;
-
-fn font() -> anyhow::Result<()> {
-    static ONCE: Once = Once::new();
-    let mut ok = true;
-    ONCE.call_once(|| {
-        ok = register_font(FONT, FontStyle::Normal, dejavu::sans::regular()).is_ok();
-    });
-    if ok {
-        Ok(())
-    } else {
-        Err(anyhow!("the embedded font could not be loaded"))
-    }
-}
 
 fn e(x: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("{x}")

@@ -53,6 +53,7 @@ impl Client {
             probed: HashMap::new(),
             descriptor: None,
             mig_flags: None,
+            precopy_v2: None,
         })
     }
 

@@ -159,11 +159,15 @@ pub struct Client {
     probed: HashMap<u32, bool>,
     descriptor: Option<DeviceDescriptor>,
     mig_flags: Option<u64>,
+    /// Opted in to pre-copy info with flags (`None`: not tried yet).
+    precopy_v2: Option<bool>,
 }
 
 fn io_err(step: &str, e: std::io::Error) -> BackendError {
     BackendError::io(step, e)
 }
+
+mod ext_features;
 
 #[cfg(test)]
 mod tests;

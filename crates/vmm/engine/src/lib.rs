@@ -57,5 +57,5 @@ pub use guest::{GuestRam, MemfdRam};
 pub use link::{accept_tcp, connect_tcp, Deadlines, DestLink, Link};
 pub use progress::{Phase, Progress, ProgressFn};
 pub use report::{DeviceReport, MigrationReport};
-pub use source::{migrate_out, Convergence, Decision, SourceOptions};
+pub use source::{migrate_out, Convergence, Decision, NoConverge, SourceOptions};
 pub use verify::Verifier;

@@ -58,8 +58,11 @@ pub struct Progress {
     pub dirty_rate: f64,
     /// Measured stream bandwidth, bytes per second (0 = not measured yet).
     pub bandwidth: f64,
-    /// Expected downtime if the switchover happened now, ms.
+    /// Expected downtime if the switchover happened now, ms (transfer
+    /// plus measured fixed costs, like QEMU's expected downtime).
     pub expected_downtime_ms: f64,
+    /// Device throttle in force, percent (0: none).
+    pub throttle_percent: u32,
     /// Time since the migration started.
     #[serde(skip)]
     pub elapsed: Duration,

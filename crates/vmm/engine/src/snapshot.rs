@@ -145,6 +145,8 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
             Event::Ram(_) => "ram",
             Event::RunState { .. } => "run-state",
             Event::SetupEnd { .. } => "setup-end",
+            Event::Caps { .. } => "caps",
+            Event::InitialSent { .. } => "initial-sent",
             Event::DeviceData {
                 stop_copy: false, ..
             } => "device-precopy",
@@ -208,7 +210,10 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
                 return Err(p.invalid(format!("a {name} record does not belong in a snapshot")))
             }
             Event::End => end = true,
-            Event::SetupEnd { .. } | Event::Round { .. } => {}
+            Event::SetupEnd { .. }
+            | Event::Round { .. }
+            | Event::Caps { .. }
+            | Event::InitialSent { .. } => {}
         }
         s.record_types
             .entry(name.to_string())

@@ -236,5 +236,8 @@ fn a_destination_never_runs_a_mutated_stream() {
             ran += 1;
         }
     }
-    assert!(ran < 10, "{ran} mutated streams ran");
+    // Forged streams of well-formed records are sometimes valid (more so
+    // since minor 2's records may appear in more places): what runs must
+    // parse (checked above), and it stays rare.
+    assert!(ran < 20, "{ran} mutated streams ran");
 }

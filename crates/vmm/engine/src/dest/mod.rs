@@ -52,6 +52,9 @@ pub struct DestOptions {
     /// Load even into a device that is not expecting a migration (in use,
     /// or its backend cannot tell).
     pub force: bool,
+    /// Before answering READY, hash all guest RAM again and check the hash
+    /// kept page by page against it.
+    pub full_verify: bool,
 }
 
 /// What a destination device was left as after a failed load.
@@ -197,6 +200,11 @@ struct Loader<'a, D> {
     /// Per device: the source ran (the destination ends RUNNING), else it
     /// was stopped (the destination ends in STOP).
     final_running: Vec<bool>,
+    /// The source asked for switchover acks (and was told they come).
+    switchover_ack: bool,
+    /// When the end marker was read (the destination's part of the
+    /// downtime is measured from it).
+    ended_at: Option<Instant>,
 }
 
 struct Dest<'a, D> {
@@ -246,6 +254,8 @@ pub fn migrate_in<D: MigrationDevice>(
             started: false,
             sender_verified: None,
             final_running: Vec::new(),
+            switchover_ack: false,
+            ended_at: None,
         },
     };
     let r = match d.run(devices) {

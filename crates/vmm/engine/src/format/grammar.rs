@@ -6,9 +6,10 @@
 //!
 //! ```text
 //! header
-//! device(0..n) [ram] setup-end                          ── setup
+//! device(0..n) [caps] [ram] setup-end                   ── setup
 //! { device-precopy | device-stopcopy | device-end
-//!   | round | verify | ram-pages | ram-zero }*  end     ── body
+//!   | round | initial-sent | verify | ram-pages
+//!   | ram-zero }*  end                                  ── body
 //! [ go ]                                                ── live only
 //! abort may come anywhere (the source gives up).
 //! ```
@@ -16,7 +17,8 @@
 use super::codec::{Record, RecordReader};
 use super::error::{RecordProblem, StreamError};
 use super::records::{
-    DeviceEnd, Digest, Kind, RamInfo, RamRun, Round, RunState, SetupEnd, MAX_PAGE_SIZE,
+    Caps, DeviceEnd, Digest, InitialGen, Kind, RamInfo, RamRun, Round, RunState, SetupEnd,
+    MAX_PAGE_SIZE,
 };
 use std::io::Read;
 use vfio_migrate_backend::DeviceDescriptor;
@@ -41,6 +43,19 @@ pub enum Event<'a> {
     },
     /// The guest RAM layout.
     Ram(RamInfo),
+    /// What the source offers (minor 3): `CAP_*` bits.
+    Caps {
+        /// The bits.
+        flags: u64,
+    },
+    /// Device `index`'s initial pre-copy data of `generation` was sent
+    /// whole (minor 3).
+    InitialSent {
+        /// Device index.
+        index: usize,
+        /// Which initial data (0, then one more per REINIT).
+        generation: u64,
+    },
     /// End of the setup section: `devices` were described.
     SetupEnd {
         /// Devices described.
@@ -226,6 +241,18 @@ impl<R: Read> StreamParser<R> {
                 }
                 self.ram = Some(info);
                 Ok(Event::Ram(info))
+            }
+            (Stage::Setup, Kind::Caps) => Ok(Event::Caps {
+                flags: Caps::decode(self.rd.payload())
+                    .expect("length checked")
+                    .flags,
+            }),
+            (Stage::Body, Kind::InitialSent) => {
+                let index = self.device(rec)?;
+                let generation = InitialGen::decode(self.rd.payload())
+                    .expect("length checked")
+                    .generation;
+                Ok(Event::InitialSent { index, generation })
             }
             (Stage::Setup, Kind::SetupEnd) => {
                 let e = SetupEnd::decode(self.rd.payload()).expect("length checked");

@@ -14,7 +14,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this build writes. A reader accepts any minor
 /// version of its major: newer minors only add records marked
 /// [`FLAG_OPTIONAL`], which an older reader skips.
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 3;
 /// Stream header size.
 pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
 /// Record header size.
@@ -167,6 +167,29 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// Payload of [`Kind::Caps`] and [`Kind::CapsReply`]: what one end
+    /// offers ([`CAP_SWITCHOVER_ACK`]); unknown bits are ignored.
+    pub struct Caps {
+        /// `CAP_*` bits.
+        pub flags: u64,
+    }
+}
+
+/// [`Caps`] bit: the source waits for [`Kind::SwitchoverAck`]s before it
+/// stops (in [`Kind::Caps`]); the destination sends them (in
+/// [`Kind::CapsReply`]).
+pub const CAP_SWITCHOVER_ACK: u64 = 1;
+
+wire_struct! {
+    /// Payload of [`Kind::InitialSent`] and [`Kind::SwitchoverAck`].
+    pub struct InitialGen {
+        /// Which initial data: 0 at first, one more each time the device
+        /// re-initialised its pre-copy data (REINIT).
+        pub generation: u64,
+    }
+}
+
 /// `StreamHeader::magic` as a little-endian integer.
 pub fn magic_u64() -> u64 {
     u64::from_le_bytes(MAGIC)
@@ -201,6 +224,15 @@ pub enum Kind {
     /// here". Sent on a quiet live link so the peer's stall deadline only
     /// catches a peer that is really gone.
     Heartbeat = 0x14,
+    /// Setup (minor 3, optional): what the source offers ([`Caps`]); a
+    /// destination that knows it answers [`Kind::CapsReply`] before
+    /// [`Kind::Accept`].
+    Caps = 0x15,
+    /// Pre-copy (minor 3, optional): every byte of the device's initial
+    /// pre-copy data of this generation ([`InitialGen`]) came before this
+    /// record. A destination that offered switchover acks answers
+    /// [`Kind::SwitchoverAck`] once it has loaded them.
+    InitialSent = 0x16,
     /// A run of guest RAM pages ([`RamRun`] + data).
     RamPages = 0x20,
     /// A run of guest RAM pages that are all zero ([`RamRun`], no data).
@@ -231,11 +263,19 @@ pub enum Kind {
     Running = 0x85,
     /// Reply: everything up to this pre-copy round ([`Round`]) is loaded.
     RoundAck = 0x86,
+    /// Reply (minor 3, optional), before [`Kind::Accept`], only to a
+    /// source that sent [`Kind::Caps`]: what the destination does
+    /// ([`Caps`]).
+    CapsReply = 0x87,
+    /// Reply (minor 3, optional): the device's initial pre-copy data of
+    /// this generation ([`InitialGen`]) is loaded; the source may stop it
+    /// (QEMU's switchover-ack).
+    SwitchoverAck = 0x88,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 22] = [
+    pub const ALL: [Kind; 26] = [
         Kind::Device,
         Kind::Ram,
         Kind::RunState,
@@ -245,6 +285,8 @@ impl Kind {
         Kind::DeviceEnd,
         Kind::Round,
         Kind::Heartbeat,
+        Kind::Caps,
+        Kind::InitialSent,
         Kind::RamPages,
         Kind::RamZero,
         Kind::Verify,
@@ -258,6 +300,8 @@ impl Kind {
         Kind::Failed,
         Kind::Running,
         Kind::RoundAck,
+        Kind::CapsReply,
+        Kind::SwitchoverAck,
     ];
 
     /// The kind for a wire value.
@@ -290,6 +334,10 @@ impl Kind {
             Kind::Failed => "failed",
             Kind::Running => "running",
             Kind::RoundAck => "round-ack",
+            Kind::Caps => "caps",
+            Kind::InitialSent => "initial-sent",
+            Kind::CapsReply => "caps-reply",
+            Kind::SwitchoverAck => "switchover-ack",
         }
     }
 
@@ -303,6 +351,8 @@ impl Kind {
             Kind::DevicePrecopy | Kind::DeviceStopCopy => (1, MAX_DEVICE_DATA),
             Kind::DeviceEnd => (DeviceEnd::SIZE, DeviceEnd::SIZE),
             Kind::Round | Kind::RoundAck => (Round::SIZE, Round::SIZE),
+            Kind::Caps | Kind::CapsReply => (Caps::SIZE, Caps::SIZE),
+            Kind::InitialSent | Kind::SwitchoverAck => (InitialGen::SIZE, InitialGen::SIZE),
             Kind::RamPages => (RamRun::SIZE + 1, RamRun::SIZE + MAX_RAM_RUN_BYTES),
             Kind::RamZero => (RamRun::SIZE, RamRun::SIZE),
             Kind::Verify => (Digest::SIZE, Digest::SIZE),
@@ -324,6 +374,8 @@ impl Kind {
                 | Kind::DeviceStopCopy
                 | Kind::DeviceEnd
                 | Kind::Verify
+                | Kind::InitialSent
+                | Kind::SwitchoverAck
         )
     }
 
@@ -337,6 +389,8 @@ impl Kind {
                 | Kind::Failed
                 | Kind::Running
                 | Kind::RoundAck
+                | Kind::CapsReply
+                | Kind::SwitchoverAck
         )
     }
 }

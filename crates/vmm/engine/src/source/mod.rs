@@ -19,7 +19,9 @@
 //! Any failure before GO rolls the source back: devices to their original
 //! state, logging off, vCPUs resumed, ABORT sent to the destination.
 
+mod converge;
 mod devices;
+mod initial;
 mod precopy;
 mod ram;
 mod replies;
@@ -29,8 +31,8 @@ mod switchover;
 use crate::cancel::Cancel;
 use crate::error::{EngineError, SourceFailure, SourceState};
 use crate::format::{
-    self, Kind, RamInfo, RecordWriter, RunState, SetupEnd, StreamError, FLAG_OPTIONAL, MAX_DEVICES,
-    MAX_DEVICE_DATA, NO_DEVICE,
+    self, Caps, Kind, RamInfo, RecordWriter, RunState, SetupEnd, StreamError, CAP_SWITCHOVER_ACK,
+    FLAG_OPTIONAL, MAX_DEVICES, MAX_DEVICE_DATA, NO_DEVICE,
 };
 use crate::guest::GuestRam;
 use crate::heartbeat::{Heartbeat, SharedWriter};
@@ -47,7 +49,7 @@ use std::io::BufWriter;
 use std::time::Duration;
 use vfio_migrate_backend::{MigState, MigrationDevice, MIGRATION_PRE_COPY};
 
-pub use precopy::{Convergence, Decision};
+pub use converge::{Convergence, Decision, NoConverge};
 
 /// Largest run of guest pages sent in one record.
 const RAM_RUN_BYTES: u64 = 1 << 20;
@@ -74,6 +76,19 @@ pub struct SourceOptions {
     /// Send at most this many bytes per second (`None`: as fast as the
     /// link goes).
     pub bandwidth_limit: Option<u64>,
+    /// Give up pre-copy after this long (with `max_iterations`, whichever
+    /// comes first).
+    pub converge_timeout: Option<Duration>,
+    /// What happens when pre-copy does not converge.
+    pub on_no_converge: NoConverge,
+    /// Throttle devices that offer it while rounds stop shrinking.
+    pub auto_converge: bool,
+    /// Ask a live destination to acknowledge each device's initial
+    /// pre-copy data, and do not stop before it did.
+    pub switchover_ack: bool,
+    /// After the migration, hash all guest RAM again and check the
+    /// incremental hash against it.
+    pub full_verify: bool,
 }
 
 impl Default for SourceOptions {
@@ -88,6 +103,11 @@ impl Default for SourceOptions {
             source_name: String::new(),
             force: false,
             bandwidth_limit: None,
+            converge_timeout: None,
+            on_no_converge: NoConverge::Abort,
+            auto_converge: true,
+            switchover_ack: true,
+            full_verify: false,
         }
     }
 }
@@ -117,6 +137,10 @@ struct Source<'a, D> {
     report: MigrationReport,
     /// Holds writes to `--bandwidth-limit`.
     pacer: Option<Pacer>,
+    /// Device throttle in force, percent.
+    throttle: u32,
+    /// The destination acknowledges devices' initial data (negotiated).
+    switch_ack: bool,
     /// In-between progress reports.
     ticker: crate::progress::Ticker,
 }
@@ -173,6 +197,8 @@ pub fn migrate_out<D: MigrationDevice>(
         metrics,
         report,
         pacer: None,
+        throttle: 0,
+        switch_ack: false,
         ticker: crate::progress::Ticker::new(),
     };
     s.pacer = s.opts.bandwidth_limit.map(Pacer::new);
@@ -245,6 +271,19 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         }
     }
 
+    /// Writes a record older readers skip (a kind a newer minor added).
+    fn write_optional(
+        &mut self,
+        kind: Kind,
+        device: u32,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
+        let r = self
+            .out
+            .with(|w| w.write_raw(kind as u16, FLAG_OPTIONAL, device, &[payload]));
+        r.map_err(|e| self.stream_err(e))
+    }
+
     fn flush(&mut self) -> Result<(), EngineError> {
         match self.out.flush() {
             Ok(()) => Ok(()),
@@ -268,6 +307,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             dirty_rate,
             bandwidth: self.metrics.bandwidth(),
             expected_downtime_ms: expected_ms,
+            throttle_percent: self.throttle,
             elapsed: self.metrics.t0.elapsed(),
             tick: false,
         };
@@ -362,17 +402,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 state: self.devs[i].initial as u32,
                 reserved: 0,
             };
-            let r = self.out.with(|w| {
-                w.write_raw(
-                    Kind::RunState as u16,
-                    FLAG_OPTIONAL,
-                    i as u32,
-                    &[&rs.to_bytes()],
-                )
-            });
-            if let Err(e) = r {
-                return Err(self.stream_err(e));
-            }
+            self.write_optional(Kind::RunState, i as u32, &rs.to_bytes())?;
         }
         if let Some(g) = self.guest {
             let page_size = g.page_size();
@@ -390,6 +420,24 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             devices: self.devs.len() as u32,
             flags: 0,
         };
+        if self.mode.is_live() && self.opts.switchover_ack {
+            // Optional (minor 3): an older destination skips it and never
+            // answers caps-reply, so the source does not wait for acks.
+            let caps = Caps {
+                flags: CAP_SWITCHOVER_ACK,
+            };
+            let r = self.out.with(|w| {
+                w.write_raw(
+                    Kind::Caps as u16,
+                    FLAG_OPTIONAL,
+                    NO_DEVICE,
+                    &[&caps.to_bytes()],
+                )
+            });
+            if let Err(e) = r {
+                return Err(self.stream_err(e));
+            }
+        }
         self.write(Kind::SetupEnd, NO_DEVICE, &[&end.to_bytes()])?;
         self.flush()?;
         if self.mode.is_live() {
@@ -410,10 +458,14 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         for i in 0..self.devs.len() {
             if self.devs[i].precopy {
                 self.devs[i].touched = true;
+                let t = std::time::Instant::now();
                 self.devs[i]
                     .h
                     .set_state(MigState::PreCopy)
                     .map_err(|e| self.dev_err(i, e))?;
+                // What one state change costs: the switchover's fixed
+                // costs are counted in them.
+                self.metrics.fixed.device_change_ms += ms(t.elapsed());
             }
         }
         Ok(())
