@@ -14,14 +14,17 @@
 //!   build from the same directory — the cipher's ceiling on this machine,
 //!   which explains the whole-job figure.
 //!
+//! - **the engine's receiving end**: the same through `DestLink` (what
+//!   `receive` reads with), against rustls' own stream.
+//!
 //! Run: `cargo bench -p vfio-migrate --bench tls`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
-use vfio_migrate_engine::tls;
+use std::time::{Duration, Instant};
+use vfio_migrate_engine::{tls, Deadlines, DestLink};
 use vfio_migrate_harness::{Options, ServerProcess, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_vfio-migrate");
@@ -94,6 +97,41 @@ fn channel(creds: &Path) -> (f64, f64) {
     }
     let secure = copy_gib_s(client, server);
     (plain, secure)
+}
+
+/// The receiving end `receive` uses (the engine's [`DestLink`] over TLS)
+/// behind a rustls writer: TLS GiB/s (what the link adds to rustls).
+fn channel_engine(creds: &Path) -> f64 {
+    let (a, b) = tcp_pair();
+    let cancel = vfio_migrate_engine::Cancel::new();
+    let c2 = cancel.clone();
+    let server_cfg = tls::server_config(creds, &[]).expect("server config");
+    let server = std::thread::spawn(move || {
+        let side = tls::Side::Server {
+            config: server_cfg,
+            authz: Vec::new(),
+        };
+        let est = tls::handshake(&b, side, "bench", Duration::from_secs(10), &c2).unwrap();
+        DestLink::tcp_tls(b, est, "bench", &Deadlines::default()).unwrap()
+    });
+    let side = tls::Side::Client {
+        config: tls::client_config(creds).expect("client config"),
+        server_name: "localhost".into(),
+    };
+    let est = tls::handshake(&a, side, "bench", Duration::from_secs(10), &cancel).unwrap();
+    a.set_nonblocking(false).unwrap();
+    let rustls::Connection::Client(conn) = est.conn else {
+        unreachable!("the client side")
+    };
+    let client = rustls::StreamOwned::new(conn, a);
+    /// The link's reading end as a `Read`.
+    struct Rx(DestLink);
+    impl Read for Rx {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.rx().read(buf)
+        }
+    }
+    copy_gib_s(client, Rx(server.join().unwrap()))
 }
 
 fn serve(dir: &TempDir, name: &str, mem: &str) -> ServerProcess {
@@ -170,10 +208,15 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let (plain_ch, tls_ch) = channel(&creds);
+    let engine_ch = channel_engine(&creds);
     println!("channel alone, 1 GiB over loopback TCP:");
     println!(
         "  plain {plain_ch:.2} GiB/s, TLS {tls_ch:.2} GiB/s = {:.2} of plain",
         tls_ch / plain_ch
+    );
+    println!(
+        "  TLS into the engine's receiving end (DestLink) {engine_ch:.2} GiB/s = {:.2} of plain",
+        engine_ch / plain_ch
     );
 
     let mut plain = Vec::new();
