@@ -215,7 +215,7 @@ pub fn finish(
 }
 
 /// This process's peak resident memory (VmHWM), from /proc.
-fn peak_rss() -> Option<u64> {
+pub fn peak_rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -72,6 +72,8 @@ struct Out<'a> {
     error: Option<String>,
     /// After a failure: what each destination device was left as.
     devices_left: Vec<DeviceLeft>,
+    /// This process's peak resident memory (VmHWM).
+    peak_rss_bytes: Option<u64>,
 }
 
 /// Runs the command; returns the process exit code.
@@ -156,6 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 report: Some(rep),
                 error: None,
                 devices_left: Vec::new(),
+                peak_rss_bytes: crate::migrate::peak_rss(),
             },
         ),
         Err(f) => {
@@ -172,6 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     report: None,
                     error: Some(f.error.to_string()),
                     devices_left: f.devices,
+                    peak_rss_bytes: crate::migrate::peak_rss(),
                 },
             )
         }

@@ -169,7 +169,10 @@ pub struct Record {
 /// internal buffer (reused, never larger than the biggest cap).
 pub struct RecordReader<R: Read> {
     r: R,
+    /// Grows to the largest payload read so far and is never cleared (no
+    /// memset per record); the last payload is `buf[..len]`.
     buf: Vec<u8>,
+    len: usize,
     records: u64,
     offset: u64,
     skipped: u64,
@@ -183,6 +186,7 @@ impl<R: Read> RecordReader<R> {
         Self {
             r,
             buf: Vec::new(),
+            len: 0,
             records: 0,
             offset: 0,
             skipped: 0,
@@ -198,10 +202,13 @@ impl<R: Read> RecordReader<R> {
         len: usize,
         inside: impl FnOnce() -> Option<String>,
     ) -> Result<(), StreamError> {
-        self.buf.resize(len, 0);
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        self.len = len;
         let mut got = 0usize;
         while got < len {
-            match self.r.read(&mut self.buf[got..]) {
+            match self.r.read(&mut self.buf[got..len]) {
                 Ok(0) => {
                     return Err(StreamError::Truncated {
                         records: self.records,
@@ -312,7 +319,7 @@ impl<R: Read> RecordReader<R> {
             self.fill(len, || {
                 Some(format!("record {index} ({name}, {len} bytes)"))
             })?;
-            let computed = record_crc(&b, &self.buf);
+            let computed = record_crc(&b, self.payload());
             if computed != h.crc {
                 let problem = RecordProblem::Checksum {
                     kind: name,
@@ -341,12 +348,12 @@ impl<R: Read> RecordReader<R> {
 
     /// Payload of the last record read.
     pub fn payload(&self) -> &[u8] {
-        &self.buf
+        &self.buf[..self.len]
     }
 
     /// The payload as UTF-8 text (lossy), for reasons.
     pub fn payload_text(&self) -> String {
-        String::from_utf8_lossy(&self.buf).into_owned()
+        String::from_utf8_lossy(self.payload()).into_owned()
     }
 
     /// Records read so far (skipped optional ones included).

@@ -11,7 +11,14 @@
 //! - a large device (2 GiB by default) migrated by a separate
 //!   `vfio-migrate migrate` process: its peak RSS (its own VmHWM, which
 //!   exec resets — `wait4`'s ru_maxrss would include the forking parent's)
-//!   and throughput against the raw AF_UNIX copy.
+//!   and throughput against the raw AF_UNIX copy;
+//! - the data path ([`datapath`]): whole `--precopy off` migrations of a
+//!   1 GiB vgpu, unix → unix and through TCP and `receive`, each against a
+//!   raw relay of the same bytes through the same socket hops
+//!   ([`relay`]), with the peak RSS of `migrate` and `receive`.
+
+mod datapath;
+mod relay;
 
 use crate::demo;
 use crate::progress::Style;
@@ -22,7 +29,7 @@ use serde::Serialize;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
-use vfio_migrate_harness::{Options, ServerProcess, TempDir};
+use vfio_migrate_harness::TempDir;
 
 /// Arguments of `vfio-migrate bench`.
 #[derive(clap::Args)]
@@ -42,6 +49,27 @@ pub struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Which figures: all, downtime (the demo workload and the large
+    /// device) or datapath (the end-to-end moves against raw relays).
+    #[arg(long, value_enum, default_value = "all")]
+    part: Part,
+    /// Device memory of the data-path moves.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
+    move_mem: u64,
+    /// Runs of each data-path move (each next to a relay run).
+    #[arg(long, default_value_t = 3)]
+    move_runs: usize,
+    /// Parallel channels of the data-path moves (1, and this if above 1).
+    #[arg(long, default_value_t = 1)]
+    channels: u32,
+}
+
+/// `bench --part`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    All,
+    Downtime,
+    Datapath,
 }
 
 #[derive(Serialize)]
@@ -59,6 +87,9 @@ struct Variant {
     median_total_ms: f64,
     /// Of the downtime: the destination reading digests.
     median_dest_digest_ms: f64,
+    /// Median end-to-end throughput of the demo migration (stream bytes
+    /// over its total time).
+    median_gib_s: f64,
     verified: bool,
 }
 
@@ -74,7 +105,7 @@ struct Big {
 }
 
 #[derive(Serialize)]
-struct Out {
+struct Downtime {
     limits: Limits,
     precopy: Variant,
     precopy_unverified: Variant,
@@ -84,6 +115,14 @@ struct Out {
     /// The same, without digest reads in either.
     downtime_ratio_unverified: f64,
     big: Big,
+}
+
+#[derive(Serialize)]
+struct Out {
+    #[serde(flatten)]
+    downtime: Option<Downtime>,
+    /// The end-to-end moves against raw relays.
+    datapath: Vec<datapath::Move>,
 }
 
 fn gib_s(bytes: u64, secs: f64) -> f64 {
@@ -155,6 +194,7 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
     let mut down = Vec::new();
     let mut total = Vec::new();
     let mut digest = Vec::new();
+    let mut thr = Vec::new();
     let mut verified = true;
     for i in 0..a.runs.max(1) {
         let args = demo::Args {
@@ -188,12 +228,14 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
         down.push(m.downtime_ms);
         total.push(m.total_ms);
         digest.push(m.dest_digest_ms);
+        thr.push(gib_s(m.transferred_bytes, m.total_ms / 1000.0));
     }
     Ok(Variant {
         name,
         median_downtime_ms: median(&mut down.clone()),
         median_total_ms: median(&mut total),
         median_dest_digest_ms: median(&mut digest),
+        median_gib_s: median(&mut thr),
         downtime_ms: down,
         verified,
     })
@@ -204,29 +246,10 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
 fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
     let dir = TempDir::new("bench").context("creating a directory for the sockets")?;
     let exe = std::env::current_exe()?;
-    let mem = a.big_mem.to_string();
-    let mut servers = Vec::new();
-    for name in ["a.sock", "b.sock"] {
-        let sock = dir.join(name);
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "serve",
-            "--device",
-            "vgpu",
-            "--device-mem",
-            &mem,
-            "--socket",
-        ])
-        .arg(&sock);
-        let opts = Options {
-            echo_stderr: true,
-            ..Options::default()
-        };
-        servers.push(
-            ServerProcess::start_with(cmd, &sock, &opts)
-                .context("starting `vfio-migrate serve`")?,
-        );
-    }
+    let servers = [
+        datapath::server(&dir, "a.sock", a.big_mem)?,
+        datapath::server(&dir, "b.sock", a.big_mem)?,
+    ];
     let t = Instant::now();
     let child = Command::new(&exe)
         .args(["migrate", "--json", "--source"])
@@ -266,6 +289,47 @@ fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
 
 /// Runs the command; returns the process exit code.
 pub fn run(a: Args) -> anyhow::Result<i32> {
+    let downtime = match a.part {
+        Part::All | Part::Downtime => Some(downtime(&a)?),
+        Part::Datapath => None,
+    };
+    let mut moves = Vec::new();
+    if matches!(a.part, Part::All | Part::Datapath) {
+        eprintln!("data path ({} vgpu, --precopy off) ...", bytes(a.move_mem));
+        let mut chans = vec![1];
+        if a.channels > 1 {
+            chans.push(a.channels);
+        }
+        for &c in &chans {
+            for tcp in [false, true] {
+                moves.push(datapath::moves(a.move_mem, tcp, c, a.move_runs)?);
+            }
+        }
+    }
+    let out = Out {
+        downtime,
+        datapath: moves,
+    };
+    if a.json {
+        print_json(&out);
+        return Ok(0);
+    }
+    if let Some(d) = &out.downtime {
+        print_downtime(d);
+    }
+    for m in &out.datapath {
+        datapath::print(m);
+    }
+    if let (Some(d), false) = (&out.downtime, out.datapath.is_empty()) {
+        println!(
+            "demo end to end (pre-copy, verified): {:.2} GiB/s; stop-copy only: {:.2} GiB/s",
+            d.precopy.median_gib_s, d.stopcopy.median_gib_s
+        );
+    }
+    Ok(0)
+}
+
+fn downtime(a: &Args) -> anyhow::Result<Downtime> {
     eprintln!("limits ...");
     let limits = limits()?;
     eprintln!(
@@ -273,12 +337,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         bytes(a.device_mem),
         bytes(a.guest_mem)
     );
-    let precopy = variant(&a, "pre-copy", true, true)?;
-    let precopy_unverified = variant(&a, "pre-copy, no digest reads", true, false)?;
-    let stopcopy = variant(&a, "stop-copy only", false, true)?;
+    let precopy = variant(a, "pre-copy", true, true)?;
+    let precopy_unverified = variant(a, "pre-copy, no digest reads", true, false)?;
+    let stopcopy = variant(a, "stop-copy only", false, true)?;
     eprintln!("large device ({}) ...", bytes(a.big_mem));
-    let big = big(&a, limits.unix_copy_gib_s)?;
-    let out = Out {
+    let big = big(a, limits.unix_copy_gib_s)?;
+    Ok(Downtime {
         downtime_ratio: stopcopy.median_downtime_ms / precopy.median_downtime_ms,
         downtime_ratio_unverified: stopcopy.median_downtime_ms
             / precopy_unverified.median_downtime_ms,
@@ -287,39 +351,38 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         precopy_unverified,
         stopcopy,
         big,
-    };
-    if a.json {
-        print_json(&out);
-    } else {
-        let l = &out.limits;
+    })
+}
+
+fn print_downtime(out: &Downtime) {
+    let l = &out.limits;
+    println!(
+        "limits: memcpy {:.1} GiB/s, AF_UNIX copy {:.2} GiB/s, TCP loopback copy {:.2} GiB/s",
+        l.memcpy_gib_s, l.unix_copy_gib_s, l.tcp_copy_gib_s
+    );
+    for v in [&out.precopy, &out.precopy_unverified, &out.stopcopy] {
         println!(
-            "limits: memcpy {:.1} GiB/s, AF_UNIX copy {:.2} GiB/s, TCP loopback copy {:.2} GiB/s",
-            l.memcpy_gib_s, l.unix_copy_gib_s, l.tcp_copy_gib_s
-        );
-        for v in [&out.precopy, &out.precopy_unverified, &out.stopcopy] {
-            println!(
-                "{:<28} downtime {:>7.1} ms (median of {}; digest reads {:.1} ms)  total {:>6.0} ms  verified {}",
-                v.name,
-                v.median_downtime_ms,
-                v.downtime_ms.len(),
-                v.median_dest_digest_ms,
-                v.median_total_ms,
-                v.verified
-            );
-        }
-        println!(
-            "stop-copy / pre-copy downtime: {:.1}x (verified), {:.1}x (no digest reads)",
-            out.downtime_ratio, out.downtime_ratio_unverified
-        );
-        let b = &out.big;
-        println!(
-            "{} device by a `migrate` process: peak RSS {}, {:.2} GiB/s = {:.2}x the raw AF_UNIX copy, verified {}",
-            bytes(b.device_mem),
-            bytes(b.peak_rss_bytes),
-            b.throughput_gib_s,
-            b.throughput_vs_unix_copy,
-            b.verified
+            "{:<28} downtime {:>7.1} ms (median of {}; digest reads {:.1} ms)  total {:>6.0} ms ({:.2} GiB/s)  verified {}",
+            v.name,
+            v.median_downtime_ms,
+            v.downtime_ms.len(),
+            v.median_dest_digest_ms,
+            v.median_total_ms,
+            v.median_gib_s,
+            v.verified
         );
     }
-    Ok(0)
+    println!(
+        "stop-copy / pre-copy downtime: {:.1}x (verified), {:.1}x (no digest reads)",
+        out.downtime_ratio, out.downtime_ratio_unverified
+    );
+    let b = &out.big;
+    println!(
+        "{} device by a `migrate` process: peak RSS {}, {:.2} GiB/s = {:.2}x the raw AF_UNIX copy, verified {}",
+        bytes(b.device_mem),
+        bytes(b.peak_rss_bytes),
+        b.throughput_gib_s,
+        b.throughput_vs_unix_copy,
+        b.verified
+    );
 }
