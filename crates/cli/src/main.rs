@@ -28,6 +28,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod certs;
+mod channels;
 mod demo;
 mod device;
 mod digest;

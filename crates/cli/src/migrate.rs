@@ -44,6 +44,12 @@ pub struct Tuning {
     /// traffic. Default: as fast as the link goes.
     #[arg(long, value_name = "BYTES/S", value_parser = crate::serve::parse_size)]
     pub bandwidth_limit: Option<u64>,
+    /// Move RAM and device data over this many parallel connections (each
+    /// set up, deadlined and authenticated like the main one; the
+    /// destination puts the data back in order). 1: everything on the one
+    /// connection. Into a snapshot: this many writer threads.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = crate::channels::parse)]
+    pub channels: u32,
 }
 
 impl Tuning {
@@ -65,7 +71,19 @@ impl Tuning {
             source_name,
             force,
             bandwidth_limit: self.bandwidth_limit,
+            channels: None,
         }
+    }
+
+    /// `--channels` above 1, with how to connect them.
+    pub fn channels(
+        &self,
+        connect: Option<vfio_migrate_engine::Connector>,
+    ) -> Option<vfio_migrate_engine::ChannelsOut> {
+        (self.channels > 1).then(|| vfio_migrate_engine::ChannelsOut {
+            count: self.channels,
+            connect,
+        })
     }
 }
 
@@ -149,9 +167,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 &server_name,
                 &deadlines,
             )?;
-            let opts = args
+            let mut opts = args
                 .tuning
                 .source_options(src.to_string(), cancel.clone(), style, args.force);
+            opts.channels = args.tuning.channels(Some(crate::channels::tcp_connector(
+                addr.clone(),
+                dst.to_string(),
+                args.tls_creds.clone(),
+                server_name,
+                deadlines.clone(),
+            )));
             migrate_out(std::slice::from_mut(&mut dev), None, link, opts)
         }
         (s, Endpoint::File(path)) if s.is_device() => {
@@ -160,9 +185,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 format!("cannot create the snapshot {dst} (an existing file is never overwritten: remove it or pick another path)")
             })?;
             let sync = f.try_clone().context("snapshot file")?;
-            let opts = args
+            let mut opts = args
                 .tuning
                 .source_options(src.to_string(), cancel.clone(), style, args.force);
+            opts.channels = args.tuning.channels(None);
             let r = migrate_out(std::slice::from_mut(&mut dev), None, Link::file(f, dst.to_string()), opts);
             match r.as_ref().map(|_| sync.sync_all()) {
                 Ok(Ok(())) => {}
@@ -244,6 +270,9 @@ fn device_to_device(
     let (a, b) = UnixStream::pair().context("creating the socket pair")?;
     let dlink = DestLink::unix(b, src.to_string(), &deadlines)?;
     let slink = Link::unix(a, dst.to_string(), &deadlines)?;
+    let (connect, accept) =
+        crate::channels::local_pair(src.to_string(), dst.to_string(), deadlines.clone());
+    let channel_wait = deadlines.connect;
     let dcancel = cancel.clone();
     let force = args.force;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -259,13 +288,16 @@ fn device_to_device(
                     verifier: Some(sample_verifier()),
                     cancel: dcancel,
                     force,
+                    channels: Some(accept),
+                    channel_wait,
                     ..Default::default()
                 },
             );
             let _ = tx.send(r);
         })
         .context("starting the destination thread")?;
-    let opts = tuning.source_options(src.to_string(), cancel, style, args.force);
+    let mut opts = tuning.source_options(src.to_string(), cancel, style, args.force);
+    opts.channels = tuning.channels(Some(connect));
     let r = migrate_out(std::slice::from_mut(&mut sdev), None, slink, opts);
     // After a success the destination is done (it answered RUNNING). After
     // a failure it may still be inside a slow device call: it gets a moment

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "--listen {listen} is not a loopback address and --tls-creds was not given: anyone who can reach the port could read and write a device's state. Give --tls-creds DIR (make it with `vfio-migrate certs DIR --host NAME`), or --insecure if the network is trusted"
         )));
     }
-    let adm = crate::secure::Admission {
+    let adm = std::sync::Arc::new(crate::secure::Admission {
         tls: match &args.tls_creds {
             Some(dir) => Some((
                 vfio_migrate_engine::tls::server_config(dir, &args.tls_authz)?,
@@ -110,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             )),
             None => None,
         },
-    };
+    });
     let cancel = crate::interrupt::install()?;
     if args.force {
         eprintln!("warning: --force: the destination device is overwritten even if it is in use");
@@ -119,7 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     // Connect to the device first: a missing server is reported before
     // anyone connects to us.
     let mut dev = dst.open_device_with(args.protocol, &args.liveness.client_config(&cancel)?)?;
-    let l = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {listen}"))?;
+    let l = std::sync::Arc::new(
+        TcpListener::bind(&addr).with_context(|| format!("cannot listen on {listen}"))?,
+    );
     let local = format!("tcp:{}", l.local_addr().context("listening address")?);
     println!("listening on {local}");
     std::io::stdout().flush()?;
@@ -132,7 +134,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             return Ok(code);
         }
     };
-    drop(l);
     let source = peer;
     eprintln!("receiving from {source} into {dst}");
     let show = !args.json || crate::verbosity() > 0;
@@ -144,6 +145,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             Box::new(|phase: Phase, n: u64| eprintln!("{phase}: {} received", bytes(n)))
                 as Box<dyn FnMut(Phase, u64) + Send>
         }),
+        // Data channels (`migrate --channels N`) come to the same port and
+        // are admitted like the main connection.
+        channels: Some(crate::channels::tcp_acceptor(
+            l.clone(),
+            adm.clone(),
+            deadlines.clone(),
+            cancel.clone(),
+        )),
+        channel_wait: deadlines.connect,
         ..Default::default()
     };
     let r = migrate_in(std::slice::from_mut(&mut dev), None, link, opts);

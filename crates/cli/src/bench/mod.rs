@@ -210,6 +210,7 @@ fn variant(a: &Args, name: &'static str, precopy: bool, verify: bool) -> anyhow:
             protocol: crate::endpoint::ProtocolArg::Auto,
             liveness: crate::liveness::Liveness::default(),
             bandwidth_limit: None,
+            channels: 1,
             tls: false,
             verify,
         };

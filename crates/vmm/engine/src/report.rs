@@ -132,6 +132,8 @@ pub struct MigrationReport {
     pub peak_rss_bytes: Option<u64>,
     /// What failed, when `status` is `failed`.
     pub error: Option<String>,
+    /// Data channels the migration used (1: the main stream alone).
+    pub channels: u32,
 }
 
 impl MigrationReport {
@@ -170,6 +172,7 @@ impl MigrationReport {
             devices: Vec::new(),
             peak_rss_bytes: None,
             error: None,
+            channels: 1,
         }
     }
 }

@@ -28,7 +28,28 @@ impl<D: MigrationDevice> Dest<'_, D> {
                     if stop_copy {
                         self.st.phase = Phase::StopCopy;
                     }
-                    self.st.write_device(index, data, stop_copy)?;
+                    let at = self.st.reasm[index].next();
+                    self.st.device_chunk(index, at, data, stop_copy)?;
+                    None
+                }
+                Event::DeviceChunk {
+                    index,
+                    offset,
+                    stop_copy,
+                    data,
+                } => {
+                    if stop_copy {
+                        self.st.phase = Phase::StopCopy;
+                    }
+                    self.st.device_chunk(index, offset, data, stop_copy)?;
+                    self.st.check_waiting(index)?;
+                    None
+                }
+                Event::ChannelEpoch { epoch, last } => {
+                    if last {
+                        self.st.phase = Phase::StopCopy;
+                    }
+                    self.drain_channels(epoch, last)?;
                     None
                 }
                 Event::Verify { index, digest } => {
@@ -49,7 +70,10 @@ impl<D: MigrationDevice> Dest<'_, D> {
                     self.st.load_zero(first_page, count)?;
                     None
                 }
-                Event::DeviceEnd { .. } => None,
+                Event::DeviceEnd { index, bytes } => {
+                    self.st.device_ended(index, bytes)?;
+                    None
+                }
                 Event::End => return Ok(()),
                 // The parser allows nothing else in the body.
                 _ => return Err(self.unexpected("in the body of the stream")),
@@ -71,7 +95,12 @@ impl<D: MigrationDevice> Loader<'_, D> {
 
     /// Writes a chunk of device `i`'s state, in the device's preferred
     /// chunk size.
-    fn write_device(&mut self, i: usize, data: &[u8], stop_copy: bool) -> Result<(), EngineError> {
+    pub(super) fn write_device(
+        &mut self,
+        i: usize,
+        data: &[u8],
+        stop_copy: bool,
+    ) -> Result<(), EngineError> {
         let d = &mut self.devs[i];
         let chunk = d.h.preferred_chunk().max(1);
         for part in data.chunks(chunk) {
@@ -131,7 +160,7 @@ impl<D: MigrationDevice> Loader<'_, D> {
     }
 
     /// Whole pages from `first` on (the parser checked they fit).
-    fn load_ram(&mut self, first: u64, data: &[u8]) -> Result<(), EngineError> {
+    pub(super) fn load_ram(&mut self, first: u64, data: &[u8]) -> Result<(), EngineError> {
         let g = self.guest.ok_or_else(|| self.no_guest())?;
         let ps = g.page_size() as usize;
         if let Some(h) = self.hash.as_mut() {
@@ -153,7 +182,7 @@ impl<D: MigrationDevice> Loader<'_, D> {
 
     /// A zero run: pages that are holes here already read as zero; the
     /// others are cleared.
-    fn load_zero(&mut self, first: u64, count: u32) -> Result<(), EngineError> {
+    pub(super) fn load_zero(&mut self, first: u64, count: u32) -> Result<(), EngineError> {
         let g = self.guest.ok_or_else(|| self.no_guest())?;
         let ps = g.page_size();
         let end = first + u64::from(count);

@@ -18,6 +18,7 @@
 //! RUNNING and is answered with FAILED (live).
 
 mod load;
+mod parallel;
 mod resume;
 mod setup;
 
@@ -52,6 +53,12 @@ pub struct DestOptions {
     /// Load even into a device that is not expecting a migration (in use,
     /// or its backend cannot tell).
     pub force: bool,
+    /// Accepts parallel data channels when the source asks for them
+    /// (`None`: the destination does not offer them, and the source sends
+    /// everything on the main stream).
+    pub channels: Option<crate::channels::Acceptor>,
+    /// How long the data channels may take to connect (zero: 10 s).
+    pub channel_wait: Duration,
 }
 
 /// What a destination device was left as after a failed load.
@@ -186,6 +193,13 @@ struct Loader<'a, D> {
     /// Per device: the source ran (the destination ends RUNNING), else it
     /// was stopped (the destination ends in STOP).
     final_running: Vec<bool>,
+    /// Per device: its stream put back in order (chunks may come out of
+    /// order, from several channels).
+    reasm: Vec<crate::channels::reorder::Reassembly>,
+    /// The data channels, while open.
+    inbound: Option<crate::channels::recv::Inbound>,
+    /// Data bytes read from the channels.
+    channel_bytes: u64,
 }
 
 struct Dest<'a, D> {
@@ -234,11 +248,17 @@ pub fn migrate_in<D: MigrationDevice>(
             resuming: false,
             started: false,
             final_running: Vec::new(),
+            reasm: Vec::new(),
+            inbound: None,
+            channel_bytes: 0,
         },
     };
     let r = match d.run(devices) {
-        Ok(()) => Ok(d.st.report(d.input.offset(), t0)),
+        Ok(()) => Ok(d.st.report(d.input.offset() + d.st.channel_bytes, t0)),
         Err(error) => {
+            if let Some(mut c) = d.st.inbound.take() {
+                c.abort();
+            }
             d.fail(&error);
             let devices = d.st.release();
             Err(DestFailure { error, devices })

@@ -16,6 +16,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         let mut ram: Option<RamInfo> = None;
         // Streams of minor 0 carry no run state: their sources ran.
         let mut running: Vec<bool> = Vec::new();
+        let mut channels = None;
         loop {
             match next_event(&mut self.input, &self.st)? {
                 Event::Device { descriptor, .. } => {
@@ -24,6 +25,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 }
                 Event::RunState { index, running: r } => running[index] = r,
                 Event::Ram(info) => ram = Some(info),
+                Event::Channels { count, token } => channels = Some((count, token)),
                 Event::SetupEnd { .. } => break,
                 // The parser allows nothing else in the setup section.
                 _ => return Err(self.unexpected("in the setup section")),
@@ -51,6 +53,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 dest_digest: None,
             });
         }
+        self.st.reasm = descs.iter().map(|_| Default::default()).collect();
         self.st.descs = descs;
         self.st.ram = ram;
         self.st.final_running = running;
@@ -72,6 +75,9 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
             self.st.hash = Some(h);
             self.st.old_page = vec![0u8; g.page_size() as usize];
             self.st.zero_crc = zero_page_crc(g.page_size());
+        }
+        if let Some((count, token)) = channels {
+            self.accept_channels(count, token)?;
         }
         self.reply(&Reply::Accept)
     }

@@ -351,6 +351,16 @@ impl<R: Read> RecordReader<R> {
         &self.buf[..self.len]
     }
 
+    /// Takes the last payload out (`[..payload len]` of a buffer that may
+    /// have more capacity) and reads on into `spare`: hands the bytes to
+    /// another thread without copying them.
+    pub fn take_payload(&mut self, spare: Vec<u8>) -> Vec<u8> {
+        let mut out = std::mem::replace(&mut self.buf, spare);
+        out.truncate(self.len);
+        self.len = 0;
+        out
+    }
+
     /// The payload as UTF-8 text (lossy), for reasons.
     pub fn payload_text(&self) -> String {
         String::from_utf8_lossy(self.payload()).into_owned()

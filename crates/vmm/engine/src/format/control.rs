@@ -5,7 +5,7 @@
 
 use super::codec::{RecordReader, RecordWriter};
 use super::error::{RecordProblem, StreamError};
-use super::records::{reason_bytes, Kind, Round, NO_DEVICE};
+use super::records::{reason_bytes, ChannelsReady, Kind, Round, NO_DEVICE};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
@@ -36,6 +36,8 @@ pub enum Reply {
     Running,
     /// Everything up to this pre-copy round is loaded.
     RoundAck(u64),
+    /// The destination waits for this many data channels now.
+    ChannelsReady(u32),
 }
 
 impl Reply {
@@ -48,6 +50,7 @@ impl Reply {
             Reply::Failed(_) => Kind::Failed,
             Reply::Running => Kind::Running,
             Reply::RoundAck(_) => Kind::RoundAck,
+            Reply::ChannelsReady(_) => Kind::ChannelsReady,
         }
     }
 }
@@ -65,6 +68,15 @@ pub fn write_reply<W: Write>(w: &mut RecordWriter<W>, reply: &Reply) -> Result<(
             Kind::RoundAck,
             NO_DEVICE,
             &Round { iteration: *n }.to_bytes(),
+        ),
+        Reply::ChannelsReady(n) => w.write(
+            Kind::ChannelsReady,
+            NO_DEVICE,
+            &ChannelsReady {
+                count: *n,
+                reserved: 0,
+            }
+            .to_bytes(),
         ),
     }
 }
@@ -103,6 +115,11 @@ impl<R: Read> ReplyReader<R> {
                 Round::decode(self.rd.payload())
                     .expect("length checked")
                     .iteration,
+            ),
+            Kind::ChannelsReady => Reply::ChannelsReady(
+                ChannelsReady::decode(self.rd.payload())
+                    .expect("length checked")
+                    .count,
             ),
             Kind::Ready => Reply::Ready(
                 serde_json::from_slice(self.rd.payload())

@@ -24,7 +24,7 @@ pub mod records;
 pub use codec::{record_crc, Record, RecordReader, RecordWriter};
 pub use control::{write_reply, ReadyInfo, Reply, ReplyReader};
 pub use error::{KindName, RecordProblem, StreamError};
-pub use grammar::{Event, StreamParser};
+pub use grammar::{check_ram_run, Event, StreamParser};
 pub use records::*;
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this build writes. A reader accepts any minor
 /// version of its major: newer minors only add records marked
 /// [`FLAG_OPTIONAL`], which an older reader skips.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 /// Stream header size.
 pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
 /// Record header size.
@@ -156,6 +156,83 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// Payload of [`Kind::Channels`] (setup, optional, minor 2): the source
+    /// asks for `count` parallel data channels; each will present `token`.
+    pub struct ChannelsRequest {
+        /// Data channels asked for (2 to [`MAX_CHANNELS`]).
+        pub count: u32,
+        /// 0.
+        pub flags: u32,
+        /// Low half of the session token (random, per migration).
+        pub token_lo: u64,
+        /// High half of the session token.
+        pub token_hi: u64,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::ChannelHello`], the first record of a data
+    /// channel: which migration (token) and which channel it is.
+    pub struct ChannelHello {
+        /// Low half of the token of [`ChannelsRequest`].
+        pub token_lo: u64,
+        /// High half of the token.
+        pub token_hi: u64,
+        /// This channel's index (0-based, below `count`).
+        pub index: u32,
+        /// Channels in the set.
+        pub count: u32,
+    }
+}
+
+wire_struct! {
+    /// Head of a [`Kind::DeviceChunk`] payload; the data follows. The
+    /// chunk is `data.len()` bytes of the device's save stream starting
+    /// at `offset` (bytes of that stream before it): the destination
+    /// writes chunks to the device in offset order, whatever order they
+    /// arrive in.
+    pub struct ChunkHead {
+        /// Offset of the first data byte in the device's save stream.
+        pub offset: u64,
+        /// [`CHUNK_STOP_COPY`] when read in STOP_COPY.
+        pub flags: u32,
+        /// 0.
+        pub reserved: u32,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::ChannelEpoch`] (main stream) and
+    /// [`Kind::ChannelSync`] (each data channel): an epoch is one pre-copy
+    /// round, or the stop-copy; its data on the channels ends with a sync
+    /// of the same number.
+    pub struct Epoch {
+        /// Epoch number, from 0, consecutive.
+        pub epoch: u64,
+        /// 1 for the last epoch (the channels end after its sync), else 0.
+        pub last: u32,
+        /// 0.
+        pub reserved: u32,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::ChannelsReady`]: the destination accepts `count`
+    /// data channels now.
+    pub struct ChannelsReady {
+        /// Channels the destination waits for (the count asked for).
+        pub count: u32,
+        /// 0.
+        pub reserved: u32,
+    }
+}
+
+/// [`ChunkHead::flags`]: the data was read in STOP_COPY.
+pub const CHUNK_STOP_COPY: u32 = 1;
+/// Most parallel data channels of one migration.
+pub const MAX_CHANNELS: u32 = 64;
+
 /// `StreamHeader::magic` as a little-endian integer.
 pub fn magic_u64() -> u64 {
     u64::from_le_bytes(MAGIC)
@@ -194,6 +271,22 @@ pub enum Kind {
     RamPages = 0x20,
     /// A run of guest RAM pages that are all zero ([`RamRun`], no data).
     RamZero = 0x21,
+    /// Setup (minor 2, optional): parallel data channels asked for
+    /// ([`ChannelsRequest`]). A destination that does not know it answers
+    /// [`Kind::Accept`] alone and everything goes on the main stream.
+    Channels = 0x22,
+    /// First record of a data channel ([`ChannelHello`]).
+    ChannelHello = 0x23,
+    /// A chunk of device data at an offset of its save stream
+    /// ([`ChunkHead`] + data): on data channels, and in a snapshot written
+    /// with several channels.
+    DeviceChunk = 0x24,
+    /// Data channel: the end of an epoch's data on this channel ([`Epoch`]).
+    ChannelSync = 0x25,
+    /// Main stream: the data of an epoch comes on the channels now; the
+    /// destination reads each channel to its sync of that epoch before
+    /// the next main record ([`Epoch`]).
+    ChannelEpoch = 0x26,
     /// A device digest for verification ([`Digest`]).
     Verify = 0x30,
     /// The source gives up; payload is the reason.
@@ -215,11 +308,14 @@ pub enum Kind {
     Running = 0x85,
     /// Reply: everything up to this pre-copy round ([`Round`]) is loaded.
     RoundAck = 0x86,
+    /// Reply to [`Kind::Channels`]: connect the data channels now
+    /// ([`ChannelsReady`]).
+    ChannelsReady = 0x90,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 21] = [
+    pub const ALL: [Kind; 27] = [
         Kind::Device,
         Kind::Ram,
         Kind::RunState,
@@ -231,6 +327,11 @@ impl Kind {
         Kind::Heartbeat,
         Kind::RamPages,
         Kind::RamZero,
+        Kind::Channels,
+        Kind::ChannelHello,
+        Kind::DeviceChunk,
+        Kind::ChannelSync,
+        Kind::ChannelEpoch,
         Kind::Verify,
         Kind::Abort,
         Kind::End,
@@ -241,6 +342,7 @@ impl Kind {
         Kind::Failed,
         Kind::Running,
         Kind::RoundAck,
+        Kind::ChannelsReady,
     ];
 
     /// The kind for a wire value.
@@ -272,6 +374,12 @@ impl Kind {
             Kind::Failed => "failed",
             Kind::Running => "running",
             Kind::RoundAck => "round-ack",
+            Kind::Channels => "channels",
+            Kind::ChannelHello => "channel-hello",
+            Kind::DeviceChunk => "device-chunk",
+            Kind::ChannelSync => "channel-sync",
+            Kind::ChannelEpoch => "channel-epoch",
+            Kind::ChannelsReady => "channels-ready",
         }
     }
 
@@ -291,6 +399,11 @@ impl Kind {
             Kind::End => (End::SIZE, End::SIZE),
             Kind::Abort | Kind::Refuse | Kind::Failed => (0, MAX_REASON),
             Kind::Go | Kind::Accept | Kind::Running | Kind::Heartbeat => (0, 0),
+            Kind::Channels => (ChannelsRequest::SIZE, ChannelsRequest::SIZE),
+            Kind::ChannelHello => (ChannelHello::SIZE, ChannelHello::SIZE),
+            Kind::DeviceChunk => (ChunkHead::SIZE + 1, ChunkHead::SIZE + MAX_DEVICE_DATA),
+            Kind::ChannelSync | Kind::ChannelEpoch => (Epoch::SIZE, Epoch::SIZE),
+            Kind::ChannelsReady => (ChannelsReady::SIZE, ChannelsReady::SIZE),
         }
     }
 
@@ -304,6 +417,7 @@ impl Kind {
                 | Kind::DevicePrecopy
                 | Kind::DeviceStopCopy
                 | Kind::DeviceEnd
+                | Kind::DeviceChunk
                 | Kind::Verify
         )
     }
@@ -318,6 +432,7 @@ impl Kind {
                 | Kind::Failed
                 | Kind::Running
                 | Kind::RoundAck
+                | Kind::ChannelsReady
         )
     }
 }

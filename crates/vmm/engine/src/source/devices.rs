@@ -140,6 +140,9 @@ impl<D: MigrationDevice> Source<'_, D> {
         kind: Kind,
         budget: u64,
     ) -> Result<(u64, bool), EngineError> {
+        if self.chans.is_some() {
+            return self.send_device_chunks(i, kind, budget);
+        }
         let mut chunk = self.devs[i]
             .h
             .preferred_chunk()

@@ -20,6 +20,7 @@
 //! state, logging off, vCPUs resumed, ABORT sent to the destination.
 
 mod devices;
+mod parallel;
 mod precopy;
 mod ram;
 mod replies;
@@ -74,6 +75,8 @@ pub struct SourceOptions {
     /// Send at most this many bytes per second (`None`: as fast as the
     /// link goes).
     pub bandwidth_limit: Option<u64>,
+    /// Parallel data channels (`None`: everything on the main stream).
+    pub channels: Option<crate::channels::ChannelsOut>,
 }
 
 impl Default for SourceOptions {
@@ -88,6 +91,7 @@ impl Default for SourceOptions {
             source_name: String::new(),
             force: false,
             bandwidth_limit: None,
+            channels: None,
         }
     }
 }
@@ -117,6 +121,10 @@ struct Source<'a, D> {
     report: MigrationReport,
     /// Holds writes to `--bandwidth-limit`.
     pacer: Option<Pacer>,
+    /// The data channels, once open (`parallel.rs`).
+    chans: Option<crate::channels::send::ChannelSet>,
+    /// Channels asked of a live destination, and their token.
+    chans_asked: Option<(u32, (u64, u64))>,
 }
 
 /// Migrates `devices` (and `guest` RAM, if given) out over `link`.
@@ -171,6 +179,8 @@ pub fn migrate_out<D: MigrationDevice>(
         metrics,
         report,
         pacer: None,
+        chans: None,
+        chans_asked: None,
     };
     s.pacer = s.opts.bandwidth_limit.map(Pacer::new);
     let r = s.run(devices);
@@ -222,6 +232,9 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
     }
 
     fn write(&mut self, kind: Kind, device: u32, parts: &[&[u8]]) -> Result<(), EngineError> {
+        if self.chans.is_some() && self.write_via_channels(kind, device, parts)? {
+            return Ok(());
+        }
         if let Some(p) = self.pacer.as_mut() {
             let n: usize = parts.iter().map(|p| p.len()).sum();
             if !p.pace(n as u64, &self.opts.cancel) {
@@ -253,7 +266,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             phase: self.phase,
             iteration: self.metrics.rounds,
             remaining_bytes: remaining,
-            transferred_bytes: self.out.bytes(),
+            transferred_bytes: self.sent_bytes(),
             dirty_rate,
             bandwidth: self.metrics.bandwidth(),
             expected_downtime_ms: expected_ms,
@@ -359,6 +372,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             self.report.ram_size = g.size();
             self.write(Kind::Ram, NO_DEVICE, &[&info.to_bytes()])?;
         }
+        self.ask_channels()?;
         let end = SetupEnd {
             devices: self.devs.len() as u32,
             flags: 0,
@@ -366,8 +380,13 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         self.write(Kind::SetupEnd, NO_DEVICE, &[&end.to_bytes()])?;
         self.flush()?;
         if self.mode.is_live() {
-            match self.wait_reply("the compatibility answer", true)? {
-                Reply::Accept => {}
+            let mut answer = self.wait_reply("the compatibility answer", true)?;
+            if let Reply::ChannelsReady(n) = answer {
+                self.open_channels(n)?;
+                answer = self.wait_reply("the compatibility answer", true)?;
+            }
+            match answer {
+                Reply::Accept => self.channels_declined(),
                 r => return Err(self.out_of_turn(&r)),
             }
         }

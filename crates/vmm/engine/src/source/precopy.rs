@@ -138,6 +138,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         for d in self.devs.iter_mut() {
             d.last_round_bytes = 0;
         }
+        self.channel_epoch_begin(false)?;
         loop {
             let r = self.send_ram(4 * RAM_RUN_BYTES)?;
             moved += r;
@@ -167,6 +168,7 @@ impl<D: MigrationDevice> Source<'_, D> {
             }
             self.check_cancel()?;
         }
+        self.channel_epoch_end(false)?;
         let round = format::Round {
             iteration: u64::from(iteration),
         };
