@@ -80,6 +80,8 @@ pub(crate) struct ChannelSet {
     epoch: u64,
     live: bool,
     next: usize,
+    token: (u64, u64),
+    count: usize,
 }
 
 fn sender(rx: std::sync::mpsc::Receiver<Msg>, out: Out, pool: Arc<BufPool>, sh: Arc<Shared>) {
@@ -147,57 +149,54 @@ impl ChannelSet {
     }
 
     fn pool(count: usize, chunk: usize) -> Arc<BufPool> {
-        // Every queue full, one being written per channel, one being read.
-        Arc::new(BufPool::new(count * (QUEUE + 1) + 2, chunk))
+        // Every queue full, one being read from the device.
+        Arc::new(BufPool::new(count * QUEUE + 2, chunk))
     }
 
-    /// Live channels over `links`, each opened with a stream header and
-    /// a hello carrying `token`.
-    pub fn live(
-        links: Vec<Link>,
-        token: (u64, u64),
-        devices: usize,
-        chunk: usize,
-    ) -> Result<Self, ChannelFailed> {
-        let count = links.len();
-        let pool = Self::pool(count, chunk);
-        let mut chans = Vec::new();
-        for (i, link) in links.into_iter().enumerate() {
-            let peer = link.peer.clone();
-            let fail = |reason: String| ChannelFailed {
-                index: i,
-                peer: peer.clone(),
-                reason,
-            };
-            let out: Out = SharedWriter::new(RecordWriter::new(
-                BufWriter::with_capacity(64 << 10, link.tx),
-                format!("{} (data channel {i})", link.peer),
-            ));
-            let hello = ChannelHello {
-                token_lo: token.0,
-                token_hi: token.1,
-                index: i as u32,
-                count: count as u32,
-            };
-            out.write_stream_header()
-                .and_then(|()| out.write(Kind::ChannelHello, NO_DEVICE, &hello.to_bytes()))
-                .and_then(|()| out.flush())
-                .map_err(|e| fail(e.to_string()))?;
-            let hb = link
-                .heartbeat
-                .map(|every| Heartbeat::start(out.clone(), every));
-            let ch = Self::spawn(i, out, pool.clone(), link.close, hb, peer.clone())
-                .map_err(|e| fail(e.to_string()))?;
-            chans.push(ch);
-        }
-        Ok(Self {
-            chans,
-            pool,
+    /// An empty set of `count` live channels (see [`ChannelSet::add_live`]).
+    pub fn live(count: usize, token: (u64, u64), devices: usize, chunk: usize) -> Self {
+        Self {
+            chans: Vec::with_capacity(count),
+            pool: Self::pool(count, chunk),
             offsets: vec![0; devices],
             epoch: 0,
             live: true,
             next: 0,
-        })
+            token,
+            count,
+        }
+    }
+
+    /// Opens the next live channel over `link`: its stream header and a
+    /// hello with the token go out at once (a receiver admits a
+    /// connection only once it spoke).
+    pub fn add_live(&mut self, link: Link) -> Result<(), ChannelFailed> {
+        let i = self.chans.len();
+        let peer = link.peer.clone();
+        let fail = |reason: String| ChannelFailed {
+            index: i,
+            peer: peer.clone(),
+            reason,
+        };
+        let out: Out = SharedWriter::new(RecordWriter::new(
+            BufWriter::with_capacity(64 << 10, link.tx),
+            format!("{} (data channel {i})", link.peer),
+        ));
+        let hello = ChannelHello {
+            token_lo: self.token.0,
+            token_hi: self.token.1,
+            index: i as u32,
+            count: self.count as u32,
+        };
+        out.write_stream_header()
+            .and_then(|()| out.write(Kind::ChannelHello, NO_DEVICE, &hello.to_bytes()))
+            .and_then(|()| out.flush())
+            .map_err(|e| fail(e.to_string()))?;
+        let hb = link.heartbeat.map(|every| Heartbeat::start(out.clone(), every));
+        let ch = Self::spawn(i, out, self.pool.clone(), link.close, hb, peer.clone())
+            .map_err(|e| fail(e.to_string()))?;
+        self.chans.push(ch);
+        Ok(())
     }
 
     /// `count` senders writing into the main stream `out` (a snapshot).
@@ -226,6 +225,8 @@ impl ChannelSet {
             epoch: 0,
             live: false,
             next: 0,
+            token: (0, 0),
+            count,
         })
     }
 

@@ -97,26 +97,24 @@ impl<D: MigrationDevice> Source<'_, D> {
                 detail: format!("the destination offers {n} data channels, {count} were asked"),
             });
         }
-        let mut links = Vec::new();
-        let connect = self
-            .opts
-            .channels
-            .as_mut()
-            .and_then(|c| c.connect.as_mut())
-            .expect("asked only with a connector");
+        let mut set = ChannelSet::live(n as usize, t, self.devs.len(), CHUNK);
         for i in 0..n {
-            match connect(i) {
-                Ok(l) => links.push(l),
-                Err(e) => {
-                    return Err(EngineError::Channel {
-                        phase: self.phase,
-                        detail: format!("connecting data channel {i} to {}: {e}", self.peer),
-                    })
-                }
+            self.check_cancel()?;
+            let connect = self
+                .opts
+                .channels
+                .as_mut()
+                .and_then(|c| c.connect.as_mut())
+                .expect("asked only with a connector");
+            let link = connect(i).map_err(|e| EngineError::Channel {
+                phase: self.phase,
+                detail: format!("connecting data channel {i} to {}: {e}", self.peer),
+            })?;
+            if let Err(f) = set.add_live(link) {
+                set.abort();
+                return Err(self.chan_err(f));
             }
         }
-        let set =
-            ChannelSet::live(links, t, self.devs.len(), CHUNK).map_err(|f| self.chan_err(f))?;
         tracing::info!(channels = n, "data channels open");
         self.chans = Some(set);
         Ok(())
