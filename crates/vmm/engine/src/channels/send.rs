@@ -192,7 +192,9 @@ impl ChannelSet {
             .and_then(|()| out.write(Kind::ChannelHello, NO_DEVICE, &hello.to_bytes()))
             .and_then(|()| out.flush())
             .map_err(|e| fail(e.to_string()))?;
-        let hb = link.heartbeat.map(|every| Heartbeat::start(out.clone(), every));
+        let hb = link
+            .heartbeat
+            .map(|every| Heartbeat::start(out.clone(), every));
         let ch = Self::spawn(i, out, self.pool.clone(), link.close, hb, peer.clone())
             .map_err(|e| fail(e.to_string()))?;
         self.chans.push(ch);
