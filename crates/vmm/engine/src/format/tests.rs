@@ -411,20 +411,38 @@ fn channel_records_in_their_places() {
         let mut w = RecordWriter::new(Vec::new(), "test");
         w.write_stream_header().unwrap();
         w.write(Kind::Device, 0, &desc).unwrap();
-        w.write_raw(Kind::Channels as u16, FLAG_OPTIONAL, NO_DEVICE, &[&req(count)])
-            .unwrap();
-        w.write(Kind::SetupEnd, NO_DEVICE, &SetupEnd { devices: 1, flags: 0 }.to_bytes())
-            .unwrap();
+        w.write_raw(
+            Kind::Channels as u16,
+            FLAG_OPTIONAL,
+            NO_DEVICE,
+            &[&req(count)],
+        )
+        .unwrap();
+        w.write(
+            Kind::SetupEnd,
+            NO_DEVICE,
+            &SetupEnd {
+                devices: 1,
+                flags: 0,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
         let e = Epoch {
             epoch: 0,
             last: 1,
             reserved: 0,
         };
-        w.write(Kind::ChannelEpoch, NO_DEVICE, &e.to_bytes()).unwrap();
+        w.write(Kind::ChannelEpoch, NO_DEVICE, &e.to_bytes())
+            .unwrap();
         w.write(Kind::DeviceChunk, 0, &chunk(10, 5)).unwrap();
         w.write(Kind::DeviceChunk, 0, &chunk(0, 10)).unwrap();
-        w.write(Kind::DeviceEnd, 0, &DeviceEnd { bytes: end_bytes }.to_bytes())
-            .unwrap();
+        w.write(
+            Kind::DeviceEnd,
+            0,
+            &DeviceEnd { bytes: end_bytes }.to_bytes(),
+        )
+        .unwrap();
         w.write_end().unwrap();
         w.into_inner()
     };
