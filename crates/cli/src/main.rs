@@ -38,6 +38,7 @@ mod inspect;
 mod interrupt;
 mod liveness;
 mod migrate;
+mod procstat;
 mod progress;
 mod receive;
 mod report;

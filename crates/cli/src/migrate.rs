@@ -222,7 +222,8 @@ pub fn finish(
 ) -> i32 {
     match r {
         Ok(mut rep) => {
-            rep.peak_rss_bytes = peak_rss();
+            rep.peak_rss_bytes = crate::procstat::peak_rss();
+            rep.cpu_seconds = crate::procstat::cpu_seconds(None);
             if json {
                 print_json(&rep);
             } else {
@@ -238,14 +239,6 @@ pub fn finish(
             exit::for_source_failure(&f, cancel)
         }
     }
-}
-
-/// This process's peak resident memory (VmHWM), from /proc.
-pub fn peak_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Both ends are devices on this host: the destination loads on another

@@ -74,6 +74,8 @@ struct Out<'a> {
     devices_left: Vec<DeviceLeft>,
     /// This process's peak resident memory (VmHWM).
     peak_rss_bytes: Option<u64>,
+    /// CPU seconds this process used (user + system).
+    cpu_seconds: Option<f64>,
 }
 
 /// Runs the command; returns the process exit code.
@@ -168,7 +170,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 report: Some(rep),
                 error: None,
                 devices_left: Vec::new(),
-                peak_rss_bytes: crate::migrate::peak_rss(),
+                peak_rss_bytes: crate::procstat::peak_rss(),
+                cpu_seconds: crate::procstat::cpu_seconds(None),
             },
         ),
         Err(f) => {
@@ -185,7 +188,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     report: None,
                     error: Some(f.error.to_string()),
                     devices_left: f.devices,
-                    peak_rss_bytes: crate::migrate::peak_rss(),
+                    peak_rss_bytes: crate::procstat::peak_rss(),
+                    cpu_seconds: crate::procstat::cpu_seconds(None),
                 },
             )
         }

@@ -49,6 +49,25 @@ pub struct Move {
     pub receive_peak_rss: Option<u64>,
     /// Every run verified (device digests equal).
     pub verified: bool,
+    /// CPU seconds per GiB moved, by process (median run).
+    pub cpu_s_per_gib: Cpu,
+    /// The relay's CPU seconds per GiB (all its threads, median run).
+    pub relay_cpu_s_per_gib: f64,
+}
+
+/// CPU seconds per GiB of each process of a move.
+#[derive(Serialize, Debug, Default, Clone, Copy)]
+pub struct Cpu {
+    /// The source `serve`.
+    pub source_server: f64,
+    /// `migrate`.
+    pub migrate: f64,
+    /// `receive` (TCP only).
+    pub receive: f64,
+    /// The destination `serve`.
+    pub dest_server: f64,
+    /// All of them.
+    pub total: f64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -131,12 +150,19 @@ pub fn receiver(dest: &str, listen: &str, extra: &[String]) -> anyhow::Result<Re
 }
 
 /// One migration run: fresh servers (and `receive`), then a timed
-/// `migrate` process. Returns (seconds, report JSON, receive's JSON).
+/// `migrate` process. Returns (seconds, report JSON, receive's JSON, CPU
+/// seconds of the source and destination servers meanwhile).
+#[allow(clippy::type_complexity)]
 fn one_move(
     mem: u64,
     tcp: bool,
     migrate_args: &[String],
-) -> anyhow::Result<(f64, serde_json::Value, Option<serde_json::Value>)> {
+) -> anyhow::Result<(
+    f64,
+    serde_json::Value,
+    Option<serde_json::Value>,
+    (f64, f64),
+)> {
     let dir = TempDir::new("bench-move").context("creating a directory for the sockets")?;
     let a = server(&dir, "a.sock", mem)?;
     let b = server(&dir, "b.sock", mem)?;
@@ -147,6 +173,8 @@ fn one_move(
         None
     };
     let dest = recv.as_ref().map_or(b.uri(), |r| r.endpoint.clone());
+    let cpu = |s: &ServerProcess| crate::procstat::cpu_seconds(Some(s.pid())).unwrap_or(0.0);
+    let (ca, cb) = (cpu(&a), cpu(&b));
     let t = Instant::now();
     let out = Command::new(&exe)
         .args(["migrate", "--json", "--precopy", "off", "--source"])
@@ -163,12 +191,13 @@ fn one_move(
         None => None,
     };
     let secs = t.elapsed().as_secs_f64();
+    let servers = (cpu(&a) - ca, cpu(&b) - cb);
     drop((a, b));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("migrate output")?;
     if v["status"] != "ok" {
         bail!("the migration failed: {}", v["error"]);
     }
-    Ok((secs, v, rjson))
+    Ok((secs, v, rjson, servers))
 }
 
 /// `runs` migrations of a `mem`-byte vgpu (unix → unix, or through TCP
@@ -197,9 +226,22 @@ pub fn moves(mem: u64, tcp: bool, channels: u32, runs: usize) -> anyhow::Result<
         migrate_peak_rss: 0,
         receive_peak_rss: None,
         verified: true,
+        cpu_s_per_gib: Cpu::default(),
+        relay_cpu_s_per_gib: 0.0,
     };
+    let mut cpus = Vec::new();
+    let mut relay_cpus = Vec::new();
     for i in 0..runs.max(1) {
-        let (secs, v, r) = one_move(mem, tcp, &args)?;
+        let (secs, v, r, (cs, cd)) = one_move(mem, tcp, &args)?;
+        let gib = v["transferred_bytes"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+        let per = |x: f64| x / gib.max(1e-9);
+        let mut c = Cpu {
+            source_server: per(cs),
+            migrate: per(v["cpu_seconds"].as_f64().unwrap_or(0.0)),
+            receive: 0.0,
+            dest_server: per(cd),
+            total: 0.0,
+        };
         let moved = v["transferred_bytes"].as_u64().unwrap_or(0);
         m.bytes = moved;
         m.verified &= v["verified"] == true;
@@ -209,8 +251,13 @@ pub fn moves(mem: u64, tcp: bool, channels: u32, runs: usize) -> anyhow::Result<
         if let Some(r) = r {
             let rss = r["peak_rss_bytes"].as_u64().unwrap_or(0);
             m.receive_peak_rss = Some(m.receive_peak_rss.unwrap_or(0).max(rss));
+            c.receive = per(r["cpu_seconds"].as_f64().unwrap_or(0.0));
         }
-        let rs = best_relay(hops, moved)?;
+        c.total = c.source_server + c.migrate + c.receive + c.dest_server;
+        cpus.push(c);
+        let relayed = best_relay(hops, moved)?;
+        relay_cpus.push(per(relayed.cpu));
+        let rs = relayed.secs;
         eprintln!(
             "  {path} ({channels} channel(s)) run {}: migrate {:.3} s, relay {:.3} s: {:.2}x",
             i + 1,
@@ -223,6 +270,9 @@ pub fn moves(mem: u64, tcp: bool, channels: u32, runs: usize) -> anyhow::Result<
         m.ratios.push(rs / secs);
     }
     m.median_ratio = median(&m.ratios);
+    cpus.sort_by(|a, b| a.total.total_cmp(&b.total));
+    m.cpu_s_per_gib = cpus[cpus.len() / 2];
+    m.relay_cpu_s_per_gib = median(&relay_cpus);
     m.migrate_gib_s = gib_s(m.bytes, median(&m.migrate_s));
     m.relay_gib_s = gib_s(m.bytes, median(&m.relay_s));
     Ok(m)
@@ -249,5 +299,17 @@ pub fn print(m: &Move) {
         range(&m.ratios),
         bytes(m.migrate_peak_rss),
         m.verified
+    );
+    let c = &m.cpu_s_per_gib;
+    println!(
+        "{:<16} CPU s/GiB: source serve {:.2}, migrate {:.2}, receive {:.2}, dest serve {:.2}: total {:.2}; relay {:.2} ({:.2}x the relay's)",
+        "",
+        c.source_server,
+        c.migrate,
+        c.receive,
+        c.dest_server,
+        c.total,
+        m.relay_cpu_s_per_gib,
+        c.total / m.relay_cpu_s_per_gib.max(1e-9)
     );
 }

@@ -134,6 +134,8 @@ pub struct MigrationReport {
     pub error: Option<String>,
     /// Data channels the migration used (1: the main stream alone).
     pub channels: u32,
+    /// CPU seconds of the migrating process, when the caller measured it.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl MigrationReport {
@@ -173,6 +175,7 @@ impl MigrationReport {
             peak_rss_bytes: None,
             error: None,
             channels: 1,
+            cpu_seconds: None,
         }
     }
 }
