@@ -17,8 +17,10 @@
 //!   raw relay of the same bytes through the same socket hops
 //!   ([`relay`]), with the peak RSS of `migrate` and `receive`.
 
+mod bwlimit;
 mod datapath;
 mod relay;
+mod scaling;
 
 use crate::demo;
 use crate::progress::Style;
@@ -62,14 +64,28 @@ pub struct Args {
     /// Parallel channels of the data-path moves (1, and this if above 1).
     #[arg(long, default_value_t = 1)]
     channels: u32,
+    /// Channel scaling: the rate each TCP flow is held to.
+    #[arg(long, value_name = "BYTES/S", value_parser = parse_size, default_value = "32M")]
+    flow_rate: u64,
+    /// Device memory of the channel-scaling and bandwidth-limit runs.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    scale_mem: u64,
+    /// Bandwidth limits to check (comma-separated).
+    #[arg(long, value_name = "BYTES/S", value_parser = parse_size, value_delimiter = ',', default_value = "64M,256M")]
+    limits: Vec<u64>,
 }
 
 /// `bench --part`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Part {
+    /// Downtime, data path and bandwidth limit (not the scaling: root).
     All,
     Downtime,
     Datapath,
+    /// Channel scaling in a network-namespace pair (needs root).
+    Scaling,
+    /// `--bandwidth-limit` accuracy.
+    Bwlimit,
 }
 
 #[derive(Serialize)]
@@ -123,6 +139,10 @@ struct Out {
     downtime: Option<Downtime>,
     /// The end-to-end moves against raw relays.
     datapath: Vec<datapath::Move>,
+    /// Channel scaling with rate-held flows.
+    scaling: Option<scaling::Scaling>,
+    /// `--bandwidth-limit` accuracy.
+    bandwidth_limit: Vec<bwlimit::Held>,
 }
 
 fn gib_s(bytes: u64, secs: f64) -> f64 {
@@ -292,7 +312,7 @@ fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
 pub fn run(a: Args) -> anyhow::Result<i32> {
     let downtime = match a.part {
         Part::All | Part::Downtime => Some(downtime(&a)?),
-        Part::Datapath => None,
+        _ => None,
     };
     let mut moves = Vec::new();
     if matches!(a.part, Part::All | Part::Datapath) {
@@ -307,9 +327,25 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             }
         }
     }
+    let scaling = match a.part {
+        Part::Scaling => {
+            eprintln!("channel scaling ...");
+            Some(scaling::scaling(a.flow_rate, a.scale_mem, a.move_runs)?)
+        }
+        _ => None,
+    };
+    let bw = match a.part {
+        Part::All | Part::Bwlimit => {
+            eprintln!("bandwidth limit ...");
+            bwlimit::accuracy(a.scale_mem, &a.limits, a.move_runs)?
+        }
+        _ => Vec::new(),
+    };
     let out = Out {
         downtime,
         datapath: moves,
+        scaling,
+        bandwidth_limit: bw,
     };
     if a.json {
         print_json(&out);
@@ -321,6 +357,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     for m in &out.datapath {
         datapath::print(m);
     }
+    if let Some(s) = &out.scaling {
+        scaling::print(s);
+    }
+    bwlimit::print(&out.bandwidth_limit);
     if let (Some(d), false) = (&out.downtime, out.datapath.is_empty()) {
         println!(
             "demo end to end (pre-copy, verified): {:.2} GiB/s; stop-copy only: {:.2} GiB/s",
