@@ -121,11 +121,17 @@ pub fn relay(hops: &[Hop], bytes: u64, chunk: usize) -> anyhow::Result<Relayed> 
     Ok(Relayed { secs, cpu })
 }
 
-/// The faster of `chunk` sizes 1 MiB and 8 MiB (the strongest yardstick).
+/// The fastest of reads and writes of 256 KiB, 1 MiB and 8 MiB (the
+/// strongest yardstick).
 pub fn best_relay(hops: &[Hop], bytes: u64) -> anyhow::Result<Relayed> {
-    let a = relay(hops, bytes, 1 << 20)?;
-    let b = relay(hops, bytes, 8 << 20)?;
-    Ok(if a.secs <= b.secs { a } else { b })
+    let mut best: Option<Relayed> = None;
+    for chunk in [256 << 10, 1 << 20, 8 << 20] {
+        let r = relay(hops, bytes, chunk)?;
+        if best.is_none_or(|b| r.secs < b.secs) {
+            best = Some(r);
+        }
+    }
+    Ok(best.expect("three runs"))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::cancel::Cancel;
 use crate::error::{EngineError, SourceFailure, SourceState};
 use crate::format::{
     self, Kind, RamInfo, RecordWriter, RunState, SetupEnd, StreamError, FLAG_OPTIONAL, MAX_DEVICES,
-    MAX_DEVICE_DATA, NO_DEVICE,
+    NO_DEVICE,
 };
 use crate::guest::GuestRam;
 use crate::heartbeat::{Heartbeat, SharedWriter};
@@ -315,7 +315,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                     return Err(EngineError::AlreadyMigrated { device: name });
                 }
             }
-            chunk = chunk.max(h.preferred_chunk().min(MAX_DEVICE_DATA));
+            chunk = chunk.max(h.preferred_chunk().min(devices::DEVICE_CHUNK));
             let precopy = self.opts.precopy
                 && desc.migration_flags & MIGRATION_PRE_COPY != 0
                 && initial == MigState::Running;
