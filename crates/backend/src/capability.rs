@@ -44,6 +44,22 @@ pub trait DmaMapping {
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()>;
 }
 
+/// Migration data moved without passing through this process: the
+/// device's next data is put straight into a pipe (the kernel moves page
+/// references), and its checksum comes from the other side, so the caller
+/// can frame it into its own checksummed records and splice it on.
+pub trait DataSplice {
+    /// Moves up to `max` bytes of migration data — what `read_data` would
+    /// return — into the pipe whose write end is `pipe` (it must have room
+    /// for `max` bytes); returns how many, with their CRC32C. `Ok(None)`:
+    /// not possible on this device now (use `read_data`).
+    fn read_data_spliced(
+        &mut self,
+        pipe: std::os::fd::BorrowedFd<'_>,
+        max: usize,
+    ) -> Result<Option<(usize, u32)>>;
+}
+
 /// The device's region access, or [`BackendError::Unsupported`] naming the
 /// device when its backend has none.
 pub fn regions_of<D: MigrationDevice + ?Sized>(dev: &mut D) -> Result<&mut dyn RegionAccess> {

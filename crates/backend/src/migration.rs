@@ -1,7 +1,7 @@
 //! [`MigrationDevice`]: the migration core every backend implements, and
 //! the door to its optional capabilities.
 
-use crate::capability::{DmaDirtyLog, DmaMapping, RegionAccess};
+use crate::capability::{DataSplice, DmaDirtyLog, DmaMapping, RegionAccess};
 use crate::{DeviceDescriptor, DeviceStatus, MigState, PrecopyInfo, Result};
 
 /// The migration core of a device: what the engine drives.
@@ -92,6 +92,12 @@ pub trait MigrationDevice: Send {
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         None
     }
+
+    /// Migration data straight into a pipe, with its checksum, when the
+    /// backend can.
+    fn data_splice(&mut self) -> Option<&mut dyn DataSplice> {
+        None
+    }
 }
 
 impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
@@ -142,5 +148,8 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     }
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         (**self).dma_mapping()
+    }
+    fn data_splice(&mut self) -> Option<&mut dyn DataSplice> {
+        (**self).data_splice()
     }
 }

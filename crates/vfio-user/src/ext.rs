@@ -21,6 +21,12 @@
 //!   run since. A migration reads it to refuse overwriting a device in use
 //!   and to refuse starting a second copy of a device. Any state. Clients
 //!   PROBE before using it; a server without it simply cannot say.
+//! - **Feature [`FEATURE_MIG_DATA_CRC`]**: SET `{u32 on, u32 reserved}`
+//!   (GET returns it): while on, on this connection, every MIG_DATA_READ
+//!   reply carries `{u32 crc32c, u32 0}` — the CRC32C of its data — between
+//!   its 8-byte head and the data, so a client can put the data into its
+//!   own checksummed records without reading it (it splices it on). Clients
+//!   PROBE before using it.
 
 use serde_json::{Map, Value};
 use vfio_migrate_abi::vfio_user::Capabilities;
@@ -37,6 +43,12 @@ pub const FEATURE_MIG_DATA_SIZE: u32 = vfio_migrate_abi::kernel::FEATURE_MIG_DAT
 pub const FEATURE_PRECOPY_INFO: u32 = 0xf001;
 /// Device status (vfio-migrate extension): `{u32 flags, u32 reserved}`.
 pub const FEATURE_DEVICE_STATUS: u32 = 0xf002;
+/// Checksummed MIG_DATA_READ replies (vfio-migrate extension):
+/// `{u32 on, u32 reserved}`.
+pub const FEATURE_MIG_DATA_CRC: u32 = 0xf010;
+/// Size of the checksum block a MIG_DATA_READ reply carries after its
+/// head while [`FEATURE_MIG_DATA_CRC`] is on.
+pub const MIG_DATA_CRC_SIZE: usize = 8;
 /// [`FEATURE_DEVICE_STATUS`] flag: nothing has been done with the device
 /// since it started or was reset (config space writes aside).
 pub const STATUS_PRISTINE: u32 = 1 << 0;

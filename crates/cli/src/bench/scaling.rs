@@ -63,19 +63,37 @@ impl Pair {
         }
         let range = format!("{PORT0} {}", PORT0 + PORTS - 1);
         sh(&[
-            "ip", "netns", "exec", &p.a, "sysctl", "-q", "-w",
+            "ip",
+            "netns",
+            "exec",
+            &p.a,
+            "sysctl",
+            "-q",
+            "-w",
             &format!("net.ipv4.ip_local_port_range={range}"),
         ])?;
         // Every flow from a source port gets a class of `rate`; the rest
         // (nothing, here) is not held.
         let bits = format!("{}bit", rate * 8);
-        sh(&["tc", "-n", &p.a, "qdisc", "add", "dev", &va, "root", "handle", "1:", "htb", "default", "99"])?;
-        sh(&["tc", "-n", &p.a, "class", "add", "dev", &va, "parent", "1:", "classid", "1:99", "htb", "rate", "10gbit", "quantum", "60000"])?;
+        sh(&[
+            "tc", "-n", &p.a, "qdisc", "add", "dev", &va, "root", "handle", "1:", "htb", "default",
+            "99",
+        ])?;
+        sh(&[
+            "tc", "-n", &p.a, "class", "add", "dev", &va, "parent", "1:", "classid", "1:99", "htb",
+            "rate", "10gbit", "quantum", "60000",
+        ])?;
         for i in 0..PORTS {
             let class = format!("1:{}", 10 + i);
-            sh(&["tc", "-n", &p.a, "class", "add", "dev", &va, "parent", "1:", "classid", &class, "htb", "rate", &bits, "ceil", &bits, "quantum", "60000"])?;
+            sh(&[
+                "tc", "-n", &p.a, "class", "add", "dev", &va, "parent", "1:", "classid", &class,
+                "htb", "rate", &bits, "ceil", &bits, "quantum", "60000",
+            ])?;
             let port = (PORT0 + i).to_string();
-            sh(&["tc", "-n", &p.a, "filter", "add", "dev", &va, "parent", "1:", "protocol", "ip", "prio", "1", "u32", "match", "ip", "sport", &port, "0xffff", "flowid", &class])?;
+            sh(&[
+                "tc", "-n", &p.a, "filter", "add", "dev", &va, "parent", "1:", "protocol", "ip",
+                "prio", "1", "u32", "match", "ip", "sport", &port, "0xffff", "flowid", &class,
+            ])?;
         }
         Ok(p)
     }
@@ -118,13 +136,26 @@ pub struct Scaling {
     pub points: Vec<Point>,
 }
 
-fn serve(p: &Pair, ns: &str, dir: &TempDir, name: &str, mem: u64) -> anyhow::Result<std::process::Child> {
+fn serve(
+    p: &Pair,
+    ns: &str,
+    dir: &TempDir,
+    name: &str,
+    mem: u64,
+) -> anyhow::Result<std::process::Child> {
     let sock = dir.join(name);
     let mut c = p.cmd(ns);
-    c.args(["serve", "--device", "vgpu", "--device-mem", &mem.to_string(), "--socket"])
-        .arg(&sock)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    c.args([
+        "serve",
+        "--device",
+        "vgpu",
+        "--device-mem",
+        &mem.to_string(),
+        "--socket",
+    ])
+    .arg(&sock)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     let mut child = c.spawn().context("starting serve")?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
@@ -140,19 +171,37 @@ fn one(p: &Pair, mem: u64, channels: u32) -> anyhow::Result<f64> {
     let mut a = serve(p, &p.a, &dir, "a.sock", mem)?;
     let mut b = serve(p, &p.b, &dir, "b.sock", mem)?;
     let mut r = p.cmd(&p.b);
-    r.args(["receive", "--insecure", "--listen", "tcp:10.251.0.2:0", "--dest"])
-        .arg(format!("unix:{}", dir.join("b.sock").display()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+    r.args([
+        "receive",
+        "--insecure",
+        "--listen",
+        "tcp:10.251.0.2:0",
+        "--dest",
+    ])
+    .arg(format!("unix:{}", dir.join("b.sock").display()))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
     let mut recv = r.spawn().context("starting receive")?;
     let mut out = BufReader::new(recv.stdout.take().expect("piped"));
     let mut line = String::new();
     out.read_line(&mut line)?;
-    let ep = line.trim().strip_prefix("listening on ").unwrap_or("").to_string();
+    let ep = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or("")
+        .to_string();
     let t = Instant::now();
     let m = p
         .cmd(&p.a)
-        .args(["migrate", "--json", "--precopy", "off", "--channels", &channels.to_string(), "--source"])
+        .args([
+            "migrate",
+            "--json",
+            "--precopy",
+            "off",
+            "--channels",
+            &channels.to_string(),
+            "--source",
+        ])
         .arg(format!("unix:{}", dir.join("a.sock").display()))
         .args(["--dest", &ep])
         .stderr(Stdio::null())

@@ -153,6 +153,9 @@ pub struct Session<'a, D: Device> {
     pub(crate) irqs: BTreeSet<u32>,
     /// Refused messages sent with NO_REPLY (posted writes) so far.
     pub(crate) refused_unanswered: u64,
+    /// MIG_DATA_READ replies carry the data's CRC32C
+    /// (`FEATURE_MIG_DATA_CRC`).
+    pub(crate) mig_data_crc: bool,
 }
 
 impl<'a, D: Device> Session<'a, D> {
@@ -169,6 +172,7 @@ impl<'a, D: Device> Session<'a, D> {
             client: None,
             irqs: BTreeSet::new(),
             refused_unanswered: 0,
+            mig_data_crc: false,
         }
     }
 

@@ -117,6 +117,11 @@ impl MigrationDevice for Client {
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         Some(self)
     }
+
+    fn data_splice(&mut self) -> Option<&mut dyn vfio_migrate_backend::DataSplice> {
+        // Only our servers checksum their replies.
+        self.peer_is_vfio_migrate().then_some(self as _)
+    }
 }
 
 impl DmaDirtyLog for Client {

@@ -335,6 +335,48 @@ impl Write for Half {
 
 type Closer = Box<dyn Fn() + Send>;
 
+/// A plaintext live socket that a payload can be spliced into from a pipe
+/// (the kernel moves page references; nothing is copied through this
+/// process), with the link's deadlines.
+#[derive(Clone)]
+pub(crate) struct SpliceSink {
+    sock: Arc<Sock>,
+    d: Deadlines,
+    peer: String,
+}
+
+impl SpliceSink {
+    /// Moves `len` bytes from the pipe `from` into the socket, waiting
+    /// (stall deadline, cancel) while the socket is full.
+    pub fn from_pipe(&self, from: BorrowedFd<'_>, mut len: usize) -> io::Result<()> {
+        while len > 0 {
+            let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE | libc::SPLICE_F_NONBLOCK;
+            match vfio_migrate_sys::fd::splice(from, self.sock.fd(), len, flags) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the pipe ran dry before the record's end",
+                    ))
+                }
+                Ok(n) => len -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let t = self.d.stall;
+                    wait_fd(self.sock.fd(), libc::POLLOUT, &self.d.cancel, t, &|| {
+                        format!(
+                            "nothing accepted by {} for {} s (the peer process, its host or the network stopped)",
+                            self.peer,
+                            t.as_secs_f64().round()
+                        )
+                    })?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The source's end: where records go, and where replies come from.
 pub struct Link {
     pub(crate) tx: Box<dyn Write + Send>,
@@ -342,6 +384,8 @@ pub struct Link {
     pub(crate) close: Option<Closer>,
     pub(crate) peer: String,
     pub(crate) heartbeat: Option<Duration>,
+    /// Plaintext sockets: where payloads may be spliced to.
+    pub(crate) splice: Option<SpliceSink>,
 }
 
 /// The destination's end: where records come from, and where replies go.
@@ -360,7 +404,7 @@ fn halves(
     tls: Option<rustls::Connection>,
     peer: &str,
     d: &Deadlines,
-) -> io::Result<(Half, Half, Closer)> {
+) -> io::Result<(Half, Half, Closer, Option<SpliceSink>)> {
     match &sock {
         Sock::Tcp(s) => {
             s.set_nonblocking(true)?;
@@ -379,6 +423,11 @@ fn halves(
         first,
     };
     let (r, w) = (half(true), half(false));
+    let splice = tls.is_none().then(|| SpliceSink {
+        sock: sock.clone(),
+        d: d.clone(),
+        peer: peer.to_string(),
+    });
     let s = sock.clone();
     let t = tls.clone();
     Ok((
@@ -396,6 +445,7 @@ fn halves(
             }
             s.shutdown()
         }),
+        splice,
     ))
 }
 
@@ -442,13 +492,14 @@ impl Link {
         peer: String,
         d: &Deadlines,
     ) -> io::Result<Self> {
-        let (r, w, close) = halves(sock, tls, &peer, d)?;
+        let (r, w, close, splice) = halves(sock, tls, &peer, d)?;
         Ok(Self {
             tx: Box::new(w),
             rx: Some(Box::new(r)),
             close: Some(close),
             peer,
             heartbeat: Some(d.heartbeat()),
+            splice,
         })
     }
 
@@ -465,6 +516,7 @@ impl Link {
             close: None,
             peer: peer.into(),
             heartbeat: None,
+            splice: None,
         }
     }
 
@@ -520,7 +572,7 @@ impl DestLink {
         peer: String,
         d: &Deadlines,
     ) -> io::Result<Self> {
-        let (r, w, close) = halves(sock, tls, &peer, d)?;
+        let (r, w, close, _) = halves(sock, tls, &peer, d)?;
         Ok(Self {
             rx: Box::new(r),
             tx: Some(Box::new(w)),

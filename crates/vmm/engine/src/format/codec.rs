@@ -110,6 +110,40 @@ impl<W: Write> RecordWriter<W> {
         Ok(())
     }
 
+    /// Writes one record whose `len`-byte payload, of CRC32C `data_crc`,
+    /// does not pass through this process: the header goes out (and is
+    /// flushed), then `payload` moves the bytes into the channel itself
+    /// (a splice). The record's checksum is combined from the header's and
+    /// `data_crc`, not computed over the data.
+    pub fn write_spliced(
+        &mut self,
+        kind: Kind,
+        device: u32,
+        len: usize,
+        data_crc: u32,
+        payload: impl FnOnce(usize) -> io::Result<()>,
+    ) -> Result<(), StreamError> {
+        let (min, max) = kind.length_bounds();
+        debug_assert!((min..=max).contains(&len), "{kind} record of {len} bytes");
+        let mut h = RecordHeader {
+            kind: kind as u16,
+            flags: 0,
+            device,
+            length: len as u32,
+            crc: 0,
+        }
+        .to_bytes();
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&h[..12]), data_crc, len);
+        h[12..16].copy_from_slice(&crc.to_le_bytes());
+        self.w.write_all(&h).map_err(|e| self.io(e))?;
+        self.w.flush().map_err(|e| self.io(e))?;
+        payload(len).map_err(|e| self.io(e))?;
+        self.records += 1;
+        self.bytes += (RECORD_HEADER_SIZE + len) as u64;
+        self.last = std::time::Instant::now();
+        Ok(())
+    }
+
     /// Writes a heartbeat (optional, so readers of minor 0 skip it) and
     /// flushes.
     pub fn write_heartbeat(&mut self) -> Result<(), StreamError> {

@@ -151,6 +151,9 @@ impl<D: MigrationDevice> Source<'_, D> {
         if self.chans.is_some() {
             return self.send_device_chunks(i, kind, budget);
         }
+        if let Some(r) = self.send_device_spliced(i, kind, budget)? {
+            return Ok(r);
+        }
         let mut chunk = self.devs[i]
             .h
             .preferred_chunk()

@@ -25,6 +25,7 @@ mod precopy;
 mod ram;
 mod replies;
 mod rollback;
+mod spliced;
 mod switchover;
 
 use crate::cancel::Cancel;
@@ -125,6 +126,10 @@ struct Source<'a, D> {
     chans: Option<crate::channels::send::ChannelSet>,
     /// Channels asked of a live destination, and their token.
     chans_asked: Option<(u32, (u64, u64))>,
+    /// A plaintext link device data may be spliced to (`spliced.rs`).
+    splice: Option<crate::link::SpliceSink>,
+    /// The pipe spliced data goes through.
+    pipe: Option<spliced::Pipe>,
 }
 
 /// Migrates `devices` (and `guest` RAM, if given) out over `link`.
@@ -181,6 +186,8 @@ pub fn migrate_out<D: MigrationDevice>(
         pacer: None,
         chans: None,
         chans_asked: None,
+        splice: link.splice,
+        pipe: None,
     };
     s.pacer = s.opts.bandwidth_limit.map(Pacer::new);
     let r = s.run(devices);
