@@ -94,6 +94,10 @@ pub const FEATURE_DMA_LOGGING_STOP: u32 = 7;
 pub const FEATURE_DMA_LOGGING_REPORT: u32 = 8;
 /// Feature `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`.
 pub const FEATURE_MIG_DATA_SIZE: u32 = 9;
+/// Feature `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2` (VFIO tree, 2026): a
+/// client SETs it (no data) to opt in to [`PRECOPY_INFO_REINIT`] in
+/// `vfio_precopy_info.flags`; kernels without it answer ENOTTY.
+pub const FEATURE_MIG_PRECOPY_INFO_V2: u32 = 12;
 
 /// `VFIO_MIGRATION_STOP_COPY` (mandatory for migration).
 pub const MIGRATION_STOP_COPY: u64 = 1;

@@ -26,6 +26,20 @@ pub trait DmaDirtyLog {
     fn dma_logging_stop(&mut self) -> Result<()>;
 }
 
+/// Slowing down the work that dirties a device's memory while it is
+/// migrated (the device-side analogue of QEMU's auto-converge, which
+/// throttles vCPUs): a vfio-migrate extension, offered by devices that
+/// implement the SDK's throttle hook.
+pub trait DeviceThrottle {
+    /// Withholds `percent` (0–99) of the device's dirtying work; 0 runs it
+    /// at full speed again. The device releases it by itself when it
+    /// leaves pre-copy or is reset.
+    fn set_throttle(&mut self, percent: u32) -> Result<()>;
+}
+
+/// Most a throttle may withhold, percent.
+pub const MAX_THROTTLE: u32 = 99;
+
 /// Raw reads and writes of the device's regions (BARs, config space).
 pub trait RegionAccess {
     /// Reads region `index` at `offset` into `buf`.

@@ -1,6 +1,6 @@
 //! [`BackendError`]: how a backend reports that a device refused a request,
-//! that the channel to it failed, that the peer broke the protocol, or that
-//! it does not offer an operation.
+//! that the channel to it failed, that the peer broke the protocol, that
+//! the device is not there, or that it does not offer an operation.
 
 use thiserror::Error;
 
@@ -34,6 +34,15 @@ pub enum BackendError {
         /// The request whose answer broke the protocol.
         step: String,
         /// What was wrong with the answer.
+        detail: String,
+    },
+    /// The device named is not there, or not usable by this backend (no
+    /// such PCI device, mdev or socket; not bound to a VFIO driver). The
+    /// message says what was looked for and what to do; it does not name
+    /// the endpoint, which the caller does.
+    #[error("{detail}")]
+    NotFound {
+        /// What is missing and the fix.
         detail: String,
     },
     /// The operation is not offered by this device or backend.

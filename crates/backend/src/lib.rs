@@ -32,7 +32,8 @@ mod migration;
 mod types;
 
 pub use capability::{
-    dma_log_of, dma_mapping_of, regions_of, DataSplice, DmaDirtyLog, DmaMapping, RegionAccess,
+    dma_log_of, dma_mapping_of, regions_of, DataSplice, DeviceThrottle, DmaDirtyLog, DmaMapping,
+    RegionAccess, MAX_THROTTLE,
 };
 pub use descriptor::DeviceDescriptor;
 pub use error::{errno_name, BackendError, Result};

@@ -1,7 +1,7 @@
 //! [`MigrationDevice`]: the migration core every backend implements, and
 //! the door to its optional capabilities.
 
-use crate::capability::{DataSplice, DmaDirtyLog, DmaMapping, RegionAccess};
+use crate::capability::{DataSplice, DeviceThrottle, DmaDirtyLog, DmaMapping, RegionAccess};
 use crate::{DeviceDescriptor, DeviceStatus, MigState, PrecopyInfo, Result};
 
 /// The migration core of a device: what the engine drives.
@@ -55,6 +55,14 @@ pub trait MigrationDevice: Send {
     /// Pre-copy estimate (PRE_COPY / PRE_COPY_P2P only).
     fn precopy_info(&mut self) -> Result<PrecopyInfo>;
 
+    /// Whether [`MigrationDevice::precopy_info`]'s `initial_bytes` is the
+    /// device's initial data alone (v2). The older migration regions report
+    /// one pending count, initial and dirty data together: their initial
+    /// data counts as sent after the first whole pre-copy round.
+    fn precopy_initial_known(&self) -> bool {
+        true
+    }
+
     /// Estimated stop-copy size, `None` when the device cannot tell.
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         Ok(None)
@@ -98,6 +106,11 @@ pub trait MigrationDevice: Send {
     fn data_splice(&mut self) -> Option<&mut dyn DataSplice> {
         None
     }
+
+    /// Throttling the device's dirtying work, when the device offers it.
+    fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
+        None
+    }
 }
 
 impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
@@ -131,6 +144,9 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         (**self).stop_copy_size()
     }
+    fn precopy_initial_known(&self) -> bool {
+        (**self).precopy_initial_known()
+    }
     fn reset(&mut self) -> Result<()> {
         (**self).reset()
     }
@@ -151,5 +167,8 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     }
     fn data_splice(&mut self) -> Option<&mut dyn DataSplice> {
         (**self).data_splice()
+    }
+    fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
+        (**self).throttle()
     }
 }

@@ -11,6 +11,11 @@ pub struct PrecopyInfo {
     pub initial_bytes: u64,
     /// Bytes dirtied since they were last read (an estimate).
     pub dirty_bytes: u64,
+    /// The device re-initialised its pre-copy data since the last report
+    /// (`VFIO_PRECOPY_INFO_REINIT`): new initial data is present,
+    /// `initial_bytes` counts it, `dirty_bytes` restarted. Reported once.
+    #[serde(default)]
+    pub reinit: bool,
 }
 
 /// What a device says about its use, where its backend can tell (our

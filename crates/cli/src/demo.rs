@@ -9,7 +9,7 @@
 use crate::digest::{read_digest, sample_verifier};
 use crate::endpoint::ProtocolArg;
 use crate::liveness::Liveness;
-use crate::migrate::{OnOff, Tuning};
+use crate::migrate::{Converge, OnOff, Tuning};
 use crate::progress::Style;
 use crate::report::{bytes, print_human, print_json};
 use crate::serve::parse_size;
@@ -86,6 +86,8 @@ pub struct Args {
     /// Move RAM and device data over this many parallel connections.
     #[arg(long, value_name = "N", default_value = "1", value_parser = crate::channels::parse)]
     pub(crate) channels: u32,
+    #[command(flatten)]
+    pub(crate) converge: Converge,
     #[command(flatten)]
     pub(crate) liveness: Liveness,
     /// Compare digests and RAM hashes (always, from the command line; the
@@ -195,6 +197,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         bytes(args.guest_mem),
         if args.tls { " with TLS 1.3" } else { "" }
     );
+    if let Some(path) = &args.converge.plot {
+        if let Err(e) = crate::plot::draw(path, &title, &out.report.migration) {
+            eprintln!("warning: --plot {}: {e:#}", path.display());
+        }
+    }
     if args.json {
         print_json(&out.report);
     } else if out.failure.is_none() {
@@ -281,12 +288,14 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
         max_iterations: args.max_iterations,
         bandwidth_limit: args.bandwidth_limit,
         channels: args.channels,
+        converge: args.converge.clone(),
     };
     let listener = Arc::new(TcpListener::bind("127.0.0.1:0").context("listening on 127.0.0.1")?);
     let addr = listener.local_addr()?;
     let dest_name = format!("tcp:{addr} → {}", dst.name());
-    let mut opts = tuning.source_options(src.name(), cancel.clone(), style, false);
-    let verifier = args.verify.then(sample_verifier);
+    let mut opts = tuning.source_options(src.name(), cancel.clone(), style, false, None);
+    let full_verify = args.converge.full_verify;
+    let verifier = args.verify.then(|| sample_verifier(full_verify));
     opts.verifier = verifier.clone();
 
     let tls_dir = if args.tls {
@@ -338,6 +347,7 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
                     DestOptions {
                         verifier,
                         hash_ram: args.verify,
+                        full_verify,
                         cancel,
                         channels,
                         channel_wait: deadlines.connect,

@@ -3,7 +3,7 @@
 //! region reads and writes — over any device endpoint (`unix:` vfio-user
 //! server or `kernel:` VFIO device).
 
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Busy, Endpoint};
 use anyhow::{anyhow, bail, Context};
 use clap::Subcommand;
 use vfio_migrate_backend::{MigState, MigrationDevice};
@@ -15,8 +15,13 @@ use vfio_migrate_backend::{MigState, MigrationDevice};
   vfio-migrate device kernel:83b8f4f2-509f-382f-3c1e-e6bfe0fa1001 state
   vfio-migrate device kernel:0000:65:00.1 set-state STOP
   vfio-migrate device unix:/tmp/vgpu.sock reset
-  vfio-migrate device unix:/tmp/serial.sock write 0 0 68656c6c6f   # 5 bytes, one access
-  vfio-migrate device unix:/tmp/serial.sock read 0 0 1             # prints hex")]
+  vfio-migrate device unix:/tmp/vgpu.sock read 0 0x38 --u64        # the vgpu's DIGEST register
+  vfio-migrate device unix:/tmp/vgpu.sock write 0 0x60 --u64 42    # its SCRATCH register
+  vfio-migrate device unix:/tmp/serial.sock write 0 7 41           # the UART's scratch byte
+  vfio-migrate device unix:/tmp/serial.sock read 0 7 1             # prints 41
+
+Registers are device-specific: a region access must match a register's width and
+be allowed by the device (the sample devices' registers: docs/devices.md).")]
 pub struct Args {
     /// The device: unix:PATH (vfio-user server) or kernel:DEVICE (mdev UUID,
     /// PCI address or sysfs path).
@@ -33,7 +38,8 @@ enum Action {
         #[arg(long)]
         json: bool,
     },
-    /// Print the migration state (e.g. RUNNING).
+    /// Print the migration state (e.g. RUNNING), or, when another client
+    /// (a running migration) holds the device, BUSY and who holds it.
     State,
     /// Move the device to a state: STOP, RUNNING, STOP_COPY, RESUMING,
     /// RUNNING_P2P, PRE_COPY or PRE_COPY_P2P (the device walks the arcs).
@@ -45,19 +51,41 @@ enum Action {
     /// progress abandoned (a destination left in RESUMING becomes usable
     /// again; a reset device is a valid migration destination).
     Reset,
-    /// Read LEN bytes of region REGION at OFFSET as one access; print hex.
+    /// Read LEN bytes of region REGION at OFFSET as one access; print them
+    /// as hex, or as a little-endian integer with --u32/--u64.
     Read {
+        /// Region index (0-5: BAR0-BAR5, 7: PCI config space).
         region: u32,
+        /// Byte offset in the region (decimal or 0x-hex).
         #[arg(value_parser = parse_u64)]
         offset: u64,
-        len: usize,
+        /// Bytes to read (1 to 1048576); implied by --u32/--u64.
+        #[arg(required_unless_present_any = ["u32", "u64"])]
+        len: Option<usize>,
+        /// Read 4 bytes and print them as a little-endian integer.
+        #[arg(long, conflicts_with_all = ["u64", "len"])]
+        u32: bool,
+        /// Read 8 bytes and print them as a little-endian integer.
+        #[arg(long, conflicts_with = "len")]
+        u64: bool,
     },
-    /// Write the bytes given in HEX to region REGION at OFFSET as one access.
+    /// Write to region REGION at OFFSET as one access: the bytes given in
+    /// hex, or an integer with --u32/--u64 (little-endian).
     Write {
+        /// Region index (0-5: BAR0-BAR5, 7: PCI config space).
         region: u32,
+        /// Byte offset in the region (decimal or 0x-hex).
         #[arg(value_parser = parse_u64)]
         offset: u64,
-        hex: String,
+        /// The bytes as hex digits (68656c6c6f is "hello"), or with
+        /// --u32/--u64 an integer (decimal or 0x-hex).
+        value: String,
+        /// VALUE is an integer written as 4 little-endian bytes.
+        #[arg(long, conflicts_with = "u64")]
+        u32: bool,
+        /// VALUE is an integer written as 8 little-endian bytes.
+        #[arg(long)]
+        u64: bool,
     },
 }
 
@@ -104,7 +132,28 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if !ep.is_device() {
         bail!("{ep} is not a device; use unix:PATH or kernel:DEVICE");
     }
-    let mut dev = ep.open_device()?;
+    let mut dev = match ep.open_device() {
+        Ok(d) => d,
+        // `state` of a device a migration holds: who holds it and how far
+        // the migration is, rather than an error.
+        Err(e) if matches!(args.action, Action::State) => match e.downcast::<Busy>() {
+            Ok(b) => {
+                println!(
+                    "BUSY: held by {}",
+                    b.holder.as_deref().unwrap_or("another client")
+                );
+                if let Some(d) = b.doing() {
+                    println!("  {d}");
+                }
+                if let Some(c) = &b.control {
+                    println!("  vfio-migrate status {}", c.display());
+                }
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
     match args.action {
         Action::Info { json } => {
             let state = dev.state().with_context(|| format!("{ep}: state"))?;
@@ -178,28 +227,76 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             region,
             offset,
             len,
+            u32,
+            u64,
         } => {
+            let len = match (u32, u64) {
+                (true, _) => 4,
+                (_, true) => 8,
+                _ => len.unwrap_or(0),
+            };
             if len == 0 || len > 1 << 20 {
                 bail!("read length {len}: give 1 to 1048576 bytes");
             }
             let mut b = vec![0u8; len];
             vfio_migrate_backend::regions_of(&mut *dev)
                 .and_then(|r| r.region_read(region, offset, &mut b))
-                .with_context(|| format!("{ep}: read region {region} at {offset:#x}"))?;
-            println!("{}", hex(&b));
+                .with_context(|| format!("{ep}: read region {region} at {offset:#x} ({len} bytes)"))
+                .map_err(|e| access_hint(e, len))?;
+            if u32 || u64 {
+                let mut le = [0u8; 8];
+                le[..len].copy_from_slice(&b);
+                let v = u64::from_le_bytes(le);
+                println!("{v} ({v:#x})");
+            } else {
+                println!("{}", hex(&b));
+            }
         }
         Action::Write {
             region,
             offset,
-            hex: h,
+            value,
+            u32,
+            u64,
         } => {
-            let b = parse_hex(&h)?;
+            let b = if u32 || u64 {
+                let v = parse_u64(&value).map_err(|e| anyhow!(e))?;
+                if u32 && v > u64::from(u32::MAX) {
+                    bail!("{value} does not fit in 32 bits");
+                }
+                let n = if u32 { 4 } else { 8 };
+                v.to_le_bytes()[..n].to_vec()
+            } else {
+                parse_hex(&value)?
+            };
             vfio_migrate_backend::regions_of(&mut *dev)
                 .and_then(|r| r.region_write(region, offset, &b))
-                .with_context(|| format!("{ep}: write region {region} at {offset:#x}"))?;
+                .with_context(|| {
+                    format!(
+                        "{ep}: write region {region} at {offset:#x} ({} bytes)",
+                        b.len()
+                    )
+                })
+                .map_err(|e| access_hint(e, b.len()))?;
         }
     }
     Ok(0)
+}
+
+/// An EINVAL on a region access is almost always a width or offset that
+/// is not a register, or a read-only register: say so.
+fn access_hint(e: anyhow::Error, len: usize) -> anyhow::Error {
+    let einval = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<vfio_migrate_backend::BackendError>())
+        .any(|b| b.errno() == Some(libc::EINVAL));
+    if einval {
+        anyhow!(
+            "{e:#}. A {len}-byte access is refused there: registers take accesses of their own width at their own offset, and some are read-only (the sample devices' registers are listed in docs/devices.md)"
+        )
+    } else {
+        e
+    }
 }
 
 fn describe_status(s: Option<vfio_migrate_backend::DeviceStatus>) -> String {

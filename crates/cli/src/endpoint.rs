@@ -110,9 +110,7 @@ impl Endpoint {
                 match vfio_migrate_client::open_with(p, protocol.into(), config.clone()) {
                     Ok(d) => d,
                     Err(e) if e.errno() == Some(libc::EBUSY) => {
-                        return Err(anyhow!(e).context(format!(
-                            "the device server at {self} is busy: another client holds the device (a migration in progress?); wait for it to finish, or stop it"
-                        )))
+                        return Err(anyhow!(Busy::new(self, &e.to_string())))
                     }
                     Err(e) if e.errno() == Some(libc::ECONNREFUSED) => {
                         return Err(anyhow!(e).context(format!(
@@ -135,6 +133,32 @@ impl Endpoint {
         })
     }
 
+    /// What the endpoint reaches, whatever its spelling: the socket file's
+    /// device and inode (through symlinks and relative paths), a kernel
+    /// device's sysfs directory, a file's device and inode. `None` when it
+    /// cannot be told (nothing there yet, a network address).
+    pub fn identity(&self) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        match self {
+            Endpoint::Unix(p) | Endpoint::File(p) => {
+                let m = std::fs::metadata(p).ok()?;
+                Some(format!("inode {}:{}", m.dev(), m.ino()))
+            }
+            Endpoint::Kernel(spec) => {
+                let l = vfio_migrate_kernel::Locator::default().locate(spec).ok()?;
+                let p = l.sysfs.canonicalize().unwrap_or(l.sysfs);
+                Some(format!("sysfs {}", p.display()))
+            }
+            Endpoint::Tcp { .. } => None,
+        }
+    }
+
+    /// True when both endpoints reach the same device or file (see
+    /// [`Endpoint::identity`]), or are spelled the same.
+    pub fn same_as(&self, other: &Endpoint) -> bool {
+        self == other || matches!((self.identity(), other.identity()), (Some(a), Some(b)) if a == b)
+    }
+
     /// `host:port` of a tcp endpoint.
     pub fn socket_addr(&self) -> Option<String> {
         match self {
@@ -144,6 +168,89 @@ impl Endpoint {
         }
     }
 }
+
+/// A device server that serves another client: who holds it and, when
+/// that is a running migration with a control socket, how far it is.
+#[derive(Debug)]
+pub struct Busy {
+    /// The endpoint asked for.
+    pub endpoint: String,
+    /// The holder as the server described it (`pid N (command)`).
+    pub holder: Option<String>,
+    /// The holder's control socket, when it is a running migrate/receive.
+    pub control: Option<PathBuf>,
+    /// Its status (see `vfio-migrate status`), when it answered.
+    pub status: Option<serde_json::Value>,
+}
+
+impl Busy {
+    /// From the server's EBUSY refusal text.
+    pub fn new(ep: &Endpoint, refusal: &str) -> Self {
+        let holder = refusal
+            .split_once("in use by ")
+            .map(|(_, h)| h.trim().to_string());
+        let pid = holder.as_deref().and_then(|h| {
+            h.strip_prefix("pid ")?
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        });
+        let control = pid.and_then(|p| crate::control::find_pid(&crate::control::default_dir(), p));
+        let status = control
+            .as_deref()
+            .and_then(|c| crate::control::request(c, "status").ok())
+            .map(|(v, _)| v["status"].clone());
+        Self {
+            endpoint: ep.to_string(),
+            holder,
+            control,
+            status,
+        }
+    }
+
+    /// What the holder is doing, in words (`a migration in pre-copy, …`).
+    pub fn doing(&self) -> Option<String> {
+        let s = self.status.as_ref()?;
+        let phase = s["phase"].as_str().unwrap_or("?");
+        let round = if phase == "pre-copy" {
+            format!(" round {}", s["rounds"].as_u64().unwrap_or(0))
+        } else {
+            String::new()
+        };
+        Some(format!(
+            "a `{}` in {phase}{round}, {} sent",
+            s["role"].as_str().unwrap_or("migration"),
+            crate::report::bytes(s["transferred_bytes"].as_u64().unwrap_or(0))
+        ))
+    }
+}
+
+impl fmt::Display for Busy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = self
+            .holder
+            .clone()
+            .unwrap_or_else(|| "another client".into());
+        write!(f, "{} is busy: the device is held by {who}", self.endpoint)?;
+        if let Some(d) = self.doing() {
+            write!(f, " — {d}")?;
+        }
+        match &self.control {
+            Some(c) => write!(
+                f,
+                ". Follow it with `vfio-migrate status {0}`, stop it with `vfio-migrate cancel {0}`, or wait for it to finish",
+                c.display()
+            ),
+            None => write!(
+                f,
+                ". Wait for it to finish, or stop that process (the server then takes the next client)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Busy {}
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -26,19 +26,35 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Err(_) => args.snapshot.clone().into(),
     };
     let name = format!("file:{}", path.display());
+    let meta = std::fs::metadata(&path).with_context(|| format!("cannot open {name}"))?;
+    if meta.is_dir() {
+        bail!("{name} is a directory, not a migration stream: inspect reads a snapshot file (written by `migrate --dest file:PATH`)");
+    }
     let f = std::fs::File::open(&path).with_context(|| format!("cannot open {name}"))?;
     let s = snapshot::check(f, &name);
     if args.json {
         print_json(&s);
-    } else {
-        match &s.format_version {
-            Some(v) => println!(
-                "{name}: vfio-migrate stream format {v}, {} in {} records",
-                bytes(s.bytes),
-                s.records
-            ),
-            None => println!("{name}: not a vfio-migrate stream"),
+    }
+    let Some(version) = &s.format_version else {
+        // Not ours at all: no version, no record table, no checksums.
+        let why = if meta.len() == 0 {
+            "the file is empty".to_string()
+        } else {
+            s.problems.join("; ")
+        };
+        if why.starts_with("not a ") {
+            eprintln!("error: {name}: {why}");
+        } else {
+            eprintln!("error: {name} is not a migration stream: {why}");
         }
+        return Ok(1);
+    };
+    if !args.json {
+        println!(
+            "{name}: vfio-migrate stream format {version}, {} in {} records",
+            bytes(s.bytes),
+            s.records
+        );
         if s.skipped_records > 0 {
             println!(
                 "  skipped      {} optional records of a newer format version",

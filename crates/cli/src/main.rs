@@ -29,6 +29,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod certs;
 mod channels;
+mod control;
 mod demo;
 mod device;
 mod digest;
@@ -38,12 +39,17 @@ mod inspect;
 mod interrupt;
 mod liveness;
 mod migrate;
+mod plot;
 mod procstat;
 mod progress;
 mod receive;
 mod report;
+mod restore;
 mod secure;
 mod serve;
+mod shell;
+mod status;
+mod track;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -58,7 +64,7 @@ pub fn verbosity() -> u8 {
 /// and snapshots, over the seed, v1 and v2 migration protocols.
 #[derive(Parser)]
 #[command(name = "vfio-migrate", version, about, long_about = None)]
-struct Cli {
+pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG
     /// overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -83,9 +89,23 @@ enum Cmd {
     Receive(receive::Args),
     /// Show what a snapshot file holds and check every checksum.
     Inspect(inspect::Args),
+    /// Show a running migration's status (phase, bytes, rates, expected
+    /// downtime), like QEMU's `info migrate`.
+    Status(status::StatusArgs),
+    /// Cancel a running migration: it rolls back as on Ctrl-C.
+    Cancel(status::CancelArgs),
+    /// Track a running device's dirty pages without migrating it: dirty
+    /// rate over time, hot ranges, whether it would converge (--plot for a
+    /// heatmap).
+    Track(track::Args),
     /// Make TLS credentials (a CA, a receiver and a sender certificate) for
     /// `migrate`/`receive --tls-creds`.
     Certs(certs::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell).
+    Completions(shell::CompletionsArgs),
+    /// Print the manual page, or write one per subcommand with --dir.
+    Man(shell::ManArgs),
     /// Measure downtime, throughput and memory against the limits.
     #[command(hide = true)]
     Bench(bench::Args),
@@ -103,7 +123,16 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color())
         .init();
+}
+
+/// Colour (ANSI escapes) on stderr: only on a terminal, and never when
+/// `NO_COLOR` is set to anything non-empty (<https://no-color.org>).
+pub fn color() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 fn main() {
@@ -118,6 +147,11 @@ fn main() {
         Cmd::Receive(a) => receive::run(a),
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Certs(a) => certs::run(a),
+        Cmd::Status(a) => status::status(a),
+        Cmd::Track(a) => track::run(a),
+        Cmd::Cancel(a) => status::cancel(a),
+        Cmd::Completions(a) => shell::completions(a),
+        Cmd::Man(a) => shell::man(a),
         Cmd::Bench(a) => bench::run(a),
     };
     match r {

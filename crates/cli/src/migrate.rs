@@ -3,6 +3,7 @@
 //! host (`unix:` → `tcp:`, where `vfio-migrate receive` listens), to a
 //! snapshot (`unix:` → `file:`) or from one (`file:` → `unix:`).
 
+use crate::control::{ControlServer, Status};
 use crate::digest::sample_verifier;
 use crate::endpoint::{Endpoint, ProtocolArg};
 use crate::exit;
@@ -11,13 +12,12 @@ use crate::progress::{Printer, Style};
 use crate::report::{print_human, print_json};
 use anyhow::{bail, Context};
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
-use vfio_migrate_backend::MigrationDevice;
-use vfio_migrate_engine::snapshot;
 use vfio_migrate_engine::{
-    migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport, SourceFailure,
-    SourceOptions,
+    migrate_in, migrate_out, Cancel, DestLink, DestOptions, Link, MigrationReport, NoConverge,
+    SourceFailure, SourceOptions,
 };
 
 /// `on` / `off`.
@@ -27,16 +27,78 @@ pub enum OnOff {
     Off,
 }
 
+/// `abort` / `force`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnNoConverge {
+    /// Fail; the source keeps running.
+    Abort,
+    /// Switch over anyway, with the longer downtime.
+    Force,
+}
+
+/// When pre-copy switches over, and what it does when it cannot (shared
+/// with `demo`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Converge {
+    /// Give up pre-copy after this many seconds (with --max-iterations,
+    /// whichever comes first); then --on-no-converge decides.
+    #[arg(long, value_name = "SECS")]
+    pub converge_timeout: Option<u64>,
+    /// When pre-copy cannot bring the expected downtime under
+    /// --downtime-limit: abort (the source keeps running, the message says
+    /// the dirty rate and bandwidth that prevented it) or force (switch
+    /// over anyway).
+    #[arg(long, value_enum, default_value = "abort")]
+    pub on_no_converge: OnNoConverge,
+    /// Throttle devices that offer it (the vgpu slows its render engine)
+    /// step by step while pre-copy rounds stop shrinking, and release the
+    /// throttle at the end: the device-side analogue of QEMU's
+    /// auto-converge.
+    #[arg(long, value_enum, default_value = "on")]
+    pub auto_converge: OnOff,
+    /// Have the destination acknowledge that it loaded each device's
+    /// initial pre-copy data, and never stop the source before (QEMU's
+    /// switchover-ack; an older destination simply does not offer it).
+    #[arg(long, value_enum, default_value = "on")]
+    pub switchover_ack: OnOff,
+    /// Verify with a full re-hash: device digests and guest RAM are hashed
+    /// whole at both ends (besides the incremental digests, which must
+    /// agree). Slower: the device re-hash is inside the downtime.
+    #[arg(long)]
+    pub full_verify: bool,
+    /// Draw the pre-copy rounds (bytes sent, dirty bytes remaining,
+    /// expected downtime, throttle) into this PNG file.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+impl Default for Converge {
+    fn default() -> Self {
+        Self {
+            converge_timeout: None,
+            on_no_converge: OnNoConverge::Abort,
+            auto_converge: OnOff::On,
+            switchover_ack: OnOff::On,
+            full_verify: false,
+            plot: None,
+        }
+    }
+}
+
 /// How the source side migrates (shared with `demo`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Tuning {
     /// Pre-copy: send state while the device runs, stop only for the rest.
     #[arg(long, value_enum, default_value = "on")]
     pub precopy: OnOff,
-    /// Switch over once the expected downtime is at most this many ms.
+    /// The downtime to stay under, ms: pre-copy switches over only when
+    /// the expected downtime (what is left over the measured bandwidth,
+    /// plus the measured fixed costs) fits, and the report says when the
+    /// measured downtime did not.
     #[arg(long, value_name = "MS", default_value_t = 300)]
     pub downtime_limit: u64,
-    /// Switch over after this many pre-copy rounds whatever the estimate.
+    /// Give up pre-copy after this many rounds unless the estimate fits
+    /// (then --on-no-converge decides).
     #[arg(long, value_name = "N", default_value_t = 30)]
     pub max_iterations: u32,
     /// Send at most this many bytes per second (K/M/G suffixes: 100M is
@@ -50,6 +112,8 @@ pub struct Tuning {
     /// connection. Into a snapshot: this many writer threads.
     #[arg(long, value_name = "N", default_value = "1", value_parser = crate::channels::parse)]
     pub channels: u32,
+    #[command(flatten)]
+    pub converge: Converge,
 }
 
 impl Tuning {
@@ -60,18 +124,32 @@ impl Tuning {
         cancel: Cancel,
         progress: Style,
         force: bool,
+        control: Option<&ControlServer>,
     ) -> SourceOptions {
+        let printer = (progress != Style::Off).then(|| Printer::new(progress).callback());
+        let progress = match control {
+            Some(c) => Some(c.progress_fn(printer)),
+            None => printer,
+        };
         SourceOptions {
             precopy: self.precopy == OnOff::On,
             downtime_limit: Duration::from_millis(self.downtime_limit),
             max_iterations: self.max_iterations,
-            verifier: Some(sample_verifier()),
+            verifier: Some(sample_verifier(self.converge.full_verify)),
             cancel,
-            progress: (progress != Style::Off).then(|| Printer::new(progress).callback()),
+            progress,
             source_name,
             force,
             bandwidth_limit: self.bandwidth_limit,
             channels: None,
+            converge_timeout: self.converge.converge_timeout.map(Duration::from_secs),
+            on_no_converge: match self.converge.on_no_converge {
+                OnNoConverge::Abort => NoConverge::Abort,
+                OnNoConverge::Force => NoConverge::Force,
+            },
+            auto_converge: self.converge.auto_converge == OnOff::On,
+            switchover_ack: self.converge.switchover_ack == OnOff::On,
+            full_verify: self.converge.full_verify,
         }
     }
 
@@ -101,17 +179,19 @@ pub struct Args {
     #[arg(long, value_name = "ENDPOINT")]
     dest: String,
     #[command(flatten)]
-    tuning: Tuning,
+    pub(crate) tuning: Tuning,
     /// Migration protocol for unix: devices (source and destination):
     /// auto prefers v2, then the v1 region, then the seed region. The
     /// stream does not depend on it.
     #[arg(long, value_enum, default_value = "auto")]
-    protocol: ProtocolArg,
+    pub(crate) protocol: ProtocolArg,
     /// Print one JSON object instead of the human report.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     #[command(flatten)]
-    liveness: Liveness,
+    pub(crate) liveness: Liveness,
+    #[command(flatten)]
+    control: crate::control::ControlArgs,
     /// TLS credentials directory (QEMU's x509 layout, made by `vfio-migrate
     /// certs`) for a tcp: destination: the receiver's certificate is
     /// checked against its CA and the host name dialled, and ours is shown
@@ -127,7 +207,7 @@ pub struct Args {
     /// already (two copies may run), load into a destination that is not
     /// expecting a migration (its state is overwritten).
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
 }
 
 /// Runs the command; returns the process exit code.
@@ -144,11 +224,24 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     }
     let style = Style::detect(args.json);
     let title = format!("vfio-migrate: {src} → {dst}");
+    if let (Endpoint::File(path), true) = (&src, dst.is_device()) {
+        return crate::restore::run(path, &src, &dst, &args, cancel);
+    }
+    let control = args.control.start(
+        Status::new(
+            "migrate",
+            src.to_string(),
+            dst.to_string(),
+            Some(args.tuning.downtime_limit as f64),
+        ),
+        &cancel,
+    )?;
+    let ctl = control.as_ref();
     let client = args.liveness.client_config(&cancel)?;
     let deadlines = args.liveness.deadlines(&cancel);
     let result = match (&src, &dst) {
         (s, d) if s.is_device() && d.is_device() => {
-            device_to_device(&src, &dst, &args, cancel.clone(), style)?
+            device_to_device(&src, &dst, &args, cancel.clone(), style, ctl)?
         }
         (s, Endpoint::Tcp { .. }) if s.is_device() => {
             let Endpoint::Tcp { host, .. } = &dst else {
@@ -169,7 +262,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             )?;
             let mut opts = args
                 .tuning
-                .source_options(src.to_string(), cancel.clone(), style, args.force);
+                .source_options(src.to_string(), cancel.clone(), style, args.force, ctl);
             opts.channels = args.tuning.channels(Some(crate::channels::tcp_connector(
                 addr.clone(),
                 dst.to_string(),
@@ -181,13 +274,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         (s, Endpoint::File(path)) if s.is_device() => {
             let mut dev = src.open_device_with(args.protocol, &client)?;
-            let f = File::options().write(true).create_new(true).open(path).with_context(|| {
+            // Mode 0600: a snapshot holds device memory (and what the guest
+            // put there).
+            let f = File::options().write(true).create_new(true).mode(0o600).open(path).with_context(|| {
                 format!("cannot create the snapshot {dst} (an existing file is never overwritten: remove it or pick another path)")
             })?;
             let sync = f.try_clone().context("snapshot file")?;
             let mut opts = args
                 .tuning
-                .source_options(src.to_string(), cancel.clone(), style, args.force);
+                .source_options(src.to_string(), cancel.clone(), style, args.force, ctl);
             opts.channels = args.tuning.channels(None);
             let r = migrate_out(std::slice::from_mut(&mut dev), None, Link::file(f, dst.to_string()), opts);
             match r.as_ref().map(|_| sync.sync_all()) {
@@ -202,15 +297,20 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             }
             r
         }
-        (Endpoint::File(path), d) if d.is_device() => {
-            return restore(path, &src, &dst, &args, cancel)
-        }
         (Endpoint::Tcp { .. }, _) => {
             return Err(exit::usage(format!("--source {src}: a tcp endpoint can only be a destination; on the receiving host run `vfio-migrate receive --listen {src} --dest unix:PATH`")))
         }
         _ => return Err(exit::usage(format!("migrating from {src} to {dst} is not supported: the source must be a device or a snapshot file, the destination a device, tcp:HOST:PORT or file:PATH, and at least one of them a device"))),
     };
-    Ok(finish(&title, result, args.json, &cancel))
+    let code = finish(
+        &title,
+        result,
+        args.json,
+        &cancel,
+        ctl,
+        args.tuning.converge.plot.as_deref(),
+    );
+    Ok(code)
 }
 
 /// Prints the outcome; returns the exit code.
@@ -219,7 +319,21 @@ pub fn finish(
     r: Result<MigrationReport, SourceFailure>,
     json: bool,
     cancel: &Cancel,
+    control: Option<&ControlServer>,
+    plot: Option<&std::path::Path>,
 ) -> i32 {
+    if let Some(path) = plot {
+        let rep = match &r {
+            Ok(rep) => rep,
+            Err(f) => &*f.report,
+        };
+        if let Err(e) = crate::plot::draw(path, title, rep) {
+            eprintln!("warning: --plot {}: {e:#}", path.display());
+        }
+    }
+    if let Some(c) = control {
+        c.finish(&outcome(&r, cancel));
+    }
     match r {
         Ok(mut rep) => {
             rep.peak_rss_bytes = crate::procstat::peak_rss();
@@ -233,10 +347,80 @@ pub fn finish(
         }
         Err(f) => {
             if json {
-                print_json(&f.report);
+                print_json(&Failed::new(&f));
             }
             eprintln!("error: {f}");
             exit::for_source_failure(&f, cancel)
+        }
+    }
+}
+
+/// What `vfio-migrate cancel` is told when the migration has ended.
+fn outcome(r: &Result<MigrationReport, SourceFailure>, cancel: &Cancel) -> serde_json::Value {
+    match r {
+        Ok(_) => serde_json::json!({
+            "status": "completed",
+            "message": "the migration completed before the cancel took effect: the destination runs",
+            "exit_code": 0,
+            "devices": [],
+        }),
+        Err(f) => {
+            let code = exit::for_source_failure(f, cancel);
+            let cancelled = cancel.is_cancelled()
+                && matches!(f.state, vfio_migrate_engine::SourceState::Restored);
+            let devices: Vec<serde_json::Value> = f
+                .devices
+                .iter()
+                .map(|(n, s)| serde_json::json!({ "name": n, "state": s.map(|s| s.to_string()) }))
+                .collect();
+            serde_json::json!({
+                "status": if cancelled { "cancelled" } else { "failed" },
+                "message": f.to_string(),
+                "exit_code": code,
+                "devices": devices,
+            })
+        }
+    }
+}
+
+/// A failed migration's JSON: the figures up to the failure, what the
+/// source was left as, and each source device's state read back.
+#[derive(serde::Serialize)]
+struct Failed<'a> {
+    #[serde(flatten)]
+    report: &'a MigrationReport,
+    /// `restored` (rolled back, running), `rollback-incomplete` or
+    /// `committed` (the destination was told to run: the source stays
+    /// stopped).
+    source_state: &'static str,
+    source_devices: Vec<SourceDevice>,
+}
+
+#[derive(serde::Serialize)]
+struct SourceDevice {
+    name: String,
+    /// Its state read back after the failure (`null`: it did not answer).
+    state: Option<String>,
+}
+
+impl<'a> Failed<'a> {
+    fn new(f: &'a SourceFailure) -> Self {
+        use vfio_migrate_engine::SourceState as S;
+        Self {
+            report: &f.report,
+            source_state: match &f.state {
+                S::Restored => "restored",
+                S::RollbackIncomplete(_) => "rollback-incomplete",
+                S::Committed => "committed",
+            },
+            source_devices: f
+                .devices
+                .iter()
+                .map(|(n, s)| SourceDevice {
+                    name: n.clone(),
+                    state: s.map(|s| s.to_string()),
+                })
+                .collect(),
         }
     }
 }
@@ -249,10 +433,19 @@ fn device_to_device(
     args: &Args,
     cancel: Cancel,
     style: Style,
+    ctl: Option<&ControlServer>,
 ) -> anyhow::Result<Result<MigrationReport, SourceFailure>> {
-    if src == dst {
+    if src.same_as(dst) {
+        let how = if src == dst {
+            String::new()
+        } else {
+            format!(
+                " ({src} and {dst} both reach {})",
+                src.identity().unwrap_or_default()
+            )
+        };
         return Err(exit::usage(format!(
-            "--source and --dest are the same device ({src})"
+            "--source and --dest are the same device{how}: a device cannot migrate into itself; give the destination device's own endpoint"
         )));
     }
     let tuning = &args.tuning;
@@ -268,6 +461,7 @@ fn device_to_device(
     let channel_wait = deadlines.connect;
     let dcancel = cancel.clone();
     let force = args.force;
+    let full_verify = tuning.converge.full_verify;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("migrate-dest".into())
@@ -278,7 +472,8 @@ fn device_to_device(
                 None,
                 dlink,
                 DestOptions {
-                    verifier: Some(sample_verifier()),
+                    verifier: Some(sample_verifier(full_verify)),
+                    full_verify,
                     cancel: dcancel,
                     force,
                     channels: Some(accept),
@@ -289,7 +484,7 @@ fn device_to_device(
             let _ = tx.send(r);
         })
         .context("starting the destination thread")?;
-    let mut opts = tuning.source_options(src.to_string(), cancel, style, args.force);
+    let mut opts = tuning.source_options(src.to_string(), cancel, style, args.force, ctl);
     opts.channels = tuning.channels(Some(connect));
     let r = migrate_out(std::slice::from_mut(&mut sdev), None, slink, opts);
     // After a success the destination is done (it answered RUNNING). After
@@ -309,87 +504,4 @@ fn device_to_device(
         _ => {}
     }
     Ok(r)
-}
-
-/// `file:` → device: the whole snapshot is checked before the device is
-/// touched, then loaded, validated, verified and started.
-fn restore(
-    path: &std::path::Path,
-    src: &Endpoint,
-    dst: &Endpoint,
-    args: &Args,
-    cancel: Cancel,
-) -> anyhow::Result<i32> {
-    let json = args.json;
-    let t0 = std::time::Instant::now();
-    let f = File::open(path).with_context(|| format!("cannot open the snapshot {src}"))?;
-    let sum = snapshot::check(f, &src.to_string());
-    if !sum.ok {
-        bail!(
-            "the snapshot {src} is damaged, nothing was loaded into {dst}: {}",
-            sum.problems.join("; ")
-        );
-    }
-    let client = args.liveness.client_config(&cancel)?;
-    let mut dev: Box<dyn MigrationDevice> = dst.open_device_with(args.protocol, &client)?;
-    let f = File::open(path).with_context(|| format!("cannot open the snapshot {src}"))?;
-    let r = migrate_in(
-        std::slice::from_mut(&mut dev),
-        None,
-        DestLink::file(f, src.to_string()),
-        DestOptions {
-            verifier: Some(sample_verifier()),
-            cancel: cancel.clone(),
-            force: args.force,
-            ..Default::default()
-        },
-    );
-    let mut rep = MigrationReport::new(src.to_string(), dst.to_string());
-    rep.total_ms = t0.elapsed().as_secs_f64() * 1000.0;
-    rep.downtime_ms = rep.total_ms;
-    rep.transferred_bytes = sum.bytes;
-    rep.device_bytes = sum
-        .devices
-        .iter()
-        .map(|d| d.precopy.bytes + d.stopcopy.bytes)
-        .sum();
-    rep.throughput_mbps = sum.bytes as f64 * 8.0 / 1e6 / t0.elapsed().as_secs_f64().max(1e-9);
-    match r {
-        Ok(d) => {
-            rep.verified = d.verified;
-            rep.devices = sum
-                .devices
-                .iter()
-                .zip(&d.devices)
-                .map(|(s, x)| {
-                    let mut dr = vfio_migrate_engine::DeviceReport::new(
-                        dst.to_string(),
-                        dev.protocol(),
-                        &s.descriptor,
-                    );
-                    dr.precopy_bytes = s.precopy.bytes;
-                    dr.stopcopy_bytes = s.stopcopy.bytes;
-                    dr.digest_source = x.digest_source.clone();
-                    dr.digest_dest = x.digest_dest.clone();
-                    dr.verified = x.verified;
-                    dr
-                })
-                .collect();
-            if json {
-                print_json(&rep);
-            } else {
-                print_human(&format!("vfio-migrate: restored {src} into {dst}"), &rep);
-            }
-            Ok(0)
-        }
-        Err(e) => {
-            rep.status = "failed".into();
-            rep.error = Some(e.to_string());
-            if json {
-                print_json(&rep);
-            }
-            eprintln!("error: restoring {src} into {dst}: {e}; the device was not started");
-            Ok(exit::cancelled(&cancel).unwrap_or(exit::FAILED))
-        }
-    }
 }

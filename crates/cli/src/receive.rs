@@ -59,6 +59,8 @@ pub struct Args {
     /// the port could then write a device's state.
     #[arg(long, conflicts_with = "tls_creds")]
     insecure: bool,
+    #[command(flatten)]
+    control: crate::control::ControlArgs,
 }
 
 #[derive(Serialize)]
@@ -125,8 +127,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         TcpListener::bind(&addr).with_context(|| format!("cannot listen on {listen}"))?,
     );
     let local = format!("tcp:{}", l.local_addr().context("listening address")?);
-    println!("listening on {local}");
-    std::io::stdout().flush()?;
+    let mut status = crate::control::Status::new("receive", String::new(), dst.to_string(), None);
+    status.phase = "waiting".into();
+    let control = args.control.start(status, &cancel)?;
+    // With --json, stdout carries the one report object only.
+    if args.json {
+        eprintln!("listening on {local}");
+    } else {
+        println!("listening on {local}");
+        std::io::stdout().flush()?;
+    }
     let wait = (args.wait > 0).then(|| std::time::Duration::from_secs(args.wait));
     let (link, peer) = match crate::secure::accept(&l, &adm, &deadlines, wait, &cancel) {
         Ok(x) => x,
@@ -137,15 +147,34 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
     };
     let source = peer;
+    if let Some(c) = &control {
+        let s = source.clone();
+        c.update(|st| {
+            st.source = s;
+            st.phase = "setup".into();
+        });
+    }
+    let ctl_status = control.as_ref().map(|c| c.shared_status());
     eprintln!("receiving from {source} into {dst}");
     let show = !args.json || crate::verbosity() > 0;
     let opts = DestOptions {
-        verifier: Some(sample_verifier()),
+        verifier: Some(sample_verifier(false)),
         cancel: cancel.clone(),
         force: args.force,
-        progress: show.then(|| {
-            Box::new(|phase: Phase, n: u64| eprintln!("{phase}: {} received", bytes(n)))
-                as Box<dyn FnMut(Phase, u64) + Send>
+        progress: (show || ctl_status.is_some()).then(|| {
+            let t0 = std::time::Instant::now();
+            Box::new(move |phase: Phase, n: u64| {
+                if let Some(st) = &ctl_status {
+                    let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+                    st.phase = phase.to_string();
+                    st.transferred_bytes = n;
+                    st.total_bytes = n;
+                    st.elapsed_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                }
+                if show {
+                    eprintln!("{phase}: {} received", bytes(n));
+                }
+            }) as Box<dyn FnMut(Phase, u64) + Send>
         }),
         // Data channels (`migrate --channels N`) come to the same port and
         // are admitted like the main connection.
@@ -178,6 +207,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             eprintln!(
                 "error: receiving into {dst}: {f}; the destination did not run the incoming state"
             );
+            for d in &f.devices {
+                eprintln!("  {}", crate::report::left_as(d));
+            }
             (
                 exit::cancelled(&cancel).unwrap_or(exit::FAILED),
                 Out {
@@ -194,6 +226,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             )
         }
     };
+    if let Some(c) = &control {
+        c.finish(&serde_json::json!({
+            "status": if code == 0 { "completed" } else if cancel.is_cancelled() { "cancelled" } else { "failed" },
+            "message": out.error.clone().unwrap_or_else(|| "the destination runs the received state".into()),
+            "exit_code": code,
+            "devices": out.devices_left.iter().map(|d| serde_json::json!({
+                "name": d.name,
+                "state": d.state.map(|s| s.to_string()),
+            })).collect::<Vec<_>>(),
+        }));
+    }
     if args.json {
         print_json(&out);
     } else if let Some(rep) = &out.report {
@@ -204,6 +247,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             out.dest,
             rep.devices.len()
         );
+        let verdict = match (rep.verified_by, rep.sender_compared) {
+            (Some("sender"), Some(n)) => format!(
+                "verified by the sender: it compared {n} device digest(s) with its own, taken when its devices stopped, before telling this side to run"
+            ),
+            (Some(_), _) => "verified: every device digest equals the sender's".to_string(),
+            _ => "not verified: no digest was compared (a sender of an older version, or a device without a digest)".to_string(),
+        };
+        println!("  {verdict}");
         for d in &rep.devices {
             println!(
                 "  {} ({}): {} of state, digest {}",

@@ -2,6 +2,7 @@
 //! with `--json`.
 
 use serde::Serialize;
+use vfio_migrate_engine::metrics::DowntimeBreakdown;
 use vfio_migrate_engine::MigrationReport;
 
 /// `1.5 GiB`, `12.0 MiB`, `512 B`.
@@ -28,12 +29,45 @@ pub fn rate(bps: f64) -> String {
     format!("{}/s", bytes(bps as u64))
 }
 
+/// What a destination device was left as after a failed load, in words.
+pub fn left_as(d: &vfio_migrate_engine::DeviceLeft) -> String {
+    let state = match d.state {
+        Some(s) => format!("is {s}"),
+        None => "did not answer (its state is unknown)".into(),
+    };
+    let reset = if d.reset {
+        " (reset: the partial state is gone)"
+    } else {
+        ""
+    };
+    match &d.problem {
+        Some(p) => format!("{} {state}{reset}; {p}", d.name),
+        None => format!("{} {state}{reset}", d.name),
+    }
+}
+
 /// Prints `value` as one JSON object on stdout.
 pub fn print_json(value: &impl Serialize) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).expect("report serializes")
     );
+}
+
+/// Where the downtime went, ms, in the order it happened.
+pub fn breakdown(b: &DowntimeBreakdown) -> String {
+    format!(
+        "stop {:.2} + device stop-copy {:.2} + final dirty set {:.2} + final RAM {:.2} + source digests {:.2} + destination load {:.2} + validate {:.2} + digests {:.2} + resume {:.2}",
+        b.stop_ms,
+        b.device_stop_copy_ms,
+        b.final_dirty_ms,
+        b.final_ram_ms,
+        b.source_digest_ms,
+        b.dest_load_ms,
+        b.dest_validate_ms,
+        b.dest_digest_ms,
+        b.resume_ms
+    )
 }
 
 /// The human summary of a migration.
@@ -49,21 +83,43 @@ pub fn print_human(title: &str, r: &MigrationReport) {
         "ok (not verified: nothing to compare)".into()
     };
     println!("  status       {verdict}");
-    let digests = if r.dest_digest_ms > 0.0 {
-        format!(" incl. {:.1} reading digests", r.dest_digest_ms)
+    let expected = if r.precopy && r.expected_downtime_ms.is_finite() && r.precopy_iterations > 0 {
+        format!(
+            ", expected {:.1} ms = {:.1} transfer + {:.1} fixed",
+            r.expected_downtime_ms, r.expected_transfer_ms, r.expected_fixed_ms
+        )
     } else {
         String::new()
     };
     println!(
-        "  downtime     {:.1} ms   (limit {:.0} ms; stop {:.1}, final transfer {:.1}, resume {:.1}{digests})",
-        r.downtime_ms, r.downtime_limit_ms, r.stop_ms, r.final_transfer_ms, r.resume_ms
+        "  downtime     {:.1} ms   (limit {:.0} ms{expected})",
+        r.downtime_ms, r.downtime_limit_ms
     );
+    println!("               {}", breakdown(&r.downtime_breakdown));
+    if r.downtime_limit_exceeded {
+        println!(
+            "  WARNING      the measured downtime ({:.1} ms) exceeded the limit ({:.0} ms){}",
+            r.downtime_ms,
+            r.downtime_limit_ms,
+            if r.forced {
+                ": the switchover was forced (--on-no-converge force) without the estimate fitting"
+            } else {
+                ": the estimate the switchover was decided on was too low"
+            }
+        );
+    }
     let pre = if r.precopy {
         format!(
-            "pre-copy {:.0} ms in {} round(s){}",
+            "pre-copy {:.0} ms in {} round(s){}{}{}",
             r.precopy_ms,
             r.precopy_iterations,
-            if r.converged { ", converged" } else { "" }
+            if r.converged { ", converged" } else { "" },
+            if r.forced { ", forced" } else { "" },
+            if r.max_throttle_percent > 0 {
+                format!(", devices throttled up to {}%", r.max_throttle_percent)
+            } else {
+                String::new()
+            }
         )
     } else {
         "no pre-copy".into()
@@ -73,13 +129,13 @@ pub fn print_human(title: &str, r: &MigrationReport) {
         r.total_ms, r.setup_ms
     );
     println!(
-        "  transferred  {}   (guest RAM {}, device state {}; while stopped: {} + {}) at {:.0} Mbit/s",
+        "  transferred  {}   (guest RAM {}, device state {}; while stopped: {} + {}) at {}",
         bytes(r.transferred_bytes),
         bytes(r.ram_bytes),
         bytes(r.device_bytes),
         bytes(r.ram_bytes_stopped),
         bytes(r.device_bytes_stopped),
-        r.throughput_mbps
+        rate(r.throughput_bytes_per_sec)
     );
     if let (Some(a), Some(b)) = (&r.ram_hash_source, &r.ram_hash_dest) {
         println!(

@@ -16,7 +16,7 @@ fn check_report(v: &serde_json::Value, precopy: bool) {
         "transferred_bytes",
         "ram_bytes",
         "device_bytes",
-        "throughput_mbps",
+        "throughput_bytes_per_sec",
         "devices",
     ] {
         assert!(v.get(k).is_some(), "no '{k}' in {v:#}");

@@ -88,9 +88,16 @@ fn unix_to_tcp_to_unix() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(recv.stdout.take().unwrap());
+    // With --json, stdout is the report alone: the address is on stderr.
+    let mut stdout = recv.stdout.take().unwrap();
     let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
+    let mut stderr = BufReader::new(recv.stderr.take().unwrap());
+    while !line.starts_with("listening on") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "receive ended");
+    }
+    // Keep draining it: receive goes on writing progress there.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let at = line
         .trim()
         .strip_prefix("listening on ")
@@ -113,7 +120,8 @@ fn unix_to_tcp_to_unix() {
     );
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    let rv: serde_json::Value = serde_json::from_str(&rest).unwrap();
+    let rv: serde_json::Value = serde_json::from_str(&rest)
+        .unwrap_or_else(|e| panic!("receive --json stdout is not one JSON object ({e}): {rest}"));
     assert_eq!(rv["status"], "ok");
     let v = json(&out);
     assert_eq!(

@@ -181,11 +181,18 @@ fn seed_source_to_v1_destination_over_tcp_loopback() {
         ])
         .args(["--dest", &dst.uri()])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = BufReader::new(recv.stdout.take().unwrap());
+    let mut out = recv.stdout.take().unwrap();
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
+    let mut stderr = BufReader::new(recv.stderr.take().unwrap());
+    while !line.starts_with("listening on") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "receive ended");
+    }
+    // Keep draining it: receive goes on writing progress there.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let addr = line
         .trim()
         .strip_prefix("listening on ")

@@ -27,6 +27,22 @@
 //!   its 8-byte head and the data, so a client can put the data into its
 //!   own checksummed records without reading it (it splices it on). Clients
 //!   PROBE before using it.
+//! - **Feature [`FEATURE_THROTTLE`]**: the device-side analogue of QEMU's
+//!   auto-converge. SET `{u32 percent, u32 reserved}` ([`FeatureThrottle`])
+//!   asks the device to withhold `percent` (0–99) of the work that dirties
+//!   its memory while it is in PRE_COPY/PRE_COPY_P2P (0 in any state);
+//!   GET returns the throttle in force. The device releases it by itself
+//!   when it leaves pre-copy, on reset, and when its client goes away.
+//!   Offered only by devices that can throttle; clients PROBE first.
+//! - **Feature [`FEATURE_PRECOPY_INFO_V2`]**: SET (no data) opts this
+//!   connection in to the second pre-copy info layout, as a kernel client
+//!   SETs `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2`: afterwards
+//!   [`FEATURE_PRECOPY_INFO`] GET returns `{u64 initial_bytes, u64
+//!   dirty_bytes, u32 flags, u32 reserved}` with [`PRECOPY_FLAG_REINIT`]
+//!   (the kernel's `VFIO_PRECOPY_INFO_REINIT`): the device re-initialised
+//!   its pre-copy data — new initial data is present, `initial_bytes`
+//!   counts it, `dirty_bytes` restarted — reported once. Without the
+//!   opt-in the reply keeps its 16 bytes.
 
 use serde_json::{Map, Value};
 use vfio_migrate_abi::vfio_user::Capabilities;
@@ -49,6 +65,23 @@ pub const FEATURE_MIG_DATA_CRC: u32 = 0xf010;
 /// Size of the checksum block a MIG_DATA_READ reply carries after its
 /// head while [`FEATURE_MIG_DATA_CRC`] is on.
 pub const MIG_DATA_CRC_SIZE: usize = 8;
+/// Device throttle (vfio-migrate extension): [`FeatureThrottle`].
+pub const FEATURE_THROTTLE: u32 = 0xf003;
+/// Opt-in to the pre-copy info layout with flags (vfio-migrate extension).
+pub const FEATURE_PRECOPY_INFO_V2: u32 = 0xf004;
+/// Pre-copy info flag (second layout): new initial data is present.
+pub const PRECOPY_FLAG_REINIT: u32 = 1;
+
+vfio_migrate_abi::wire_struct! {
+    /// Data of [`FEATURE_THROTTLE`] (GET reply, SET request).
+    pub struct FeatureThrottle {
+        /// Percent of the device's dirtying work withheld (0–99).
+        pub percent: u32,
+        /// 0.
+        pub reserved: u32,
+    }
+}
+
 /// [`FEATURE_DEVICE_STATUS`] flag: nothing has been done with the device
 /// since it started or was reset (config space writes aside).
 pub const STATUS_PRISTINE: u32 = 1 << 0;

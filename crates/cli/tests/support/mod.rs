@@ -19,6 +19,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_vfio-migrate");
 pub mod vgpu {
     pub const CONTROL: u64 = 0x08;
     pub const RENDER_RATE: u64 = 0x10;
+    pub const DMA_RATE: u64 = 0x18;
+    pub const DMA_IOVA: u64 = 0x20;
+    pub const DMA_SIZE: u64 = 0x28;
     pub const SEED: u64 = 0x30;
     pub const DIGEST: u64 = 0x38;
     pub const FRAME: u64 = 0x40;

@@ -210,6 +210,13 @@ pub trait RecordSink {
     fn start(&mut self, kind: u32, len: u32) -> DeviceResult<()>;
     /// The next payload bytes of the current record.
     fn data(&mut self, chunk: &[u8]) -> DeviceResult<()>;
+    /// [`RecordSink::data`], continuing `crc` — the record's running
+    /// CRC32C — over the chunk and returning it: a sink that reads the
+    /// bytes anyway may fold the CRC into its own pass.
+    fn data_crc(&mut self, chunk: &[u8], crc: u32) -> DeviceResult<u32> {
+        self.data(chunk)?;
+        Ok(crc32c::crc32c_append(crc, chunk))
+    }
     /// The current record ended and its CRC matched.
     fn end(&mut self) -> DeviceResult<()>;
 }
@@ -347,10 +354,10 @@ impl RecordReader {
                 } => {
                     let n = ((len - have) as usize).min(data.len());
                     let chunk = &data[..n];
-                    if let Err(e) = sink.data(chunk) {
-                        return Err(self.fail(e));
-                    }
-                    let crc = crc32c::crc32c_append(crc, chunk);
+                    let crc = match sink.data_crc(chunk, crc) {
+                        Ok(c) => c,
+                        Err(e) => return Err(self.fail(e)),
+                    };
                     data = &data[n..];
                     self.offset += n as u64;
                     let have = have + n as u32;

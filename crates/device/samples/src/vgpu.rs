@@ -27,6 +27,7 @@
 
 pub mod engines;
 pub mod load;
+pub mod pagehash;
 pub mod regs;
 pub mod save;
 
@@ -34,7 +35,7 @@ use self::engines::{Engine, Shared, PAGE};
 use self::load::LoadStream;
 use self::regs::{reg, Regs, CONTROL_BITS, CONTROL_DMA, CONTROL_RENDER, REG_END};
 use self::save::SaveStream;
-use super::hash::Digest64;
+use super::hash::{fill_pseudo_random, mix_words, Digest64};
 use super::mem::SharedMemory;
 use super::{is_running, CONFIG_REGION, SAMPLE_VENDOR_ID};
 use std::sync::atomic::Ordering;
@@ -52,9 +53,6 @@ use vfio_migrate_device::irq::{Interrupts, IrqRequest};
 use vfio_migrate_device::pci::{Bar, BarKind, PciConfig, CONFIG_SIZE};
 
 pub use self::regs::{ID_VALUE, REG_END as BAR0_REG_END};
-
-/// Device memory is digested in this many fixed shards, two threads at a time.
-const DIGEST_SHARDS: u64 = 8;
 
 /// PCI device id.
 pub const DEVICE_ID: u16 = 0x00f0;
@@ -165,6 +163,7 @@ impl Vgpu {
         }
         let mem = SharedMemory::populated("vgpu-bar2", m)?;
         let dirty = DirtyBitmap::new(m, PAGE)?;
+        let hashes = pagehash::PageHashes::new(m / PAGE);
         let mut pci = PciConfig::new(
             &identity(),
             &[
@@ -190,8 +189,10 @@ impl Vgpu {
             shared: Arc::new(Shared {
                 mem,
                 dirty,
+                hashes,
                 regs,
                 irq,
+                throttle: Default::default(),
             }),
             dma,
             render: None,
@@ -255,49 +256,58 @@ impl Vgpu {
         }
     }
 
-    /// The DIGEST value: device memory hashed in [`DIGEST_SHARDS`] fixed
-    /// shards (each its own [`Digest64`], hashed on two threads; the result
-    /// does not depend on that), then the shard digests, the memory size and
-    /// every register folded into one digest.
-    fn compute_digest(&self) -> u64 {
+    /// The DIGEST value: the memory digest ([`pagehash`]: the sum of every
+    /// page's term — cached for pages saved or loaded and not written
+    /// since, hashed now for the others; `full` hashes every page now),
+    /// then the memory size and every register folded into one digest.
+    fn compute_digest(&self, full: bool) -> u64 {
         let len = self.shared.mem.len();
-        let shard = len.div_ceil(DIGEST_SHARDS).max(1);
-        let hash_shard = |i: u64| -> u64 {
-            let mut d = Digest64::new(ID_VALUE ^ i);
-            let mut chunk = vec![0u8; 64 << 10];
-            let (mut at, end) = ((i * shard).min(len), ((i + 1) * shard).min(len));
-            while at < end {
-                let n = (end - at).min(chunk.len() as u64) as usize;
-                self.shared
-                    .mem
-                    .read(at, &mut chunk[..n])
-                    .expect("in bounds");
-                d.update(&chunk[..n]);
-                at += n as u64;
-            }
-            d.finish()
+        let memory = if full {
+            pagehash::full_memory_digest(&self.shared.mem)
+        } else {
+            let (sum, hashed) = self
+                .shared
+                .hashes
+                .memory_digest(&self.shared.mem, &self.shared.dirty);
+            tracing::debug!(hashed, pages = len / PAGE, "vgpu digest");
+            sum
         };
-        let mut shards = vec![0u64; DIGEST_SHARDS as usize];
-        let (front, back) = shards.split_at_mut(DIGEST_SHARDS as usize / 2);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                for (i, v) in back.iter_mut().enumerate() {
-                    *v = hash_shard(DIGEST_SHARDS / 2 + i as u64);
-                }
-            });
-            for (i, v) in front.iter_mut().enumerate() {
-                *v = hash_shard(i as u64);
-            }
-        });
         let mut d = Digest64::new(ID_VALUE);
-        for v in shards {
-            d.update_u64(v);
-        }
+        d.update_u64(memory);
         d.update_u64(len);
         for w in self.shared.regs.snapshot().words() {
             d.update_u64(w);
         }
         d.finish()
+    }
+
+    /// MODESET: a display mode change redraws the whole framebuffer (every
+    /// page pseudo-random from SEED, FRAME and the page) and counts as a
+    /// frame; a pre-copy in progress starts its initial data again.
+    fn modeset(&mut self) -> DeviceResult<()> {
+        let r = &self.shared.regs;
+        let (seed, frame) = (
+            r.seed.load(Ordering::Acquire),
+            r.frame.load(Ordering::Acquire),
+        );
+        let mut block = vec![0u8; 64 * PAGE as usize];
+        let pages = self.shared.pages();
+        let mut p = 0;
+        while p < pages {
+            let n = (pages - p).min(64);
+            let b = &mut block[..(n * PAGE) as usize];
+            for (i, page) in b.chunks_exact_mut(PAGE as usize).enumerate() {
+                fill_pseudo_random(mix_words(&[seed, frame, p + i as u64, 5]), page);
+            }
+            self.shared.mem.write(p * PAGE, b)?;
+            p += n;
+        }
+        self.shared.dirty.mark_all();
+        r.frame.store(frame + 1, Ordering::Release);
+        if let Some(s) = self.save.as_mut() {
+            s.reinit(&self.shared);
+        }
+        Ok(())
     }
 
     fn read_reg(&self, off: u64) -> DeviceResult<u64> {
@@ -310,7 +320,10 @@ impl Vgpu {
             reg::DMA_IOVA => r.dma_iova.load(Ordering::Acquire),
             reg::DMA_SIZE => r.dma_size.load(Ordering::Acquire),
             reg::SEED => r.seed.load(Ordering::Acquire),
-            reg::DIGEST => self.compute_digest(),
+            reg::DIGEST => self.compute_digest(false),
+            reg::DIGEST_FULL => self.compute_digest(true),
+            reg::THROTTLE => self.shared.throttle.load(Ordering::Acquire),
+            reg::MODESET => 0,
             reg::FRAME => r.frame.load(Ordering::Acquire),
             reg::DMA_COUNT => r.dma_count.load(Ordering::Acquire),
             reg::DMA_ERRORS => r.dma_errors.load(Ordering::Acquire),
@@ -339,7 +352,8 @@ impl Vgpu {
             | reg::DMA_IOVA
             | reg::DMA_SIZE
             | reg::SEED
-            | reg::SCRATCH => Ok(()),
+            | reg::SCRATCH
+            | reg::MODESET => Ok(()),
             _ if off < REG_END => Err(DeviceError::inval(format!(
                 "vgpu register {} ({off:#x}) is read-only",
                 regs::name(off)
@@ -363,6 +377,7 @@ impl Vgpu {
             reg::DMA_SIZE => r.dma_size.store(v, Ordering::Release),
             reg::SEED => r.seed.store(v, Ordering::Release),
             reg::SCRATCH => r.scratch.store(v, Ordering::Release),
+            reg::MODESET => return self.modeset(),
             _ => unreachable!("check_write refused {off:#x}"),
         }
         self.poke_engines();
@@ -552,9 +567,11 @@ impl Device for Vgpu {
         self.stop_engines_quietly();
         self.save = None;
         self.load = None;
+        self.shared.hashes.forget_all();
         self.shared.mem.zero_all()?;
         self.shared.regs.reset();
         self.shared.dirty.clear_all();
+        self.shared.throttle.store(0, Ordering::Release);
         self.pci.reset();
         Ok(())
     }
@@ -609,10 +626,11 @@ impl Device for Vgpu {
     }
 
     fn precopy_info(&mut self) -> PrecopyInfo {
-        match &self.save {
+        match &mut self.save {
             Some(s) => PrecopyInfo {
                 initial_bytes: s.initial_bytes(),
                 dirty_bytes: s.dirty_bytes(&self.shared),
+                reinit: s.take_reinit(),
             },
             None => PrecopyInfo::default(),
         }
@@ -636,6 +654,18 @@ impl Device for Vgpu {
     }
 
     fn digest(&mut self) -> Option<u64> {
-        Some(self.compute_digest())
+        Some(self.compute_digest(false))
+    }
+
+    fn throttle_offered(&self) -> bool {
+        true
+    }
+
+    fn set_throttle(&mut self, percent: u32) -> DeviceResult<()> {
+        self.shared
+            .throttle
+            .store(u64::from(percent), Ordering::Release);
+        self.poke_engines();
+        Ok(())
     }
 }

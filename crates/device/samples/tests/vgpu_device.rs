@@ -133,11 +133,13 @@ fn register_map_and_refusals() {
         reg::DMA_COUNT,
         reg::DMA_ERRORS,
         reg::MEM_SIZE,
+        reg::DIGEST_FULL,
+        reg::THROTTLE,
     ] {
         refused(&mut h, r, &[0; 8], "read-only");
     }
     refused(&mut h, reg::CONTROL, &16u64.to_le_bytes(), "reserved");
-    refused(&mut h, 0x68, &[0; 8], "no register");
+    refused(&mut h, 0x80, &[0; 8], "no register");
     refused(&mut h, 0x09, &[0; 2], "8-byte aligned");
     refused(&mut h, 0x0a, &[0; 4], "8-byte aligned");
     // A multi-register write with one bad register changes nothing.

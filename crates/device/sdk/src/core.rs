@@ -29,6 +29,8 @@ pub struct DeviceCore<D: Device> {
     migrated_out: bool,
     /// The current STOP_COPY save stream has been read to its end.
     stream_done: bool,
+    /// Throttle the device was last asked for (0: none).
+    throttle: u32,
 }
 
 impl<D: Device> DeviceCore<D> {
@@ -43,6 +45,7 @@ impl<D: Device> DeviceCore<D> {
             incoming: false,
             migrated_out: false,
             stream_done: false,
+            throttle: 0,
         }
     }
 
@@ -146,6 +149,11 @@ impl<D: Device> DeviceCore<D> {
                     tracing::debug!(%from, to = %hop, "migration arc");
                     self.state = hop;
                     self.note_arc(from, hop);
+                    // A throttle lasts only as long as the pre-copy that
+                    // asked for it.
+                    if !matches!(hop, MigState::PreCopy | MigState::PreCopyP2p) {
+                        self.release_throttle();
+                    }
                 }
                 Err(e) => {
                     if e.errno == libc::EIO {
@@ -234,9 +242,50 @@ impl<D: Device> DeviceCore<D> {
         self.dev.stop_copy_size()
     }
 
+    /// Whether the device offers a throttle ([`Device::set_throttle`]).
+    pub fn throttle_offered(&self) -> bool {
+        self.dev.throttle_offered()
+    }
+
+    /// The throttle last set (0: none).
+    pub fn throttle(&self) -> u32 {
+        self.throttle
+    }
+
+    /// Throttles the device's dirtying work by `percent` (at most
+    /// [`vfio_migrate_backend::MAX_THROTTLE`]); only in pre-copy, where a
+    /// migration asks for it (0, releasing it, in any state).
+    pub fn set_throttle(&mut self, percent: u32) -> DeviceResult<()> {
+        if !self.dev.throttle_offered() {
+            return Err(DeviceError::unsupported("this device has no throttle"));
+        }
+        if percent > vfio_migrate_backend::MAX_THROTTLE {
+            return Err(DeviceError::inval(format!(
+                "throttle {percent}% is above the most a device withholds ({}%)",
+                vfio_migrate_backend::MAX_THROTTLE
+            )));
+        }
+        if percent > 0 {
+            self.require(&[MigState::PreCopy, MigState::PreCopyP2p], "a throttle")?;
+        }
+        self.dev.set_throttle(percent)?;
+        self.throttle = percent;
+        Ok(())
+    }
+
+    fn release_throttle(&mut self) {
+        if self.throttle != 0 {
+            match self.dev.set_throttle(0) {
+                Ok(()) => self.throttle = 0,
+                Err(e) => tracing::warn!(error = %e, "releasing the device's throttle"),
+            }
+        }
+    }
+
     /// Device reset: RUNNING again, DMA logging off.
     pub fn reset(&mut self) -> DeviceResult<()> {
         self.dma.logging_stop();
+        self.release_throttle();
         self.dev.reset()?;
         self.state = MigState::Running;
         self.pristine = true;

@@ -170,4 +170,21 @@ pub trait Device: Send {
     fn digest(&mut self) -> Option<u64> {
         None
     }
+
+    /// Whether the device can slow the work that dirties its memory when
+    /// a migration does not converge ([`Device::set_throttle`]).
+    fn throttle_offered(&self) -> bool {
+        false
+    }
+
+    /// Withholds `percent` (0 to [`vfio_migrate_backend::MAX_THROTTLE`]) of
+    /// the work that dirties the device's memory (e.g. a GPU's render
+    /// engine); 0 runs it at full speed. Asked for by a migration whose
+    /// pre-copy rounds stop shrinking; the SDK releases it (0) when the
+    /// device leaves pre-copy and on reset. Only called when
+    /// [`Device::throttle_offered`].
+    fn set_throttle(&mut self, percent: u32) -> DeviceResult<()> {
+        let _ = percent;
+        Err(DeviceError::unsupported("this device has no throttle"))
+    }
 }

@@ -196,6 +196,12 @@ impl DirtyBitmap {
             .or_else(|| if from == 0 { None } else { self.take_next(0) })
     }
 
+    /// The dirty bits of pages `64 * w .. 64 * w + 64` (bit n = page
+    /// `64 * w + n`; 0 past the end). Reading does not clear them.
+    pub fn word(&self, w: usize) -> u64 {
+        self.words.get(w).map_or(0, |x| x.load(Ordering::Acquire))
+    }
+
     /// Number of dirty pages.
     pub fn count(&self) -> u64 {
         self.words

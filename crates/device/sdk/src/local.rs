@@ -7,8 +7,8 @@ use crate::error::DeviceError;
 use std::sync::{Arc, Mutex};
 use vfio_migrate_abi::kernel::MigState;
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DeviceStatus, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange,
-    MigrationDevice, PrecopyInfo, RegionAccess, Result,
+    BackendError, DeviceDescriptor, DeviceStatus, DeviceThrottle, DmaDirtyLog, DmaMapping,
+    DmaWindow, IovaRange, MigrationDevice, PrecopyInfo, RegionAccess, Result,
 };
 
 /// A handle to a device in this process.
@@ -122,6 +122,24 @@ impl<D: Device> MigrationDevice for LocalDevice<D> {
 
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         Some(self)
+    }
+
+    fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
+        if self.core.lock().unwrap().throttle_offered() {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+impl<D: Device> DeviceThrottle for LocalDevice<D> {
+    fn set_throttle(&mut self, percent: u32) -> Result<()> {
+        self.core
+            .lock()
+            .unwrap()
+            .set_throttle(percent)
+            .map_err(|e| err("set the throttle", e))
     }
 }
 

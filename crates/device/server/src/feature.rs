@@ -22,7 +22,8 @@ use vfio_migrate_device::{Device, DeviceError, DeviceResult};
 use super::dispatch::{decode, no_fds};
 use super::session::{Reply, Session};
 use vfio_migrate_vfio_user::ext::{
-    FEATURE_DEVICE_STATUS, FEATURE_MIG_DATA_CRC, FEATURE_MIG_DATA_SIZE, FEATURE_PRECOPY_INFO,
+    FeatureThrottle, FEATURE_DEVICE_STATUS, FEATURE_MIG_DATA_CRC, FEATURE_MIG_DATA_SIZE,
+    FEATURE_PRECOPY_INFO, FEATURE_PRECOPY_INFO_V2, FEATURE_THROTTLE, PRECOPY_FLAG_REINIT,
     STATUS_INCOMING, STATUS_MIGRATED_OUT, STATUS_PRISTINE,
 };
 
@@ -31,7 +32,7 @@ use vfio_migrate_vfio_user::ext::{
 pub const LOGGING_REPORT_HEAD: usize = 24;
 
 /// Which operations a feature supports: `(get, set)`.
-fn ops(feature: u32, migratable: bool) -> Option<(bool, bool)> {
+fn ops(feature: u32, migratable: bool, throttle: bool) -> Option<(bool, bool)> {
     // Device status is about the device, whatever protocol migrates it.
     if feature == FEATURE_DEVICE_STATUS {
         return Some((true, false));
@@ -46,6 +47,8 @@ fn ops(feature: u32, migratable: bool) -> Option<(bool, bool)> {
         FEATURE_DMA_LOGGING_REPORT => (true, false),
         FEATURE_MIG_DATA_SIZE | FEATURE_PRECOPY_INFO => (true, false),
         FEATURE_MIG_DATA_CRC => (true, true),
+        FEATURE_PRECOPY_INFO_V2 => (false, true),
+        FEATURE_THROTTLE if throttle => (true, true),
         _ => return None,
     })
 }
@@ -197,7 +200,7 @@ pub(crate) fn handle<D: Device>(
     }
     let mut core = s.lock();
     let migratable = core.migration_flags() != 0 && s.ext.v2_migration;
-    let Some((can_get, can_set)) = ops(feature, migratable) else {
+    let Some((can_get, can_set)) = ops(feature, migratable, core.throttle_offered()) else {
         return Err(DeviceError::new(
             libc::ENOTTY,
             format!("device feature {feature} is not offered by this device"),
@@ -358,10 +361,37 @@ pub(crate) fn handle<D: Device>(
             reply.put(&0u32.to_le_bytes());
         }
         (FEATURE_PRECOPY_INFO, true) => {
-            need_reply(DeviceFeature::SIZE + 16)?;
+            // The second layout (with flags) once the client opted in.
+            let v2 = s.precopy_info_v2;
+            need_reply(DeviceFeature::SIZE + if v2 { 24 } else { 16 })?;
             let p = core.precopy_info()?;
             reply.put(&p.initial_bytes.to_le_bytes());
             reply.put(&p.dirty_bytes.to_le_bytes());
+            if v2 {
+                let flags = if p.reinit { PRECOPY_FLAG_REINIT } else { 0 };
+                reply.put(&flags.to_le_bytes());
+                reply.put(&0u32.to_le_bytes());
+            }
+        }
+        (FEATURE_PRECOPY_INFO_V2, false) => {
+            s.precopy_info_v2 = true;
+            reply.put(data);
+        }
+        (FEATURE_THROTTLE, true) => {
+            need_reply(DeviceFeature::SIZE + FeatureThrottle::SIZE)?;
+            let t = FeatureThrottle {
+                percent: core.throttle(),
+                reserved: 0,
+            };
+            reply.put(&t.to_bytes());
+        }
+        (FEATURE_THROTTLE, false) => {
+            let t = FeatureThrottle::decode(data).map_err(|e| {
+                DeviceError::inval(format!("THROTTLE: {e} (want {{u32 percent, u32 0}})"))
+            })?;
+            core.set_throttle(t.percent)?;
+            tracing::info!(percent = t.percent, "device throttle set");
+            reply.put(data);
         }
         _ => {
             return Err(DeviceError::inval(format!(

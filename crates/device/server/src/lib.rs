@@ -309,26 +309,31 @@ impl<D: Device> Server<D> {
         let mut inbuf: Vec<u8> = Vec::new();
         let mut reply = Reply::new();
         let end = loop {
-            match poll_any(&[
+            let ready = match poll_ready(&[
                 shutdown.watch_fd(),
                 conn.raw_fd(),
                 listener.inner.as_raw_fd(),
             ]) {
-                Ok(0) => break End::Shutdown,
-                Ok(1) => {}
-                Ok(_) => {
-                    // A client is waiting. The current one may just be
-                    // closing (its EOF not visible yet): give it a moment
-                    // before refusing the newcomer.
-                    if !readable_within(conn.raw_fd(), BUSY_GRACE) {
-                        refuse_busy(listener, holder);
-                    }
-                    continue;
-                }
+                Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "poll failed");
                     break End::Client;
                 }
+            };
+            if ready[0] {
+                break End::Shutdown;
+            }
+            if ready[2] {
+                // A client is waiting: refused at once while the current
+                // one is alive, even if it keeps us busy with requests.
+                // If the current one is closing (its EOF pending, or due
+                // within a moment), the newcomer is taken after it.
+                if !closing(std::os::fd::AsFd::as_fd(&conn)) {
+                    refuse_busy(listener, holder);
+                }
+            }
+            if !ready[1] {
+                continue;
             }
             match serve_message(&conn, &mut session, cap, &mut inbuf, &mut reply) {
                 Ok(true) => {}
@@ -485,6 +490,38 @@ fn describe_peer(s: &UnixStream) -> String {
     }
 }
 
+/// True when the client on `fd` is closing: its end of stream is next to
+/// read, now or within [`BUSY_GRACE`]. Pending requests mean it is alive.
+fn closing(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    // Hung up (requests it sent may still be queued before its end).
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    if matches!(sys::fd::poll(std::slice::from_mut(&mut p), 0), Ok(n) if n > 0)
+        && p.revents & (libc::POLLHUP | libc::POLLRDHUP) != 0
+    {
+        return true;
+    }
+    let peek = || {
+        let mut one = [0u8; 1];
+        sys::sock::recv(fd, &mut one, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+    };
+    let gone = |r: io::Result<usize>| match r {
+        Ok(n) => Some(n == 0),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        // Reset or broken: it is gone.
+        Err(_) => Some(true),
+    };
+    if let Some(g) = gone(peek()) {
+        return g;
+    }
+    // Nothing pending: an idle client stays; one about to close shows
+    // its end within the grace.
+    readable_within(fd.as_raw_fd(), BUSY_GRACE) && gone(peek()).unwrap_or(false)
+}
+
 /// True when `fd` becomes readable (data, EOF or hang-up) within `t`.
 fn readable_within(fd: RawFd, t: Duration) -> bool {
     let mut p = libc::pollfd {
@@ -523,6 +560,28 @@ fn refuse_busy(listener: &Listener, holder: &str) {
         let _ = s.set_nonblocking(true);
         use std::io::Write;
         let _ = (&s).write_all(&h);
+    }
+}
+
+/// Waits until one of `fds` is readable (or hung up); returns which are.
+fn poll_ready(fds: &[RawFd]) -> io::Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        match sys::fd::poll(&mut p, -1) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if p.iter().any(|x| x.revents != 0) {
+            return Ok(p.iter().map(|x| x.revents != 0).collect());
+        }
     }
 }
 

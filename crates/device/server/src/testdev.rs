@@ -214,6 +214,7 @@ impl Device for TestDev {
         PrecopyInfo {
             initial_bytes: (self.out.len() - self.out_pos) as u64,
             dirty_bytes: 0,
+            reinit: false,
         }
     }
 

@@ -54,6 +54,7 @@ impl Client {
             descriptor: None,
             mig_flags: None,
             mig_crc: false,
+            precopy_v2: None,
         })
     }
 

@@ -162,11 +162,15 @@ pub struct Client {
     mig_flags: Option<u64>,
     /// MIG_DATA_READ replies carry a checksum (`FEATURE_MIG_DATA_CRC`).
     mig_crc: bool,
+    /// Opted in to pre-copy info with flags (`None`: not tried yet).
+    precopy_v2: Option<bool>,
 }
 
 fn io_err(step: &str, e: std::io::Error) -> BackendError {
     BackendError::io(step, e)
 }
+
+mod ext_features;
 
 #[cfg(test)]
 mod tests;

@@ -8,13 +8,13 @@ use vfio_migrate_abi::kernel::{
 };
 use vfio_migrate_abi::vfio_user::{DMA_FLAG_READ, DMA_FLAG_WRITE};
 use vfio_migrate_backend::{
-    BackendError, DeviceDescriptor, DeviceStatus, DmaDirtyLog, DmaMapping, DmaWindow, IovaRange,
-    MigrationDevice, PrecopyInfo, RegionAccess, Result,
+    BackendError, DeviceDescriptor, DeviceStatus, DeviceThrottle, DmaDirtyLog, DmaMapping,
+    DmaWindow, IovaRange, MigrationDevice, PrecopyInfo, RegionAccess, Result,
 };
 
 use super::Client;
 use vfio_migrate_vfio_user::ext::{
-    FEATURE_DEVICE_STATUS, FEATURE_MIG_DATA_SIZE, FEATURE_PRECOPY_INFO, STATUS_INCOMING,
+    FEATURE_DEVICE_STATUS, FEATURE_MIG_DATA_SIZE, FEATURE_THROTTLE, STATUS_INCOMING,
     STATUS_MIGRATED_OUT, STATUS_PRISTINE,
 };
 
@@ -59,23 +59,7 @@ impl MigrationDevice for Client {
         self.mig_data_write(data)
     }
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
-        if !self.feature_probe(FEATURE_PRECOPY_INFO, FEATURE_GET)? {
-            return Err(BackendError::unsupported(
-                "pre-copy info",
-                "the server does not offer the pre-copy info feature",
-            ));
-        }
-        let d = self.feature_get(FEATURE_PRECOPY_INFO, &[], 16)?;
-        if d.len() < 16 {
-            return Err(BackendError::protocol(
-                "pre-copy info",
-                format!("{} bytes of data", d.len()),
-            ));
-        }
-        Ok(PrecopyInfo {
-            initial_bytes: u64::from_le_bytes(d[..8].try_into().expect("8 bytes")),
-            dirty_bytes: u64::from_le_bytes(d[8..16].try_into().expect("8 bytes")),
-        })
+        self.precopy_info_ext()
     }
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {
         if !self.feature_probe(FEATURE_MIG_DATA_SIZE, FEATURE_GET)? {
@@ -121,6 +105,18 @@ impl MigrationDevice for Client {
     fn data_splice(&mut self) -> Option<&mut dyn vfio_migrate_backend::DataSplice> {
         // Only our servers checksum their replies.
         self.peer_is_vfio_migrate().then_some(self as _)
+    }
+
+    fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
+        // Offered only when the server answers the PROBE.
+        let offered = self
+            .feature_probe(FEATURE_THROTTLE, FEATURE_SET)
+            .unwrap_or(false);
+        if offered {
+            Some(self)
+        } else {
+            None
+        }
     }
 }
 
@@ -213,5 +209,6 @@ pub(crate) fn rename(e: BackendError, step: String) -> BackendError {
         BackendError::Io { source, .. } => BackendError::Io { step, source },
         BackendError::Protocol { detail, .. } => BackendError::Protocol { step, detail },
         BackendError::Unsupported { detail, .. } => BackendError::Unsupported { step, detail },
+        e @ BackendError::NotFound { .. } => e,
     }
 }

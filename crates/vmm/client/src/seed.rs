@@ -263,11 +263,16 @@ impl MigrationDevice for SeedDevice {
         }
         Ok(())
     }
+    fn precopy_initial_known(&self) -> bool {
+        // One pending count: initial and dirty data together.
+        false
+    }
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         let [pre, compat, _] = self.pending()?;
         Ok(PrecopyInfo {
             initial_bytes: pre + compat,
             dirty_bytes: 0,
+            reinit: false,
         })
     }
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {

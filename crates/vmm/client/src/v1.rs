@@ -210,11 +210,16 @@ impl MigrationDevice for V1Device {
         }
         Ok(())
     }
+    fn precopy_initial_known(&self) -> bool {
+        // One pending count: initial and dirty data together.
+        false
+    }
     fn precopy_info(&mut self) -> Result<PrecopyInfo> {
         let p = self.field(abi::OFF_PENDING_BYTES)?;
         Ok(PrecopyInfo {
             initial_bytes: p + self.staged.1,
             dirty_bytes: 0,
+            reinit: false,
         })
     }
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {

@@ -216,12 +216,56 @@ pub enum EngineError {
         /// At the destination.
         dest_hash: u64,
     },
+    /// Pre-copy could not bring the expected downtime under the limit
+    /// within the rounds or the time allowed (`--on-no-converge abort`).
+    #[error("pre-copy: did not converge after {rounds} round(s) in {secs:.1} s: {}; the source keeps running", if *unacked { "the destination never acknowledged that it loaded the devices' initial data (switchover-ack), and the source does not stop before it does".to_string() } else { format!("the expected downtime is {expected_ms:.1} ms, above the limit of {limit_ms:.0} ms, because the guest and devices dirty {} while the link moves {}{} (raise --downtime-limit, --max-iterations or --converge-timeout, slow the workload, or pass --on-no-converge force to switch over anyway)", rate(*dirty_rate), rate(*bandwidth), if *throttle > 0 { format!(" (with the devices throttled by {throttle}%)") } else { String::new() }) })]
+    NoConvergence {
+        /// Rounds run.
+        rounds: u32,
+        /// Time in pre-copy, seconds.
+        secs: f64,
+        /// The last estimate, ms.
+        expected_ms: f64,
+        /// The limit, ms.
+        limit_ms: f64,
+        /// Bytes dirtied per second in the last round.
+        dirty_rate: f64,
+        /// Measured bandwidth, bytes per second.
+        bandwidth: f64,
+        /// Device throttle reached, percent.
+        throttle: u32,
+        /// The destination had not acknowledged every device's initial
+        /// data.
+        unacked: bool,
+    },
+    /// An incremental hash differs from the full re-hash of the same
+    /// memory (`--full-verify`): the incremental bookkeeping missed a
+    /// change.
+    #[error("{phase}: {what}: the incremental hash {incremental:#018x} differs from the full re-hash {full:#018x}")]
+    IncrementalMismatch {
+        /// Where the migration was.
+        phase: Phase,
+        /// What was hashed.
+        what: String,
+        /// Kept as pages moved.
+        incremental: u64,
+        /// Hashed whole.
+        full: u64,
+    },
     /// After a snapshot, the source could not be put back as it was.
     #[error("cleanup: {}", .problems.join("; "))]
     RestoreFailed {
         /// What could not be restored.
         problems: Vec<String>,
     },
+}
+
+/// A byte rate for messages: `12.3 MiB/s`.
+fn rate(bps: f64) -> String {
+    if !bps.is_finite() || bps <= 0.0 {
+        return "an unmeasured rate".into();
+    }
+    format!("{:.1} MiB/s", bps / (1024.0 * 1024.0))
 }
 
 impl EngineError {
@@ -243,7 +287,9 @@ impl EngineError {
             | EngineError::LeftResuming { phase, .. }
             | EngineError::DigestMismatch { phase, .. }
             | EngineError::DigestCount { phase, .. }
-            | EngineError::RamMismatch { phase, .. } => *phase,
+            | EngineError::RamMismatch { phase, .. }
+            | EngineError::IncrementalMismatch { phase, .. } => *phase,
+            EngineError::NoConvergence { .. } => Phase::PreCopy,
             EngineError::NoDevices
             | EngineError::TooManyDevices { .. }
             | EngineError::NotASource { .. }
@@ -329,6 +375,9 @@ fn states(devices: &[(String, Option<MigState>)]) -> String {
 
 fn describe(s: &SourceState, devices: &[(String, Option<MigState>)]) -> String {
     match s {
+        SourceState::Restored if devices.is_empty() => {
+            "nothing at the source was changed".to_string()
+        }
         SourceState::Restored => format!("the source was rolled back: {}", states(devices)),
         SourceState::RollbackIncomplete(p) => format!(
             "rolling the source back failed: {} ({})",

@@ -54,11 +54,11 @@ pub mod verify;
 
 pub use cancel::{Cancel, Cancelled};
 pub use channels::{Acceptor, ChannelsOut, Connector};
-pub use dest::{migrate_in, DestFailure, DestOptions, DestReport, DeviceLeft};
+pub use dest::{migrate_in, DestDevice, DestFailure, DestOptions, DestReport, DeviceLeft};
 pub use error::{EngineError, SourceFailure, SourceState};
 pub use guest::{GuestRam, MemfdRam};
 pub use link::{accept_tcp, connect_tcp, Deadlines, DestLink, Link};
 pub use progress::{Phase, Progress, ProgressFn};
 pub use report::{DeviceReport, MigrationReport};
-pub use source::{migrate_out, Convergence, Decision, SourceOptions};
+pub use source::{migrate_out, Convergence, Decision, NoConverge, SourceOptions};
 pub use verify::Verifier;

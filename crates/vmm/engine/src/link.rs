@@ -348,7 +348,7 @@ pub(crate) struct SpliceSink {
 impl SpliceSink {
     /// Moves `len` bytes from the pipe `from` into the socket, waiting
     /// (stall deadline, cancel) while the socket is full.
-    pub fn from_pipe(&self, from: BorrowedFd<'_>, mut len: usize) -> io::Result<()> {
+    pub fn splice_in(&self, from: BorrowedFd<'_>, mut len: usize) -> io::Result<()> {
         while len > 0 {
             let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE | libc::SPLICE_F_NONBLOCK;
             match vfio_migrate_sys::fd::splice(from, self.sock.fd(), len, flags) {

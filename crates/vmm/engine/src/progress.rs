@@ -1,7 +1,7 @@
 //! Phases of a migration and the progress figures reported while it runs.
 
 use serde::Serialize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where a migration is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -41,8 +41,9 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// A progress report, emitted at least once per pre-copy round and at
-/// every phase change.
+/// A progress report, emitted at every pre-copy round boundary and phase
+/// change (`tick` false), and in between at least every
+/// [`TICK_INTERVAL`] while data moves (`tick` true).
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
     /// The phase the migration is in.
@@ -57,11 +58,63 @@ pub struct Progress {
     pub dirty_rate: f64,
     /// Measured stream bandwidth, bytes per second (0 = not measured yet).
     pub bandwidth: f64,
-    /// Expected downtime if the switchover happened now, ms.
+    /// Expected downtime if the switchover happened now, ms (transfer
+    /// plus measured fixed costs, like QEMU's expected downtime).
     pub expected_downtime_ms: f64,
+    /// Device throttle in force, percent (0: none).
+    pub throttle_percent: u32,
     /// Time since the migration started.
     #[serde(skip)]
     pub elapsed: Duration,
+    /// An update inside a round or phase (bytes moved since the last
+    /// boundary), not a boundary itself.
+    pub tick: bool,
+}
+
+/// How often progress is reported while data moves inside a round.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Turns the last boundary report into in-between updates: the remaining
+/// bytes shrink by what was sent since.
+#[derive(Debug, Clone)]
+pub(crate) struct Ticker {
+    last: Instant,
+    base: Option<Progress>,
+    base_sent: u64,
+}
+
+impl Ticker {
+    pub(crate) fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            base: None,
+            base_sent: 0,
+        }
+    }
+
+    /// A boundary report was emitted.
+    pub(crate) fn boundary(&mut self, p: &Progress) {
+        self.last = Instant::now();
+        self.base_sent = p.transferred_bytes;
+        self.base = Some(p.clone());
+    }
+
+    /// An in-between update when one is due: `sent` stream bytes so far.
+    pub(crate) fn due(&mut self, sent: u64, elapsed: Duration) -> Option<Progress> {
+        if self.last.elapsed() < TICK_INTERVAL {
+            return None;
+        }
+        let base = self.base.as_ref()?;
+        self.last = Instant::now();
+        let moved = sent.saturating_sub(self.base_sent);
+        Some(Progress {
+            remaining_bytes: base.remaining_bytes.saturating_sub(moved),
+            transferred_bytes: sent,
+            elapsed,
+            tick: true,
+            ..base.clone()
+        })
+    }
 }
 
 /// A progress callback.

@@ -1,6 +1,7 @@
 //! The figures of one migration, as printed by `--json` and the human
 //! report.
 
+use crate::metrics::{DowntimeBreakdown, RoundStat};
 use serde::Serialize;
 use vfio_migrate_backend::DeviceDescriptor;
 
@@ -87,8 +88,9 @@ pub struct MigrationReport {
     pub dest_digest_ms: f64,
     /// After the downtime: hashing the source RAM to compare.
     pub verify_ms: f64,
-    /// Pre-copy was asked for (devices without PRE_COPY still move all
-    /// their data in stop-copy).
+    /// Pre-copy ran: it was asked for and there was something to move
+    /// while running (guest RAM, or a device with PRE_COPY); devices
+    /// without PRE_COPY move all their data in stop-copy.
     pub precopy: bool,
     /// Pre-copy rounds completed.
     pub precopy_iterations: u32,
@@ -97,8 +99,30 @@ pub struct MigrationReport {
     pub converged: bool,
     /// The downtime the switchover aimed to stay under.
     pub downtime_limit_ms: f64,
-    /// Expected downtime at the switchover.
+    /// The expected downtime the switchover was decided on (transfer plus
+    /// fixed costs), ms.
     pub expected_downtime_ms: f64,
+    /// Of the expected downtime: what was left over the bandwidth, ms.
+    pub expected_transfer_ms: f64,
+    /// Of the expected downtime: the measured fixed costs, ms.
+    pub expected_fixed_ms: f64,
+    /// The measured downtime exceeded the limit (with pre-copy, where the
+    /// limit is a promise).
+    pub downtime_limit_exceeded: bool,
+    /// The switchover came without the estimate fitting the limit
+    /// (`--on-no-converge force`).
+    pub forced: bool,
+    /// Where the downtime went; the parts add up to `downtime_ms`.
+    pub downtime_breakdown: DowntimeBreakdown,
+    /// Every pre-copy round: sent, remaining, estimate, throttle.
+    pub rounds: Vec<RoundStat>,
+    /// Highest device throttle reached, percent (0: never throttled).
+    pub max_throttle_percent: u32,
+    /// Times a device re-initialised its pre-copy data (REINIT).
+    pub reinits: u32,
+    /// The destination acknowledged the devices' initial pre-copy data
+    /// before the source stopped (switchover-ack was negotiated).
+    pub switchover_ack: bool,
     /// Stream bytes (headers included).
     pub transferred_bytes: u64,
     /// Guest RAM page bytes sent (pages re-sent count again).
@@ -113,10 +137,11 @@ pub struct MigrationReport {
     pub device_bytes: u64,
     /// Device data bytes sent while stopped.
     pub device_bytes_stopped: u64,
-    /// Stream throughput over the whole migration, Mbit/s.
-    pub throughput_mbps: f64,
-    /// Bandwidth measured during pre-copy, Mbit/s.
-    pub bandwidth_mbps: f64,
+    /// Stream throughput over the whole migration, bytes per second.
+    pub throughput_bytes_per_sec: f64,
+    /// Bandwidth measured during pre-copy, bytes per second (0: not
+    /// measured).
+    pub bandwidth_bytes_per_sec: f64,
     /// RAM hash at the source at the stop, when compared.
     pub ram_hash_source: Option<String>,
     /// RAM hash at the destination before it ran.
@@ -158,6 +183,15 @@ impl MigrationReport {
             converged: false,
             downtime_limit_ms: 0.0,
             expected_downtime_ms: 0.0,
+            expected_transfer_ms: 0.0,
+            expected_fixed_ms: 0.0,
+            downtime_limit_exceeded: false,
+            forced: false,
+            downtime_breakdown: DowntimeBreakdown::default(),
+            rounds: Vec::new(),
+            max_throttle_percent: 0,
+            reinits: 0,
+            switchover_ack: false,
             transferred_bytes: 0,
             ram_bytes: 0,
             ram_size: 0,
@@ -165,8 +199,8 @@ impl MigrationReport {
             ram_bytes_stopped: 0,
             device_bytes: 0,
             device_bytes_stopped: 0,
-            throughput_mbps: 0.0,
-            bandwidth_mbps: 0.0,
+            throughput_bytes_per_sec: 0.0,
+            bandwidth_bytes_per_sec: 0.0,
             ram_hash_source: None,
             ram_hash_dest: None,
             source,

@@ -148,6 +148,8 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
             Event::Ram(_) => "ram",
             Event::RunState { .. } => "run-state",
             Event::SetupEnd { .. } => "setup-end",
+            Event::Caps { .. } => "caps",
+            Event::InitialSent { .. } => "initial-sent",
             Event::DeviceData {
                 stop_copy: false, ..
             } => "device-precopy",
@@ -159,6 +161,7 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
             Event::RamZero { .. } => "ram-zero",
             Event::Abort { .. } => "abort",
             Event::End => "end",
+            Event::Verified { .. } => "verified",
             Event::Go => "go",
             Event::Channels { .. } => "channels",
             Event::DeviceChunk { .. } => "device-chunk",
@@ -241,9 +244,14 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
             Event::Abort { reason } => {
                 return Err(p.invalid(format!("the source aborted this stream: {reason}")))
             }
-            Event::Go => return Err(p.invalid("a go record does not belong in a snapshot")),
+            Event::Go | Event::Verified { .. } => {
+                return Err(p.invalid(format!("a {name} record does not belong in a snapshot")))
+            }
             Event::End => end = true,
-            Event::SetupEnd { .. } | Event::Round { .. } => {}
+            Event::SetupEnd { .. }
+            | Event::Round { .. }
+            | Event::Caps { .. }
+            | Event::InitialSent { .. } => {}
         }
         s.record_types
             .entry(name.to_string())

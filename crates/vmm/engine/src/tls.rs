@@ -95,8 +95,19 @@ pub enum TlsError {
     },
 }
 
+/// ring, with TLS 1.3's AES-128-GCM first: both ends are ours, it is the
+/// suite every TLS 1.3 peer must have, and with AES-NI it moves bulk data
+/// faster than AES-256-GCM (10 rounds instead of 14); ChaCha20-Poly1305
+/// stays for machines without AES instructions.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
 }
 
 fn certs(dir: &Path, name: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -31,7 +31,8 @@ pub fn page_term(page: u64, data: &[u8]) -> u64 {
     term_of_crc(page, crc32c::crc32c(data))
 }
 
-fn term_of_crc(page: u64, crc: u32) -> u64 {
+/// The hash term of page `page` whose data has CRC32C `crc`.
+pub fn term_of_crc(page: u64, crc: u32) -> u64 {
     mix(page.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(crc) ^ (1 << 63))
 }
 

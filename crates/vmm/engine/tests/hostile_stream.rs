@@ -222,6 +222,11 @@ fn a_destination_never_runs_a_mutated_stream() {
         } else {
             forged(&mut rng)
         };
+        // A mutation that changed nothing (an empty range drained, a
+        // length field set to its own value) is the valid stream.
+        if b == good {
+            continue;
+        }
         if load(b.clone()) {
             // Only a stream that still parses whole may run.
             assert!(
@@ -231,5 +236,8 @@ fn a_destination_never_runs_a_mutated_stream() {
             ran += 1;
         }
     }
-    assert!(ran < 10, "{ran} mutated streams ran");
+    // Forged streams of well-formed records are sometimes valid (more so
+    // since minor 2's records may appear in more places): what runs must
+    // parse (checked above), and it stays rare.
+    assert!(ran < 20, "{ran} mutated streams ran");
 }

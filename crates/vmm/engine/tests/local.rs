@@ -4,145 +4,27 @@
 //! destination on another thread; and the failure paths.
 
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vfio_migrate_backend::{MigState, MigrationDevice, RegionAccess};
-use vfio_migrate_device::{DeviceCore, DmaSpace, LocalDevice};
+use vfio_migrate_backend::{MigState, MigrationDevice};
 use vfio_migrate_engine::error::SourceState;
 use vfio_migrate_engine::format::{RecordProblem, StreamError};
 use vfio_migrate_engine::{
     migrate_in, migrate_out, Cancel, Deadlines, DestLink, DestOptions, EngineError, GuestRam, Link,
-    MemfdRam, Phase, SourceOptions, Verifier,
+    MemfdRam, Phase, SourceOptions,
 };
 use vfio_migrate_harness::{SimGuest, VcpuConfig};
-use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
 
-const MIB: u64 = 1 << 20;
-const CONTROL: u64 = 0x08;
-const RENDER_RATE: u64 = 0x10;
-const DMA_RATE: u64 = 0x18;
-const DMA_IOVA: u64 = 0x20;
-const DMA_SIZE: u64 = 0x28;
-const SEED: u64 = 0x30;
-const DIGEST: u64 = 0x38;
-const FRAME: u64 = 0x40;
-
-type Dev = LocalDevice<Vgpu>;
-
-// Robust to fields the sample config may gain.
-#[allow(clippy::needless_update)]
-fn vgpu(name: &str, mem: u64, ram: Option<&MemfdRam>) -> Dev {
-    let dma = Arc::new(DmaSpace::new());
-    if let Some(r) = ram {
-        let fd = r.fd().try_clone_to_owned().unwrap();
-        dma.map(0, r.len(), Some(fd), 0, true, true).unwrap();
-    }
-    let dev = Vgpu::new(
-        VgpuConfig {
-            mem_size: mem,
-            ..Default::default()
-        },
-        dma.clone(),
-    )
-    .unwrap();
-    LocalDevice::new(name, Arc::new(Mutex::new(DeviceCore::new(dev, dma))))
-}
-
-fn wr(d: &mut Dev, off: u64, v: u64) {
-    d.region_write(0, off, &v.to_le_bytes()).unwrap();
-}
-
-fn rd(d: &mut Dev, off: u64) -> u64 {
-    let mut b = [0u8; 8];
-    d.region_read(0, off, &mut b).unwrap();
-    u64::from_le_bytes(b)
-}
-
-fn verifier() -> Verifier {
-    Arc::new(|_desc, dev: &mut dyn MigrationDevice| {
-        let mut b = [0u8; 8];
-        Some(
-            dev.regions()
-                .expect("region access")
-                .region_read(0, DIGEST, &mut b)
-                .map(|()| u64::from_le_bytes(b)),
-        )
-    })
-}
-
-/// Starts render (and DMA into the first `dma_window` bytes when given).
-fn start_engines(d: &mut Dev, dma_window: Option<u64>) {
-    wr(d, SEED, 42);
-    wr(d, RENDER_RATE, 64 * MIB);
-    let mut control = 1;
-    if let Some(w) = dma_window {
-        wr(d, DMA_IOVA, 0);
-        wr(d, DMA_SIZE, w);
-        wr(d, DMA_RATE, 16 * MIB);
-        control |= 2;
-    }
-    wr(d, CONTROL, control);
-}
-
-struct Run {
-    source: Result<vfio_migrate_engine::MigrationReport, vfio_migrate_engine::SourceFailure>,
-    dest: Result<vfio_migrate_engine::DestReport, vfio_migrate_engine::DestFailure>,
-}
-
-fn migrate(
-    src: &mut Dev,
-    src_guest: Option<&SimGuest>,
-    dst: &mut Dev,
-    dst_ram: Option<&MemfdRam>,
-    opts: SourceOptions,
-) -> Run {
-    let (a, b) = UnixStream::pair().unwrap();
-    std::thread::scope(|s| {
-        let dest = s.spawn(move || {
-            migrate_in(
-                std::slice::from_mut(dst),
-                dst_ram.map(|r| r as &dyn GuestRam),
-                DestLink::unix(b, "test-source", &Deadlines::default()).unwrap(),
-                DestOptions {
-                    verifier: Some(verifier()),
-                    hash_ram: true,
-                    ..Default::default()
-                },
-            )
-        });
-        let d = Deadlines {
-            cancel: opts.cancel.clone(),
-            ..Default::default()
-        };
-        let source = migrate_out(
-            std::slice::from_mut(src),
-            src_guest.map(|g| g as &dyn GuestRam),
-            Link::unix(a, "test-dest", &d).unwrap(),
-            opts,
-        );
-        Run {
-            source,
-            dest: dest.join().unwrap(),
-        }
-    })
-}
+mod common;
+use common::*;
 
 #[test]
 fn live_migration_with_running_engines_and_guest_is_verified() {
-    let mut guest = SimGuest::new(32 * MIB).unwrap();
-    let dst_ram = MemfdRam::new("dest", 32 * MIB).unwrap();
-    let mut src = vgpu("src", 16 * MIB, Some(guest.ram()));
-    let mut dst = vgpu("dst", 16 * MIB, Some(&dst_ram));
-    start_engines(&mut src, Some(4 * MIB));
-    guest
-        .start_vcpu(VcpuConfig {
-            rate: 32 * MIB,
-            offset: 8 * MIB,
-            length: 8 * MIB,
-            seed: 7,
-        })
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    let World {
+        guest,
+        dst_ram,
+        mut src,
+        mut dst,
+    } = World::running(7);
     let run = migrate(
         &mut src,
         Some(&guest),

@@ -35,6 +35,10 @@ pub struct KernelDevice {
     flags: u64,
     regions: Vec<RegionAt>,
     mappings: Vec<(u64, u64, sys::Mapping)>,
+    /// Opted in to `VFIO_PRECOPY_INFO_REINIT` (the kernel has
+    /// `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2`); otherwise the flags of
+    /// the pre-copy info are reserved and ignored.
+    precopy_v2: bool,
 }
 
 fn hint(errno: Option<i32>) -> &'static str {
@@ -55,16 +59,15 @@ impl KernelDevice {
     /// Opens with an explicit locator (sysfs and /dev roots).
     pub fn open_with(locator: &Locator, spec: &str) -> Result<Self> {
         let located = locator.locate(spec).map_err(|e| match e {
-            LocateError::Io { source, .. } => {
-                BackendError::io(format!("kernel:{spec}: locate"), source)
+            LocateError::Io { path, source, .. } => {
+                BackendError::io(format!("reading {}", path.display()), source)
             }
-            other => BackendError::refused(
-                format!("kernel:{spec}: locate"),
-                libc::ENODEV,
-                other.to_string(),
-            ),
+            other => BackendError::NotFound {
+                detail: other.to_string(),
+            },
         })?;
-        let step = |s: &str| format!("kernel:{spec}: {s}");
+        // Steps do not name the device: the caller does, once.
+        let step = |s: &str| s.to_string();
         let ioerr = |s: &str, e: io::Error| {
             let errno = e.raw_os_error();
             BackendError::Refused {
@@ -143,8 +146,16 @@ impl KernelDevice {
             flags: 0,
             regions: Vec::new(),
             mappings: Vec::new(),
+            precopy_v2: false,
         };
         d.flags = d.probe_migration()?;
+        if d.flags & k::MIGRATION_PRE_COPY != 0 {
+            // Older kernels do not know feature 12 (ENOTTY): the flags of
+            // the pre-copy info then stay reserved.
+            d.precopy_v2 = d
+                .feature(k::FEATURE_SET | k::FEATURE_MIG_PRECOPY_INFO_V2, &mut [])
+                .is_ok();
+        }
         d.regions = d.read_regions()?;
         tracing::info!(device = %d.name(), flags = d.flags, regions = d.regions.len(), "kernel VFIO device opened");
         Ok(d)
@@ -156,7 +167,7 @@ impl KernelDevice {
     }
 
     fn step(&self, s: &str) -> String {
-        format!("kernel:{}: {s}", self.spec)
+        s.to_string()
     }
 
     fn err(&self, s: &str, e: io::Error) -> BackendError {
@@ -405,6 +416,7 @@ impl MigrationDevice for KernelDevice {
         Ok(PrecopyInfo {
             initial_bytes: p.initial_bytes,
             dirty_bytes: p.dirty_bytes,
+            reinit: self.precopy_v2 && p.flags & k::PRECOPY_INFO_REINIT != 0,
         })
     }
     fn stop_copy_size(&mut self) -> Result<Option<u64>> {

@@ -8,28 +8,44 @@
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// Why a device could not be located.
+/// What form a `kernel:` spec has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecKind {
+    /// An mdev UUID.
+    Mdev,
+    /// A PCI address.
+    Pci,
+    /// A sysfs device path.
+    Path,
+}
+
+/// Why a device could not be located. The messages do not repeat the
+/// endpoint: whoever reports them names it once.
 #[derive(Debug, Error)]
 pub enum LocateError {
     /// The sysfs directory the spec points to does not exist.
-    #[error("kernel:{spec}: no such device at {path} — create the mdev (echo UUID > …/mdev_supported_types/TYPE/create) or check the PCI address with lspci")]
+    #[error("{}", not_found(*.kind, .spec, .path))]
     NotFound {
         /// The endpoint as given (after `kernel:`).
         spec: String,
+        /// Its form.
+        kind: SpecKind,
         /// The sysfs device directory looked for.
         path: PathBuf,
     },
     /// The device has no usable `iommu_group` link: not bound to a VFIO
     /// driver.
-    #[error("kernel:{spec}: {path} has no iommu_group — bind the device to a VFIO driver (vfio-pci or a *-vfio-pci variant driver) or load the mdev vendor module")]
+    #[error("{}", no_group(*.kind, .spec, .path))]
     NoGroup {
         /// The endpoint as given.
         spec: String,
+        /// Its form.
+        kind: SpecKind,
         /// The sysfs device directory.
         path: PathBuf,
     },
     /// Reading sysfs failed for another reason (e.g. permissions).
-    #[error("kernel:{spec}: cannot read {path}: {source}")]
+    #[error("cannot read {path}: {source}")]
     Io {
         /// The endpoint as given.
         spec: String,
@@ -40,11 +56,46 @@ pub enum LocateError {
         source: std::io::Error,
     },
     /// The spec is none of the accepted forms.
-    #[error("kernel:{spec}: '{spec}' is not an mdev UUID, a PCI address or a sysfs device path")]
+    #[error("'{spec}' is not an mdev UUID (8-4-4-4-12 hex digits), a PCI address ([dddd:]bb:dd.f) or a sysfs device path (/sys/...)")]
     BadSpec {
         /// The endpoint as given.
         spec: String,
     },
+}
+
+fn not_found(kind: SpecKind, spec: &str, path: &Path) -> String {
+    match kind {
+        SpecKind::Pci => format!(
+            "no PCI device {} on this host ({} does not exist): check the address with `lspci -D`",
+            path.file_name().map_or(spec.into(), |n| n.to_string_lossy()),
+            path.display()
+        ),
+        SpecKind::Mdev => format!(
+            "no mdev {spec} on this host ({} does not exist): create it with `echo {spec} > /sys/class/mdev_bus/PARENT/mdev_supported_types/TYPE/create` (the types: `ls /sys/class/mdev_bus/*/mdev_supported_types`)",
+            path.display()
+        ),
+        SpecKind::Path => format!(
+            "{} does not exist: give a sysfs device directory, a PCI address or an mdev UUID",
+            path.display()
+        ),
+    }
+}
+
+fn no_group(kind: SpecKind, spec: &str, path: &Path) -> String {
+    match kind {
+        SpecKind::Pci => format!(
+            "PCI device {spec} is not bound to a VFIO driver ({} has no iommu_group): bind it to vfio-pci (or its *-vfio-pci variant driver), e.g. `driverctl set-override {spec} vfio-pci`, with the IOMMU enabled",
+            path.display()
+        ),
+        SpecKind::Mdev => format!(
+            "mdev {spec} has no IOMMU group ({} has no iommu_group): load the vfio_mdev support of its parent's vendor driver (modprobe vfio_iommu_type1)",
+            path.display()
+        ),
+        SpecKind::Path => format!(
+            "{} has no iommu_group: bind the device to a VFIO driver (vfio-pci or a *-vfio-pci variant driver)",
+            path.display()
+        ),
+    }
 }
 
 /// A located device.
@@ -113,20 +164,26 @@ fn pci_addr(s: &str) -> Option<String> {
 impl Locator {
     /// Resolves `spec` (what follows `kernel:`).
     pub fn locate(&self, spec: &str) -> Result<Located, LocateError> {
-        let sysfs = if is_uuid(spec) {
-            self.sysfs_root
+        let (sysfs, kind) = if is_uuid(spec) {
+            let p = self
+                .sysfs_root
                 .join("bus/mdev/devices")
-                .join(spec.to_lowercase())
+                .join(spec.to_lowercase());
+            (p, SpecKind::Mdev)
         } else if let Some(addr) = pci_addr(spec) {
-            self.sysfs_root.join("bus/pci/devices").join(addr)
+            (
+                self.sysfs_root.join("bus/pci/devices").join(addr),
+                SpecKind::Pci,
+            )
         } else if spec.starts_with('/') {
-            PathBuf::from(spec)
+            (PathBuf::from(spec), SpecKind::Path)
         } else {
             return Err(LocateError::BadSpec { spec: spec.into() });
         };
         if !sysfs.exists() {
             return Err(LocateError::NotFound {
                 spec: spec.into(),
+                kind,
                 path: sysfs,
             });
         }
@@ -144,6 +201,7 @@ impl Locator {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(LocateError::NoGroup {
                     spec: spec.into(),
+                    kind,
                     path: sysfs,
                 })
             }
@@ -161,6 +219,7 @@ impl Locator {
             .and_then(|n| n.parse::<u32>().ok())
             .ok_or_else(|| LocateError::NoGroup {
                 spec: spec.into(),
+                kind,
                 path: sysfs.clone(),
             })?;
         Ok(Located {
@@ -200,14 +259,21 @@ mod tests {
         assert_eq!(d.group, 7);
         assert_eq!(d.name, "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001");
         assert_eq!(d.group_path, PathBuf::from("/dev/vfio/7"));
-        // PCI device without a group: a clear hint.
+        // PCI device without a group: bind it to vfio-pci.
         let e = l.locate("65:00.1").unwrap_err().to_string();
-        assert!(e.contains("bind the device to a VFIO driver"), "{e}");
+        assert!(e.contains("is not bound to a VFIO driver"), "{e}");
+        assert!(e.contains("vfio-pci"), "{e}");
+        // A missing mdev: create it; a missing PCI device: lspci.
         let e = l
             .locate("11111111-2222-3333-4444-555555555555")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("no such device"), "{e}");
+        assert!(e.starts_with("no mdev 11111111-"), "{e}");
+        assert!(e.contains("mdev_supported_types"), "{e}");
+        let e = l.locate("0000:66:00.0").unwrap_err().to_string();
+        assert!(e.starts_with("no PCI device 0000:66:00.0"), "{e}");
+        assert!(e.contains("lspci"), "{e}");
+        assert!(!e.contains("refused"), "{e}");
         let e = l.locate("nonsense").unwrap_err().to_string();
         assert!(e.contains("not an mdev UUID"), "{e}");
         let _ = std::fs::remove_dir_all(root);

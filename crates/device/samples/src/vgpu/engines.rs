@@ -38,11 +38,17 @@ pub struct Shared {
     /// render engine and by region writes, not by writes through a
     /// client's mmap.
     pub dirty: DirtyBitmap,
+    /// The digest terms of pages as last saved or loaded
+    /// ([`super::pagehash`]).
+    pub hashes: super::pagehash::PageHashes,
     /// The registers the engines read their rates, window and seed from
     /// and count their work in.
     pub regs: Regs,
     /// The MSI the engines raise after a step when CONTROL asks for it.
     pub irq: Interrupts,
+    /// Percent of RENDER_RATE the render engine withholds while a
+    /// migration throttles it (not migrated state: 0 outside migrations).
+    pub throttle: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -223,7 +229,10 @@ fn render_loop(ctl: &Ctl, s: &Shared) {
     let mut pacer = Pacer::new();
     let mut block = vec![0u8; PAGE as usize];
     while !ctl.stopping() {
-        match pacer.next(s.regs.render_rate.load(Ordering::Acquire), PAGE) {
+        let rate = s.regs.render_rate.load(Ordering::Acquire);
+        let throttle = s.throttle.load(Ordering::Acquire).min(100);
+        let rate = (u128::from(rate) * u128::from(100 - throttle) / 100) as u64;
+        match pacer.next(rate, PAGE) {
             Pace::Go => {
                 render_step(s, &mut block);
                 s.interrupt_if(CONTROL_IRQ_FRAME);

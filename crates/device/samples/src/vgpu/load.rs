@@ -4,6 +4,7 @@
 //! that is truncated, corrupt, from another device size, or incomplete.
 
 use super::engines::{Shared, PAGE};
+use super::pagehash::{append_page_crc, term_of_crc};
 use super::regs::{decode_state, RegSnapshot, STATE_LEN};
 use super::save::{ENTRY, MAGIC, MAX_BATCH, VERSION};
 use crate::stream::{
@@ -45,6 +46,9 @@ struct Sink {
     idx_have: usize,
     page: u64,
     page_off: usize,
+    /// CRC32C of the page being written, fed as its bytes arrive (its
+    /// digest term, see [`super::pagehash`]).
+    page_crc: u32,
     received: Vec<u64>,
     received_count: u64,
     records: u64,
@@ -62,6 +66,7 @@ impl Sink {
         }
         self.page = p;
         self.page_off = 0;
+        self.page_crc = 0;
         self.page_entries += 1;
         let (w, b) = ((p / 64) as usize, p % 64);
         if self.received[w] & (1 << b) == 0 {
@@ -126,15 +131,22 @@ impl RecordSink for Sink {
         Ok(())
     }
 
-    fn data(&mut self, mut chunk: &[u8]) -> DeviceResult<()> {
+    fn data(&mut self, chunk: &[u8]) -> DeviceResult<()> {
+        self.data_crc(chunk, 0).map(|_| ())
+    }
+
+    /// Page data goes into device memory; each page's CRC32C is its digest
+    /// term and, folded in, the record's CRC (one pass over the bytes).
+    fn data_crc(&mut self, mut chunk: &[u8], mut crc: u32) -> DeviceResult<u32> {
         if self.kind != KIND_PAGES {
             self.small.extend_from_slice(chunk);
-            return Ok(());
+            return Ok(crc32c::crc32c_append(crc, chunk));
         }
         while !chunk.is_empty() {
             if self.idx_have < 4 {
                 let n = (4 - self.idx_have).min(chunk.len());
                 self.idx[self.idx_have..self.idx_have + n].copy_from_slice(&chunk[..n]);
+                crc = crc32c::crc32c_append(crc, &chunk[..n]);
                 self.idx_have += n;
                 chunk = &chunk[n..];
                 if self.idx_have == 4 {
@@ -143,16 +155,28 @@ impl RecordSink for Sink {
                 continue;
             }
             let n = (PAGE as usize - self.page_off).min(chunk.len());
+            let piece = &chunk[..n];
             self.shared
                 .mem
-                .write(self.page * PAGE + self.page_off as u64, &chunk[..n])?;
+                .write(self.page * PAGE + self.page_off as u64, piece)?;
+            if n == PAGE as usize {
+                // A whole page in one piece (the usual case): one pass.
+                self.page_crc = crc32c::crc32c(piece);
+                crc = append_page_crc(crc, self.page_crc);
+            } else {
+                self.page_crc = crc32c::crc32c_append(self.page_crc, piece);
+                crc = crc32c::crc32c_append(crc, piece);
+            }
             self.page_off += n;
             chunk = &chunk[n..];
             if self.page_off == PAGE as usize {
                 self.idx_have = 0;
+                self.shared
+                    .hashes
+                    .set(&[(self.page, term_of_crc(self.page, self.page_crc))]);
             }
         }
-        Ok(())
+        Ok(crc)
     }
 
     fn end(&mut self) -> DeviceResult<()> {
@@ -218,8 +242,10 @@ pub struct LoadStream {
 }
 
 impl LoadStream {
-    /// A load into `shared`'s memory.
+    /// A load into `shared`'s memory (the digest cache starts empty: the
+    /// pages are hashed as they are loaded).
     pub fn new(shared: Arc<Shared>) -> Self {
+        shared.hashes.forget_all();
         let pages = shared.pages();
         Self {
             reader: RecordReader::new("vgpu"),
@@ -235,6 +261,7 @@ impl LoadStream {
                 idx_have: 0,
                 page: 0,
                 page_off: 0,
+                page_crc: 0,
                 received: vec![0u64; pages.div_ceil(64) as usize],
                 received_count: 0,
                 records: 0,

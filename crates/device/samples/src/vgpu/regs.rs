@@ -34,10 +34,21 @@ pub mod reg {
     pub const MEM_SIZE: u64 = 0x58;
     /// RW: free for the driver.
     pub const SCRATCH: u64 = 0x60;
+    /// RO: the same digest as [`DIGEST`], with every page of device memory
+    /// hashed now (DIGEST reuses the hashes of pages saved or loaded and
+    /// not written since). For checking the incremental digest.
+    pub const DIGEST_FULL: u64 = 0x68;
+    /// RO: the render engine's throttle, percent of RENDER_RATE withheld
+    /// (set by a migration through the SDK's throttle hook; 0 otherwise).
+    pub const THROTTLE: u64 = 0x70;
+    /// WO (reads 0): writing any value changes the display mode: the whole
+    /// framebuffer is redrawn, and a pre-copy in progress starts its
+    /// initial data again (it reports REINIT).
+    pub const MODESET: u64 = 0x78;
 }
 
 /// End of the register block; the rest of BAR0 holds no registers.
-pub const REG_END: u64 = 0x68;
+pub const REG_END: u64 = 0x80;
 /// BAR0 size.
 pub const BAR0_SIZE: u64 = 4096;
 /// Value of the ID register ("VGPU", version 1).
@@ -69,6 +80,9 @@ pub fn name(off: u64) -> &'static str {
         reg::DMA_ERRORS => "DMA_ERRORS",
         reg::MEM_SIZE => "MEM_SIZE",
         reg::SCRATCH => "SCRATCH",
+        reg::DIGEST_FULL => "DIGEST_FULL",
+        reg::THROTTLE => "THROTTLE",
+        reg::MODESET => "MODESET",
         _ => "(none)",
     }
 }

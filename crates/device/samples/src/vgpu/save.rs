@@ -9,6 +9,7 @@
 //! afterwards (take first, copy second — see [`vfio_migrate_device::dirty`]).
 
 use super::engines::{Shared, PAGE};
+use super::pagehash::{append_page_crc, term_of_crc};
 use super::regs::{encode_state, STATE_LEN};
 use crate::stream::{
     finish_crc, put_header, Outbox, StreamEnd, StreamHeader, HEADER_LEN, KIND_END, KIND_HEADER,
@@ -59,12 +60,19 @@ pub struct SaveStream {
     page_entries: u64,
     outbox: Outbox,
     batch: Vec<u32>,
+    /// `(page, term)` of the pages of the record being written, for the
+    /// digest cache ([`super::pagehash`]).
+    terms: Vec<(u64, u64)>,
+    /// The initial data restarted and nobody was told yet.
+    reinit: bool,
 }
 
 impl SaveStream {
     /// A new stream over `shared`; every page is initial, so the dirty
-    /// bitmap is cleared. `stop_copy` when it starts in STOP_COPY.
+    /// bitmap is cleared (and with it the digest cache, which relies on
+    /// it). `stop_copy` when it starts in STOP_COPY.
     pub fn new(shared: &Shared, stop_copy: bool) -> Self {
+        shared.hashes.forget_all();
         shared.dirty.clear_all();
         Self {
             pages: shared.pages(),
@@ -79,7 +87,27 @@ impl SaveStream {
             page_entries: 0,
             outbox: Outbox::default(),
             batch: Vec::with_capacity(MAX_BATCH),
+            terms: Vec::with_capacity(MAX_BATCH),
+            reinit: false,
         }
+    }
+
+    /// The device re-initialised its memory (a mode change): every page is
+    /// initial again, and the next pre-copy info reports REINIT. The dirty
+    /// bits are cleared (every page goes again anyway), so the digest cache
+    /// is forgotten too.
+    pub fn reinit(&mut self, shared: &Shared) {
+        shared.hashes.forget_all();
+        shared.dirty.clear_all();
+        self.initial_next = 0;
+        self.dirty_cursor = 0;
+        self.reinit = true;
+    }
+
+    /// Whether the initial data restarted since the last call (read and
+    /// clear, as `VFIO_PRECOPY_INFO_REINIT` is reported once).
+    pub fn take_reinit(&mut self) -> bool {
+        std::mem::take(&mut self.reinit)
     }
 
     /// PRE_COPY_P2P → STOP_COPY: the engines are stopped; send the rest.
@@ -105,11 +133,13 @@ impl SaveStream {
     }
 
     /// Writes a pages record for `self.batch` into `out` (which must hold
-    /// it) straight from device memory; returns its size.
-    fn write_pages(&self, shared: &Shared, out: &mut [u8]) -> usize {
+    /// it) straight from device memory, hashing each page copied for the
+    /// digest cache; returns its size.
+    fn write_pages(&mut self, shared: &Shared, out: &mut [u8]) -> usize {
         let len = self.batch.len() * ENTRY;
-        let crc = put_header(out, KIND_PAGES, len as u32);
+        let mut crc = put_header(out, KIND_PAGES, len as u32);
         let mut at = HEADER_LEN;
+        self.terms.clear();
         for &p in &self.batch {
             let e = &mut out[at..at + ENTRY];
             e[..4].copy_from_slice(&p.to_le_bytes());
@@ -117,11 +147,16 @@ impl SaveStream {
                 .mem
                 .read(p as u64 * PAGE, &mut e[4..])
                 .expect("page index below the page count");
+            // One CRC pass over the page while it is in cache gives both
+            // its digest term (after the stop no page that was sent and
+            // not dirtied again is hashed twice) and the record's CRC.
+            let page_crc = crc32c::crc32c(&e[4..]);
+            crc = append_page_crc(crc32c::crc32c_append(crc, &e[..4]), page_crc);
+            self.terms
+                .push((u64::from(p), term_of_crc(u64::from(p), page_crc)));
             at += ENTRY;
         }
-        // One CRC pass over the whole payload (still in cache): long
-        // buffers take the CRC's fastest interleaved path.
-        let crc = crc32c::crc32c_append(crc, &out[HEADER_LEN..at]);
+        shared.hashes.set(&self.terms);
         finish_crc(&mut out[at..], crc);
         at + 4
     }

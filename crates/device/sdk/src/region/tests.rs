@@ -108,6 +108,7 @@ impl Device for Blob {
         PrecopyInfo {
             initial_bytes: (self.state.len() - self.cursor.min(self.state.len())) as u64,
             dirty_bytes: 0,
+            reinit: false,
         }
     }
     fn stop_copy_size(&mut self) -> u64 {

@@ -70,11 +70,25 @@ impl<D: MigrationDevice> Dest<'_, D> {
                     self.st.load_zero(first_page, count)?;
                     None
                 }
+                Event::InitialSent { index, generation } => {
+                    // Everything before it was written into the device
+                    // (write_data returns once the device took it).
+                    if self.st.switchover_ack {
+                        self.reply(&Reply::SwitchoverAck {
+                            device: index as u32,
+                            generation,
+                        })?;
+                    }
+                    None
+                }
                 Event::DeviceEnd { index, bytes } => {
                     self.st.device_ended(index, bytes)?;
                     None
                 }
-                Event::End => return Ok(()),
+                Event::End => {
+                    self.st.ended_at = Some(Instant::now());
+                    return Ok(());
+                }
                 // The parser allows nothing else in the body.
                 _ => return Err(self.unexpected("in the body of the stream")),
             };

@@ -59,6 +59,9 @@ pub struct DestOptions {
     pub channels: Option<crate::channels::Acceptor>,
     /// How long the data channels may take to connect (zero: 10 s).
     pub channel_wait: Duration,
+    /// Before answering READY, hash all guest RAM again and check the hash
+    /// kept page by page against it.
+    pub full_verify: bool,
 }
 
 /// What a destination device was left as after a failed load.
@@ -123,8 +126,16 @@ pub struct DestReport {
     pub ram_bytes: u64,
     /// Guest RAM hash as loaded, when kept.
     pub ram_hash: Option<String>,
-    /// Every device digest compared and equal, and at least one compared.
+    /// Every device digest compared and equal, and at least one compared
+    /// (here, or by the sender before it said go).
     pub verified: bool,
+    /// Who compared: `destination` (a snapshot's digests, checked here),
+    /// `sender` (a live source compared ours with its own and said so), or
+    /// `null` (nothing was compared).
+    pub verified_by: Option<&'static str>,
+    /// Device digests the sender compared, when it said (live, format
+    /// minor 2 and later).
+    pub sender_compared: Option<u32>,
     /// Time from the first byte to RUNNING.
     pub total_ms: f64,
 }
@@ -190,6 +201,9 @@ struct Loader<'a, D> {
     resuming: bool,
     /// The devices were told to run: no reset any more.
     started: bool,
+    /// The source said it compared `(compared, devices)` device digests
+    /// and all were equal ([`crate::format::Kind::Verified`]).
+    sender_verified: Option<(u32, u32)>,
     /// Per device: the source ran (the destination ends RUNNING), else it
     /// was stopped (the destination ends in STOP).
     final_running: Vec<bool>,
@@ -200,6 +214,11 @@ struct Loader<'a, D> {
     inbound: Option<crate::channels::recv::Inbound>,
     /// Data bytes read from the channels.
     channel_bytes: u64,
+    /// The source asked for switchover acks (and was told they come).
+    switchover_ack: bool,
+    /// When the end marker was read (the destination's part of the
+    /// downtime is measured from it).
+    ended_at: Option<Instant>,
 }
 
 struct Dest<'a, D> {
@@ -247,10 +266,13 @@ pub fn migrate_in<D: MigrationDevice>(
             last_check: t0,
             resuming: false,
             started: false,
+            sender_verified: None,
             final_running: Vec::new(),
             reasm: Vec::new(),
             inbound: None,
             channel_bytes: 0,
+            switchover_ack: false,
+            ended_at: None,
         },
     };
     let r = match d.run(devices) {
@@ -435,8 +457,18 @@ impl<D: MigrationDevice> Loader<'_, D> {
             })
             .collect();
         let compared: Vec<bool> = devices.iter().filter_map(|x| x.verified).collect();
+        let here = !compared.is_empty() && compared.iter().all(|v| *v);
+        let by_sender = self.sender_verified.is_some_and(|(n, _)| n > 0);
         DestReport {
-            verified: !compared.is_empty() && compared.iter().all(|v| *v),
+            verified: here || by_sender,
+            verified_by: if here {
+                Some("destination")
+            } else if by_sender {
+                Some("sender")
+            } else {
+                None
+            },
+            sender_compared: self.sender_verified.map(|(n, _)| n),
             devices,
             bytes,
             ram_bytes: self.ram_bytes,

@@ -4,7 +4,7 @@
 
 use super::{next_event, Dest, DevIn};
 use crate::error::EngineError;
-use crate::format::{Event, RamInfo, Reply};
+use crate::format::{Event, RamInfo, Reply, CAP_SWITCHOVER_ACK};
 use crate::progress::Phase;
 use crate::verify::{ram_hash, zero_page_crc};
 use vfio_migrate_backend::{DeviceDescriptor, MigState, MigrationDevice};
@@ -26,6 +26,9 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 Event::RunState { index, running: r } => running[index] = r,
                 Event::Ram(info) => ram = Some(info),
                 Event::Channels { count, token } => channels = Some((count, token)),
+                Event::Caps { flags } => {
+                    self.st.switchover_ack = flags & CAP_SWITCHOVER_ACK != 0;
+                }
                 Event::SetupEnd { .. } => break,
                 // The parser allows nothing else in the setup section.
                 _ => return Err(self.unexpected("in the setup section")),
@@ -78,6 +81,11 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         }
         if let Some((count, token)) = channels {
             self.accept_channels(count, token)?;
+        }
+        if self.st.switchover_ack {
+            // Only a source that asked hears of it (older ones skip it
+            // anyway: it is optional).
+            self.reply(&Reply::Caps(CAP_SWITCHOVER_ACK))?;
         }
         self.reply(&Reply::Accept)
     }

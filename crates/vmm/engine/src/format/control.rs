@@ -1,11 +1,14 @@
 //! The back channel of a live migration: the destination's [`Reply`]s
-//! (accept, refuse, ready, failed, running, round-ack), with their own
+//! (accept, refuse, ready, failed, running, round-ack, caps-reply,
+//! switchover-ack), with their own
 //! stream header and the same record framing, read by [`ReplyReader`] and
 //! written by [`write_reply`].
 
 use super::codec::{RecordReader, RecordWriter};
 use super::error::{RecordProblem, StreamError};
-use super::records::{reason_bytes, ChannelsReady, Kind, Round, NO_DEVICE};
+use super::records::{
+    reason_bytes, Caps, ChannelsReady, InitialGen, Kind, Round, FLAG_OPTIONAL, NO_DEVICE,
+};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
@@ -19,6 +22,14 @@ pub struct ReadyInfo {
     /// Time spent reading digests (part of the downtime), ms.
     #[serde(default)]
     pub digest_ms: f64,
+    /// Time the devices took to leave RESUMING for STOP (validating what
+    /// they loaded), ms (minor 3; 0 from older destinations).
+    #[serde(default)]
+    pub validate_ms: f64,
+    /// From the end marker read to this answer, ms: validation, digests
+    /// and the rest of the destination's work after the load (minor 3).
+    #[serde(default)]
+    pub after_end_ms: f64,
 }
 
 /// An answer from the destination.
@@ -38,6 +49,15 @@ pub enum Reply {
     RoundAck(u64),
     /// The destination waits for this many data channels now.
     ChannelsReady(u32),
+    /// What the destination does (`CAP_*` bits), before accept.
+    Caps(u64),
+    /// Device `device`'s initial pre-copy data of `generation` is loaded.
+    SwitchoverAck {
+        /// Device index.
+        device: u32,
+        /// Which initial data.
+        generation: u64,
+    },
 }
 
 impl Reply {
@@ -51,6 +71,8 @@ impl Reply {
             Reply::Running => Kind::Running,
             Reply::RoundAck(_) => Kind::RoundAck,
             Reply::ChannelsReady(_) => Kind::ChannelsReady,
+            Reply::Caps(_) => Kind::CapsReply,
+            Reply::SwitchoverAck { .. } => Kind::SwitchoverAck,
         }
     }
 }
@@ -77,6 +99,22 @@ pub fn write_reply<W: Write>(w: &mut RecordWriter<W>, reply: &Reply) -> Result<(
                 reserved: 0,
             }
             .to_bytes(),
+        ),
+        // Optional: a source of an older minor skips them.
+        Reply::Caps(flags) => w.write_raw(
+            Kind::CapsReply as u16,
+            FLAG_OPTIONAL,
+            NO_DEVICE,
+            &[&Caps { flags: *flags }.to_bytes()],
+        ),
+        Reply::SwitchoverAck { device, generation } => w.write_raw(
+            Kind::SwitchoverAck as u16,
+            FLAG_OPTIONAL,
+            *device,
+            &[&InitialGen {
+                generation: *generation,
+            }
+            .to_bytes()],
         ),
     }
 }
@@ -121,6 +159,17 @@ impl<R: Read> ReplyReader<R> {
                     .expect("length checked")
                     .count,
             ),
+            Kind::CapsReply => Reply::Caps(
+                Caps::decode(self.rd.payload())
+                    .expect("length checked")
+                    .flags,
+            ),
+            Kind::SwitchoverAck => Reply::SwitchoverAck {
+                device: rec.device,
+                generation: InitialGen::decode(self.rd.payload())
+                    .expect("length checked")
+                    .generation,
+            },
             Kind::Ready => Reply::Ready(
                 serde_json::from_slice(self.rd.payload())
                     .map_err(|e| self.rd.invalid(&rec, format!("bad ready record: {e}")))?,

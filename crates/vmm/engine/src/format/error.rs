@@ -28,7 +28,7 @@ pub enum StreamError {
         inside: Option<String>,
     },
     /// Not a vfio-migrate stream.
-    #[error("not a vfio-migrate stream (bad magic {found:02x?}; expected \"VFIOMIGR\")")]
+    #[error("not a migration stream: it does not begin with the vfio-migrate magic \"VFIOMIGR\" (found {})", hex8(found))]
     BadMagic {
         /// The first 8 bytes found.
         found: [u8; 8],
@@ -59,6 +59,18 @@ pub enum StreamError {
         /// What was wrong.
         problem: RecordProblem,
     },
+}
+
+/// Eight bytes as text when they are printable, else in hex.
+fn hex8(b: &[u8; 8]) -> String {
+    if b.iter().all(|c| c.is_ascii_graphic() || *c == b' ') {
+        format!("{:?}", String::from_utf8_lossy(b))
+    } else {
+        b.iter()
+            .map(|c| format!("{c:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 fn in_record(inside: &Option<String>) -> String {

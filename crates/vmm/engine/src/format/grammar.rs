@@ -6,10 +6,10 @@
 //!
 //! ```text
 //! header
-//! device(0..n) [ram] setup-end                          ── setup
+//! device(0..n) [caps] [channels] [ram] setup-end        ── setup
 //! { device-precopy | device-stopcopy | device-end | device-chunk
-//!   | round | verify | ram-pages | ram-zero | channel-epoch }*  end
-//!                                                       ── body
+//!   | round | initial-sent | verify | ram-pages | ram-zero
+//!   | channel-epoch }*  end                              ── body
 //! [ go ]                                                ── live only
 //! abort may come anywhere (the source gives up).
 //! ```
@@ -17,8 +17,8 @@
 use super::codec::{Record, RecordReader};
 use super::error::{RecordProblem, StreamError};
 use super::records::{
-    ChannelsRequest, ChunkHead, DeviceEnd, Digest, Epoch, Kind, RamInfo, RamRun, Round, RunState,
-    SetupEnd, CHUNK_STOP_COPY, MAX_CHANNELS, MAX_PAGE_SIZE,
+    Caps, ChannelsRequest, ChunkHead, DeviceEnd, Digest, Epoch, InitialGen, Kind, RamInfo, RamRun,
+    Round, RunState, SetupEnd, CHUNK_STOP_COPY, MAX_CHANNELS, MAX_PAGE_SIZE,
 };
 use std::io::Read;
 use vfio_migrate_backend::DeviceDescriptor;
@@ -68,6 +68,19 @@ pub enum Event<'a> {
         epoch: u64,
         /// The channels end after it.
         last: bool,
+    },
+    /// What the source offers (minor 3): `CAP_*` bits.
+    Caps {
+        /// The bits.
+        flags: u64,
+    },
+    /// Device `index`'s initial pre-copy data of `generation` was sent
+    /// whole (minor 3).
+    InitialSent {
+        /// Device index.
+        index: usize,
+        /// Which initial data (0, then one more per REINIT).
+        generation: u64,
     },
     /// End of the setup section: `devices` were described.
     SetupEnd {
@@ -125,6 +138,14 @@ pub enum Event<'a> {
     },
     /// The end marker (record count and size checked, every device ended).
     End,
+    /// Live only, after the end, before go: the source compared
+    /// `compared` of `devices` device digests and all were equal.
+    Verified {
+        /// Digests compared.
+        compared: u32,
+        /// Devices in the migration.
+        devices: u32,
+    },
     /// Live only, after the end: the destination may run.
     Go,
 }
@@ -263,6 +284,18 @@ impl<R: Read> StreamParser<R> {
                     token: (c.token_lo, c.token_hi),
                 })
             }
+            (Stage::Setup, Kind::Caps) => Ok(Event::Caps {
+                flags: Caps::decode(self.rd.payload())
+                    .expect("length checked")
+                    .flags,
+            }),
+            (Stage::Body, Kind::InitialSent) => {
+                let index = self.device(rec)?;
+                let generation = InitialGen::decode(self.rd.payload())
+                    .expect("length checked")
+                    .generation;
+                Ok(Event::InitialSent { index, generation })
+            }
             (Stage::Setup, Kind::SetupEnd) => {
                 let e = SetupEnd::decode(self.rd.payload()).expect("length checked");
                 if e.devices as usize != self.devices.len() || e.flags != 0 {
@@ -373,6 +406,13 @@ impl<R: Read> StreamParser<R> {
                 }
                 self.stage = Stage::Ended;
                 Ok(Event::End)
+            }
+            (Stage::Ended, Kind::Verified) => {
+                let v = crate::format::Verdict::decode(self.rd.payload()).expect("length checked");
+                Ok(Event::Verified {
+                    compared: v.compared,
+                    devices: v.devices,
+                })
             }
             (Stage::Ended, Kind::Go) => {
                 self.stage = Stage::Done;

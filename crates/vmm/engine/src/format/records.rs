@@ -14,7 +14,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this build writes. A reader accepts any minor
 /// version of its major: newer minors only add records marked
 /// [`FLAG_OPTIONAL`], which an older reader skips.
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 4;
 /// Stream header size.
 pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
 /// Record header size.
@@ -145,6 +145,17 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Payload of [`Kind::Verified`]: what the source compared before it
+    /// told the destination to run.
+    pub struct Verdict {
+        /// Device digests compared, every one equal.
+        pub compared: u32,
+        /// Devices in the migration.
+        pub devices: u32,
+    }
+}
+
+wire_struct! {
     /// Payload of [`Kind::End`]: how many records came before it and their
     /// total size (headers included), so a truncated stream is detected
     /// even when it ends on a record boundary.
@@ -157,7 +168,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// Payload of [`Kind::Channels`] (setup, optional, minor 2): the source
+    /// Payload of [`Kind::Channels`] (setup, optional, minor 4): the source
     /// asks for `count` parallel data channels; each will present `token`.
     pub struct ChannelsRequest {
         /// Data channels asked for (2 to [`MAX_CHANNELS`]).
@@ -233,6 +244,29 @@ pub const CHUNK_STOP_COPY: u32 = 1;
 /// Most parallel data channels of one migration.
 pub const MAX_CHANNELS: u32 = 64;
 
+wire_struct! {
+    /// Payload of [`Kind::Caps`] and [`Kind::CapsReply`]: what one end
+    /// offers ([`CAP_SWITCHOVER_ACK`]); unknown bits are ignored.
+    pub struct Caps {
+        /// `CAP_*` bits.
+        pub flags: u64,
+    }
+}
+
+/// [`Caps`] bit: the source waits for [`Kind::SwitchoverAck`]s before it
+/// stops (in [`Kind::Caps`]); the destination sends them (in
+/// [`Kind::CapsReply`]).
+pub const CAP_SWITCHOVER_ACK: u64 = 1;
+
+wire_struct! {
+    /// Payload of [`Kind::InitialSent`] and [`Kind::SwitchoverAck`].
+    pub struct InitialGen {
+        /// Which initial data: 0 at first, one more each time the device
+        /// re-initialised its pre-copy data (REINIT).
+        pub generation: u64,
+    }
+}
+
 /// `StreamHeader::magic` as a little-endian integer.
 pub fn magic_u64() -> u64 {
     u64::from_le_bytes(MAGIC)
@@ -267,11 +301,20 @@ pub enum Kind {
     /// here". Sent on a quiet live link so the peer's stall deadline only
     /// catches a peer that is really gone.
     Heartbeat = 0x14,
+    /// Setup (minor 3, optional): what the source offers ([`Caps`]); a
+    /// destination that knows it answers [`Kind::CapsReply`] before
+    /// [`Kind::Accept`].
+    Caps = 0x15,
+    /// Pre-copy (minor 3, optional): every byte of the device's initial
+    /// pre-copy data of this generation ([`InitialGen`]) came before this
+    /// record. A destination that offered switchover acks answers
+    /// [`Kind::SwitchoverAck`] once it has loaded them.
+    InitialSent = 0x16,
     /// A run of guest RAM pages ([`RamRun`] + data).
     RamPages = 0x20,
     /// A run of guest RAM pages that are all zero ([`RamRun`], no data).
     RamZero = 0x21,
-    /// Setup (minor 2, optional): parallel data channels asked for
+    /// Setup (minor 4, optional): parallel data channels asked for
     /// ([`ChannelsRequest`]). A destination that does not know it answers
     /// [`Kind::Accept`] alone and everything goes on the main stream.
     Channels = 0x22,
@@ -293,6 +336,11 @@ pub enum Kind {
     Abort = 0x7e,
     /// End of the stream ([`End`]).
     End = 0x7f,
+    /// Live, after the end marker and just before [`Kind::Go`] (minor 2,
+    /// optional): the source compared the destination's digests with its
+    /// own and they were equal ([`Verdict`]), so the destination can say
+    /// it runs verified state.
+    Verified = 0x50,
     /// Source → destination after [`Kind::Ready`]: start running.
     Go = 0x80,
     /// Reply: the devices are compatible and RESUMING.
@@ -311,11 +359,19 @@ pub enum Kind {
     /// Reply to [`Kind::Channels`]: connect the data channels now
     /// ([`ChannelsReady`]).
     ChannelsReady = 0x90,
+    /// Reply (minor 3, optional), before [`Kind::Accept`], only to a
+    /// source that sent [`Kind::Caps`]: what the destination does
+    /// ([`Caps`]).
+    CapsReply = 0x87,
+    /// Reply (minor 3, optional): the device's initial pre-copy data of
+    /// this generation ([`InitialGen`]) is loaded; the source may stop it
+    /// (QEMU's switchover-ack).
+    SwitchoverAck = 0x88,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 27] = [
+    pub const ALL: [Kind; 32] = [
         Kind::Device,
         Kind::Ram,
         Kind::RunState,
@@ -325,6 +381,8 @@ impl Kind {
         Kind::DeviceEnd,
         Kind::Round,
         Kind::Heartbeat,
+        Kind::Caps,
+        Kind::InitialSent,
         Kind::RamPages,
         Kind::RamZero,
         Kind::Channels,
@@ -333,6 +391,7 @@ impl Kind {
         Kind::ChannelSync,
         Kind::ChannelEpoch,
         Kind::Verify,
+        Kind::Verified,
         Kind::Abort,
         Kind::End,
         Kind::Go,
@@ -343,6 +402,8 @@ impl Kind {
         Kind::Running,
         Kind::RoundAck,
         Kind::ChannelsReady,
+        Kind::CapsReply,
+        Kind::SwitchoverAck,
     ];
 
     /// The kind for a wire value.
@@ -365,6 +426,7 @@ impl Kind {
             Kind::RamPages => "ram-pages",
             Kind::RamZero => "ram-zero",
             Kind::Verify => "verify",
+            Kind::Verified => "verified",
             Kind::Abort => "abort",
             Kind::End => "end",
             Kind::Go => "go",
@@ -380,6 +442,10 @@ impl Kind {
             Kind::ChannelSync => "channel-sync",
             Kind::ChannelEpoch => "channel-epoch",
             Kind::ChannelsReady => "channels-ready",
+            Kind::Caps => "caps",
+            Kind::InitialSent => "initial-sent",
+            Kind::CapsReply => "caps-reply",
+            Kind::SwitchoverAck => "switchover-ack",
         }
     }
 
@@ -393,9 +459,12 @@ impl Kind {
             Kind::DevicePrecopy | Kind::DeviceStopCopy => (1, MAX_DEVICE_DATA),
             Kind::DeviceEnd => (DeviceEnd::SIZE, DeviceEnd::SIZE),
             Kind::Round | Kind::RoundAck => (Round::SIZE, Round::SIZE),
+            Kind::Caps | Kind::CapsReply => (Caps::SIZE, Caps::SIZE),
+            Kind::InitialSent | Kind::SwitchoverAck => (InitialGen::SIZE, InitialGen::SIZE),
             Kind::RamPages => (RamRun::SIZE + 1, RamRun::SIZE + MAX_RAM_RUN_BYTES),
             Kind::RamZero => (RamRun::SIZE, RamRun::SIZE),
             Kind::Verify => (Digest::SIZE, Digest::SIZE),
+            Kind::Verified => (Verdict::SIZE, Verdict::SIZE),
             Kind::End => (End::SIZE, End::SIZE),
             Kind::Abort | Kind::Refuse | Kind::Failed => (0, MAX_REASON),
             Kind::Go | Kind::Accept | Kind::Running | Kind::Heartbeat => (0, 0),
@@ -419,6 +488,8 @@ impl Kind {
                 | Kind::DeviceEnd
                 | Kind::DeviceChunk
                 | Kind::Verify
+                | Kind::InitialSent
+                | Kind::SwitchoverAck
         )
     }
 
@@ -433,6 +504,8 @@ impl Kind {
                 | Kind::Running
                 | Kind::RoundAck
                 | Kind::ChannelsReady
+                | Kind::CapsReply
+                | Kind::SwitchoverAck
         )
     }
 }

@@ -75,6 +75,10 @@ fn parse(b: &[u8]) -> Result<Vec<String>, StreamError> {
             Event::Ram(_) => "ram".into(),
             Event::RunState { index, running } => format!("run-state {index} {running}"),
             Event::SetupEnd { devices } => format!("setup-end {devices}"),
+            Event::Caps { flags } => format!("caps {flags}"),
+            Event::InitialSent { index, generation } => {
+                format!("initial-sent {index} {generation}")
+            }
             Event::DeviceData {
                 index,
                 stop_copy,
@@ -86,6 +90,7 @@ fn parse(b: &[u8]) -> Result<Vec<String>, StreamError> {
             Event::RamPages { count, .. } => format!("pages {count}"),
             Event::RamZero { count, .. } => format!("zero {count}"),
             Event::Abort { reason } => format!("abort {reason}"),
+            Event::Verified { compared, devices } => format!("verified {compared}/{devices}"),
             Event::Go => "go".into(),
             Event::Channels { count, .. } => format!("channels {count}"),
             Event::DeviceChunk {
@@ -368,15 +373,34 @@ fn replies_round_trip() {
             digests: vec![Some(1), None],
             ram_hash: Some(9),
             digest_ms: 1.5,
+            validate_ms: 0.5,
+            after_end_ms: 2.5,
         }),
         Reply::Refuse("no".into()),
         Reply::Failed("bad".into()),
         Reply::Running,
+        Reply::Caps(CAP_SWITCHOVER_ACK),
+        Reply::SwitchoverAck {
+            device: 3,
+            generation: 2,
+        },
     ];
     for r in &replies {
         write_reply(&mut w, r).unwrap();
     }
     let b = w.into_inner();
+    // The minor-3 replies are optional: an older source skips them.
+    let mut at = STREAM_HEADER_SIZE;
+    let mut flags = Vec::new();
+    while at < b.len() {
+        let h = RecordHeader::decode(&b[at..at + RECORD_HEADER_SIZE]).unwrap();
+        flags.push((h.kind, h.flags));
+        at += RECORD_HEADER_SIZE + h.length as usize;
+    }
+    for (k, f) in flags {
+        let minor2 = k == Kind::CapsReply as u16 || k == Kind::SwitchoverAck as u16;
+        assert_eq!(f == FLAG_OPTIONAL, minor2, "kind {k:#x}");
+    }
     let mut rd = ReplyReader::new(&b[..], "test");
     rd.read_header().unwrap();
     for r in &replies {
@@ -467,4 +491,108 @@ fn channel_records_in_their_places() {
         let e = parse(&build(n, 15)).unwrap_err().to_string();
         assert!(e.contains("data channels asked for"), "{n}: {e}");
     }
+}
+
+#[test]
+fn switchover_ack_records_parse_where_they_belong() {
+    let mut w = RecordWriter::new(Vec::new(), "test");
+    w.write_stream_header().unwrap();
+    w.write(Kind::Device, 0, &descriptor()).unwrap();
+    let caps = Caps {
+        flags: CAP_SWITCHOVER_ACK,
+    };
+    w.write_raw(
+        Kind::Caps as u16,
+        FLAG_OPTIONAL,
+        NO_DEVICE,
+        &[&caps.to_bytes()],
+    )
+    .unwrap();
+    w.write(
+        Kind::SetupEnd,
+        NO_DEVICE,
+        &SetupEnd {
+            devices: 1,
+            flags: 0,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
+    w.write(Kind::DevicePrecopy, 0, &[1u8; 4]).unwrap();
+    let g = InitialGen { generation: 1 };
+    w.write_raw(Kind::InitialSent as u16, FLAG_OPTIONAL, 0, &[&g.to_bytes()])
+        .unwrap();
+    w.write(Kind::DeviceEnd, 0, &DeviceEnd { bytes: 4 }.to_bytes())
+        .unwrap();
+    w.write_end().unwrap();
+    let ev = parse(&w.into_inner()).unwrap();
+    assert_eq!(
+        ev,
+        [
+            "device 0",
+            "caps 1",
+            "setup-end 1",
+            "data 0 false 4",
+            "initial-sent 0 1",
+            "device-end 0 4",
+            "end"
+        ]
+    );
+    // Out of place (initial-sent in the setup section) is refused.
+    let mut w = RecordWriter::new(Vec::new(), "test");
+    w.write_stream_header().unwrap();
+    w.write(Kind::Device, 0, &descriptor()).unwrap();
+    w.write_raw(Kind::InitialSent as u16, FLAG_OPTIONAL, 0, &[&g.to_bytes()])
+        .unwrap();
+    assert!(parse(&w.into_inner()).is_err());
+}
+
+#[test]
+fn verified_comes_after_the_end_and_before_go_only() {
+    let v = Verdict {
+        compared: 1,
+        devices: 1,
+    };
+    let mut b = valid_stream(|_| {});
+    let mut tail = Vec::new();
+    {
+        let mut t = RecordWriter::new(&mut tail, "test");
+        t.write_raw(
+            Kind::Verified as u16,
+            FLAG_OPTIONAL,
+            NO_DEVICE,
+            &[&v.to_bytes()],
+        )
+        .unwrap();
+        t.write(Kind::Go, NO_DEVICE, &[]).unwrap();
+    }
+    b.extend_from_slice(&tail);
+    let mut p = StreamParser::new(&b[..], "test");
+    p.read_header().unwrap();
+    while !matches!(p.read_event().unwrap(), Event::End) {}
+    assert!(matches!(
+        p.read_event().unwrap(),
+        Event::Verified {
+            compared: 1,
+            devices: 1
+        }
+    ));
+    assert!(matches!(p.read_event().unwrap(), Event::Go));
+    // Before the end it is out of place.
+    let b = valid_stream(|w| {
+        w.write_raw(
+            Kind::Verified as u16,
+            FLAG_OPTIONAL,
+            NO_DEVICE,
+            &[&v.to_bytes()],
+        )
+        .unwrap();
+    });
+    assert!(matches!(
+        parse(&b),
+        Err(StreamError::Record {
+            problem: RecordProblem::OutOfPlace { .. },
+            ..
+        })
+    ));
 }

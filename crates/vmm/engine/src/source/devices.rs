@@ -40,6 +40,10 @@ pub(super) struct Dev<'a, D> {
     pub in_stop_copy: bool,
     /// Its STOP_COPY stream was read to the end (a 0-byte read).
     pub stream_ended: bool,
+    /// Its initial pre-copy data and the destination's acknowledgement.
+    pub init_data: super::initial::Initial,
+    /// A throttle was set on it (released at the end).
+    pub throttled: bool,
     /// Before a rollback moves it out of STOP_COPY, the rest of its stream
     /// is read (bounded by [`DRAIN_BYTES`] and [`DRAIN_TIME`]): the uAPI
     /// lets a device leave STOP_COPY at any point, but libvfio-user's
@@ -91,6 +95,8 @@ impl<'a, D> Dev<'a, D> {
             in_stop_copy: false,
             stream_ended: false,
             drain_on_rollback: false,
+            init_data: Default::default(),
+            throttled: false,
         }
     }
 }
@@ -194,7 +200,15 @@ impl<D: MigrationDevice> Source<'_, D> {
             let d = &mut self.devs[i];
             if d.precopy {
                 match d.h.precopy_info() {
-                    Ok(info) => d.pending = info.initial_bytes + info.dirty_bytes,
+                    Ok(info) => {
+                        d.pending = info.initial_bytes + info.dirty_bytes;
+                        d.init_data.left = info.initial_bytes;
+                        if info.reinit {
+                            tracing::info!(device = %d.name, initial_bytes = info.initial_bytes, "the device re-initialised its pre-copy data");
+                            d.init_data.reinit();
+                            self.metrics.reinits += 1;
+                        }
+                    }
                     // vfio-user has no pre-copy size report (ours is an
                     // extension): the device's data tells instead. Until
                     // a round found it empty, count what the last round

@@ -19,7 +19,9 @@
 //! Any failure before GO rolls the source back: devices to their original
 //! state, logging off, vCPUs resumed, ABORT sent to the destination.
 
+mod converge;
 mod devices;
+mod initial;
 mod parallel;
 mod precopy;
 mod ram;
@@ -31,8 +33,8 @@ mod switchover;
 use crate::cancel::Cancel;
 use crate::error::{EngineError, SourceFailure, SourceState};
 use crate::format::{
-    self, Kind, RamInfo, RecordWriter, RunState, SetupEnd, StreamError, FLAG_OPTIONAL, MAX_DEVICES,
-    NO_DEVICE,
+    self, Caps, Kind, RamInfo, RecordWriter, RunState, SetupEnd, StreamError, CAP_SWITCHOVER_ACK,
+    FLAG_OPTIONAL, MAX_DEVICES, NO_DEVICE,
 };
 use crate::guest::GuestRam;
 use crate::heartbeat::{Heartbeat, SharedWriter};
@@ -49,7 +51,7 @@ use std::io::BufWriter;
 use std::time::Duration;
 use vfio_migrate_backend::{MigState, MigrationDevice, MIGRATION_PRE_COPY};
 
-pub use precopy::{Convergence, Decision};
+pub use converge::{Convergence, Decision, NoConverge};
 
 /// Largest run of guest pages sent in one record.
 const RAM_RUN_BYTES: u64 = 1 << 20;
@@ -78,6 +80,19 @@ pub struct SourceOptions {
     pub bandwidth_limit: Option<u64>,
     /// Parallel data channels (`None`: everything on the main stream).
     pub channels: Option<crate::channels::ChannelsOut>,
+    /// Give up pre-copy after this long (with `max_iterations`, whichever
+    /// comes first).
+    pub converge_timeout: Option<Duration>,
+    /// What happens when pre-copy does not converge.
+    pub on_no_converge: NoConverge,
+    /// Throttle devices that offer it while rounds stop shrinking.
+    pub auto_converge: bool,
+    /// Ask a live destination to acknowledge each device's initial
+    /// pre-copy data, and do not stop before it did.
+    pub switchover_ack: bool,
+    /// After the migration, hash all guest RAM again and check the
+    /// incremental hash against it.
+    pub full_verify: bool,
 }
 
 impl Default for SourceOptions {
@@ -93,6 +108,11 @@ impl Default for SourceOptions {
             force: false,
             bandwidth_limit: None,
             channels: None,
+            converge_timeout: None,
+            on_no_converge: NoConverge::Abort,
+            auto_converge: true,
+            switchover_ack: true,
+            full_verify: false,
         }
     }
 }
@@ -130,6 +150,12 @@ struct Source<'a, D> {
     splice: Option<crate::link::SpliceSink>,
     /// The pipe spliced data goes through.
     pipe: Option<spliced::Pipe>,
+    /// Device throttle in force, percent.
+    throttle: u32,
+    /// The destination acknowledges devices' initial data (negotiated).
+    switch_ack: bool,
+    /// In-between progress reports.
+    ticker: crate::progress::Ticker,
 }
 
 /// Migrates `devices` (and `guest` RAM, if given) out over `link`.
@@ -188,6 +214,9 @@ pub fn migrate_out<D: MigrationDevice>(
         chans_asked: None,
         splice: link.splice,
         pipe: None,
+        throttle: 0,
+        switch_ack: false,
+        ticker: crate::progress::Ticker::new(),
     };
     s.pacer = s.opts.bandwidth_limit.map(Pacer::new);
     let r = s.run(devices);
@@ -199,8 +228,13 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
     fn run(&mut self, devices: &'a mut [D]) -> Result<(), EngineError> {
         self.setup(devices)?;
         self.metrics.precopy_start = Some(std::time::Instant::now());
-        if self.opts.precopy {
+        // Pre-copy moves guest RAM and pre-copy capable devices' data
+        // while they run; with neither, rounds would only wait.
+        let movable = self.ram.is_some() || self.devs.iter().any(|d| d.precopy);
+        if self.opts.precopy && movable {
             self.precopy()?;
+        } else {
+            self.report.precopy = false;
         }
         self.stop_and_copy()?;
         self.resume()?;
@@ -249,9 +283,25 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             }
         }
         match self.out.write_parts(kind, device, parts) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.tick();
+                Ok(())
+            }
             Err(e) => Err(self.stream_err(e)),
         }
+    }
+
+    /// Writes a record older readers skip (a kind a newer minor added).
+    fn write_optional(
+        &mut self,
+        kind: Kind,
+        device: u32,
+        payload: &[u8],
+    ) -> Result<(), EngineError> {
+        let r = self
+            .out
+            .with(|w| w.write_raw(kind as u16, FLAG_OPTIONAL, device, &[payload]));
+        r.map_err(|e| self.stream_err(e))
     }
 
     fn flush(&mut self) -> Result<(), EngineError> {
@@ -277,10 +327,27 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             dirty_rate,
             bandwidth: self.metrics.bandwidth(),
             expected_downtime_ms: expected_ms,
+            throttle_percent: self.throttle,
             elapsed: self.metrics.t0.elapsed(),
+            tick: false,
         };
+        self.ticker.boundary(&p);
         if let Some(f) = self.opts.progress.as_mut() {
             f(&p);
+        }
+    }
+
+    /// Reports bytes moved inside a round or phase, every
+    /// [`crate::progress::TICK_INTERVAL`].
+    fn tick(&mut self) {
+        if self.opts.progress.is_none() {
+            return;
+        }
+        let sent = self.out.bytes();
+        if let Some(p) = self.ticker.due(sent, self.metrics.t0.elapsed()) {
+            if let Some(f) = self.opts.progress.as_mut() {
+                f(&p);
+            }
         }
     }
 
@@ -355,17 +422,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                 state: self.devs[i].initial as u32,
                 reserved: 0,
             };
-            let r = self.out.with(|w| {
-                w.write_raw(
-                    Kind::RunState as u16,
-                    FLAG_OPTIONAL,
-                    i as u32,
-                    &[&rs.to_bytes()],
-                )
-            });
-            if let Err(e) = r {
-                return Err(self.stream_err(e));
-            }
+            self.write_optional(Kind::RunState, i as u32, &rs.to_bytes())?;
         }
         if let Some(g) = self.guest {
             let page_size = g.page_size();
@@ -384,6 +441,24 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             devices: self.devs.len() as u32,
             flags: 0,
         };
+        if self.mode.is_live() && self.opts.switchover_ack {
+            // Optional (minor 3): an older destination skips it and never
+            // answers caps-reply, so the source does not wait for acks.
+            let caps = Caps {
+                flags: CAP_SWITCHOVER_ACK,
+            };
+            let r = self.out.with(|w| {
+                w.write_raw(
+                    Kind::Caps as u16,
+                    FLAG_OPTIONAL,
+                    NO_DEVICE,
+                    &[&caps.to_bytes()],
+                )
+            });
+            if let Err(e) = r {
+                return Err(self.stream_err(e));
+            }
+        }
         self.write(Kind::SetupEnd, NO_DEVICE, &[&end.to_bytes()])?;
         self.flush()?;
         if self.mode.is_live() {
@@ -409,10 +484,14 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         for i in 0..self.devs.len() {
             if self.devs[i].precopy {
                 self.devs[i].touched = true;
+                let t = std::time::Instant::now();
                 self.devs[i]
                     .h
                     .set_state(MigState::PreCopy)
                     .map_err(|e| self.dev_err(i, e))?;
+                // What one state change costs: the switchover's fixed
+                // costs are counted in them.
+                self.metrics.fixed.device_change_ms += ms(t.elapsed());
             }
         }
         Ok(())

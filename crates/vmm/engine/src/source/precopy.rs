@@ -1,80 +1,48 @@
 //! Pre-copy: rounds of dirty guest pages interleaved with device pre-copy
-//! data while everything runs, and [`Convergence`], the rule that decides
-//! when to stop iterating and switch over.
+//! data while everything runs. Before each round the downtime a stop would
+//! cost now is estimated (what is left over the measured bandwidth, plus
+//! the measured fixed costs) and [`Convergence`] decides; the devices are
+//! throttled while rounds stop shrinking.
 
+use super::converge::{next_throttle, Convergence, Decision, NoConverge};
 use super::{Source, RAM_RUN_BYTES};
 use crate::error::EngineError;
 use crate::format::{self, Kind, NO_DEVICE};
-use crate::metrics::ms;
+use crate::metrics::{ms, Estimate, RoundStat};
 use crate::progress::Phase;
 use std::time::{Duration, Instant};
-use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_backend::{MigrationDevice, MAX_THROTTLE};
 
 /// Pause between pre-copy rounds that found nothing to send.
 const IDLE_ROUND: Duration = Duration::from_millis(5);
 
-/// What to do after a round's estimate.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Decision {
-    /// Run another round.
-    Continue,
-    /// Switch over now; `converged` when the estimate fits the limit.
-    Switch {
-        /// The switchover came from the estimate (not from the round cap).
-        converged: bool,
-    },
-}
-
-/// The switchover rule: once the expected downtime is under the limit,
-/// switch as soon as more rounds stop paying off — the remainder no longer
-/// shrinks by a fifth, or is below a millisecond of bandwidth, or is empty;
-/// switch anyway after `max_iterations` rounds.
-#[derive(Debug, Clone)]
-pub struct Convergence {
-    limit_ms: f64,
-    max_iterations: u32,
-    prev_remaining: u64,
-}
-
-impl Convergence {
-    /// The rule for a downtime limit and a round cap.
-    pub fn new(limit: Duration, max_iterations: u32) -> Self {
-        Self {
-            limit_ms: ms(limit),
-            max_iterations,
-            prev_remaining: u64::MAX,
-        }
-    }
-
-    /// Decides after round `iteration`'s estimate: `remaining` bytes still
-    /// to send, `expected_ms` downtime if the switch happened now.
-    pub fn decide(&mut self, iteration: u32, remaining: u64, expected_ms: f64) -> Decision {
-        let shrinking = (remaining as f64) < self.prev_remaining as f64 * 0.8;
-        self.prev_remaining = remaining;
-        if iteration >= 1
-            && expected_ms <= self.limit_ms
-            && (!shrinking || expected_ms < 1.0 || remaining == 0)
-        {
-            return Decision::Switch { converged: true };
-        }
-        if iteration >= self.max_iterations {
-            return Decision::Switch { converged: false };
-        }
-        Decision::Continue
-    }
-}
+/// Rounds pre-copy goes on past its limits while the destination has not
+/// acknowledged the devices' initial data yet.
+const ACK_GRACE_ROUNDS: u32 = 10;
 
 /// Most bytes one pre-copy round reads from a device that cannot tell
 /// how much it has pending.
-const UNSIZED_ROUND_BYTES: u64 = 64 << 20;
+pub(super) const UNSIZED_ROUND_BYTES: u64 = 64 << 20;
 
 impl<D: MigrationDevice> Source<'_, D> {
-    /// Pre-copy rounds until [`Convergence`] says switch.
+    /// Pre-copy rounds until [`Convergence`] says switch (or, when it
+    /// gives up, what `--on-no-converge` says).
     pub(super) fn precopy(&mut self) -> Result<(), EngineError> {
         self.phase = Phase::PreCopy;
+        if self.ram.is_none() && !self.devs.iter().any(|d| d.precopy) {
+            // Nothing can be sent ahead: every device is stop-copy only.
+            return Ok(());
+        }
         let ps = self.ram.as_ref().map_or(4096, |r| r.page_size());
-        let mut rule = Convergence::new(self.opts.downtime_limit, self.opts.max_iterations);
+        let mut rule = Convergence::new(
+            self.opts.downtime_limit,
+            self.opts.max_iterations,
+            self.opts.converge_timeout,
+        );
+        let started = Instant::now();
         let mut last_sync = Instant::now();
+        let mut sent_before = self.out.bytes();
+        let mut grace = 0;
         loop {
             self.check_cancel()?;
             self.poll_replies()?;
@@ -86,6 +54,7 @@ impl<D: MigrationDevice> Source<'_, D> {
             let ram_remaining = after * ps;
             let new_ram = (after - before) * ps;
             self.estimate_devices()?;
+            self.send_initial_markers()?;
             let dev_pending: u64 = self.devs.iter().map(|d| d.pending).sum();
             let stop_bytes: u64 =
                 ram_remaining + self.devs.iter().map(|d| d.stop_estimate).sum::<u64>();
@@ -103,20 +72,119 @@ impl<D: MigrationDevice> Source<'_, D> {
                     / since
             };
             let bw = self.metrics.bandwidth();
-            let expected_ms = if bw > 0.0 {
-                stop_bytes as f64 / bw * 1000.0
-            } else {
-                f64::INFINITY
+            let est = Estimate {
+                transfer_ms: if bw > 0.0 {
+                    stop_bytes as f64 / bw * 1000.0
+                } else {
+                    f64::INFINITY
+                },
+                fixed_ms: self.metrics.fixed.total_ms(),
             };
             let remaining = ram_remaining + dev_pending;
-            self.emit(remaining, dirty_rate, expected_ms);
-            if let Decision::Switch { converged } = rule.decide(iteration, remaining, expected_ms) {
-                self.metrics.converged = converged;
-                self.metrics.expected_downtime_ms = expected_ms;
-                return Ok(());
+            let now = self.out.bytes();
+            self.metrics.rounds_log.push(RoundStat {
+                iteration,
+                at_ms: ms(self.metrics.t0.elapsed()),
+                sent_bytes: now - sent_before,
+                remaining_bytes: remaining,
+                dirty_rate,
+                bandwidth: bw,
+                expected_downtime_ms: est.total_ms(),
+                throttle_percent: self.throttle,
+            });
+            sent_before = now;
+            self.emit(remaining, dirty_rate, est.total_ms());
+            let acked = self.initial_acked();
+            match rule.decide(iteration, started.elapsed(), remaining, est, acked) {
+                Decision::Continue => {}
+                Decision::Switch => {
+                    self.switch_on(est, true);
+                    return Ok(());
+                }
+                // The source never stops before the destination loaded the
+                // devices' initial data: a few more rounds for it.
+                Decision::GiveUp if !acked && grace < ACK_GRACE_ROUNDS => grace += 1,
+                Decision::GiveUp => match self.opts.on_no_converge {
+                    NoConverge::Force if acked => {
+                        tracing::warn!(
+                            expected_ms = est.total_ms(),
+                            "pre-copy did not converge: switching over anyway (--on-no-converge force)"
+                        );
+                        self.metrics.forced = true;
+                        self.switch_on(est, false);
+                        return Ok(());
+                    }
+                    NoConverge::Force | NoConverge::Abort => {
+                        return Err(EngineError::NoConvergence {
+                            rounds: iteration,
+                            secs: started.elapsed().as_secs_f64(),
+                            expected_ms: est.total_ms(),
+                            limit_ms: ms(self.opts.downtime_limit),
+                            dirty_rate,
+                            bandwidth: bw,
+                            throttle: self.throttle,
+                            unacked: !acked,
+                        })
+                    }
+                },
+            }
+            if rule.stalled() && self.opts.auto_converge {
+                self.raise_throttle()?;
             }
             self.round()?;
         }
+    }
+
+    /// Notes the estimate the switchover is decided on.
+    fn switch_on(&mut self, est: Estimate, converged: bool) {
+        self.metrics.converged = converged;
+        self.metrics.estimate = est;
+        self.metrics.expected_downtime_ms = est.total_ms();
+    }
+
+    /// Rounds stopped shrinking: every device that can throttle its
+    /// dirtying work is asked to withhold more of it.
+    fn raise_throttle(&mut self) -> Result<(), EngineError> {
+        let next = next_throttle(self.throttle, MAX_THROTTLE);
+        if next == self.throttle {
+            return Ok(());
+        }
+        let mut any = false;
+        for i in 0..self.devs.len() {
+            if !self.devs[i].precopy {
+                continue;
+            }
+            let Some(t) = self.devs[i].h.throttle() else {
+                continue;
+            };
+            t.set_throttle(next).map_err(|e| self.dev_err(i, e))?;
+            self.devs[i].throttled = true;
+            any = true;
+        }
+        if any {
+            tracing::info!(
+                percent = next,
+                "rounds stopped shrinking: devices throttled"
+            );
+            self.throttle = next;
+            self.metrics.max_throttle = next;
+        }
+        Ok(())
+    }
+
+    /// Releases every device throttle (after the stop or on rollback; a
+    /// failure is only warned about: the device releases it by itself
+    /// when it leaves pre-copy).
+    pub(super) fn release_throttle(&mut self) {
+        for d in self.devs.iter_mut().filter(|d| d.throttled) {
+            if let Some(t) = d.h.throttle() {
+                if let Err(e) = t.set_throttle(0) {
+                    tracing::warn!(device = %d.name, error = %e, "releasing the device throttle");
+                }
+            }
+            d.throttled = false;
+        }
+        self.throttle = 0;
     }
 
     /// One round: RAM runs interleaved with device chunks, then a round
@@ -177,48 +245,20 @@ impl<D: MigrationDevice> Source<'_, D> {
         self.flush()?;
         // One round in flight at most: the bandwidth is what the
         // destination took, and the stop never waits for a backlog.
+        let marker = Instant::now();
         self.wait_drained()?;
+        if self.mode.is_live() {
+            self.metrics.fixed.round_trip(marker.elapsed());
+        }
         if moved > 0 {
             self.metrics.busy(moved, t.elapsed());
         } else {
             std::thread::sleep(IDLE_ROUND);
         }
         self.metrics.rounds = iteration + 1;
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn switches_when_the_estimate_fits_and_rounds_stop_paying() {
-        let mut c = Convergence::new(Duration::from_millis(300), 30);
-        // Round 0 never switches: nothing was measured yet.
-        assert_eq!(c.decide(0, 1000, 10.0), Decision::Continue);
-        // Still shrinking fast and above a millisecond: keep going.
-        assert_eq!(c.decide(1, 500, 10.0), Decision::Continue);
-        // No longer shrinking by a fifth: switch.
-        assert_eq!(c.decide(2, 450, 9.0), Decision::Switch { converged: true });
-    }
-
-    #[test]
-    fn never_switches_above_the_limit_until_the_cap() {
-        let mut c = Convergence::new(Duration::from_millis(5), 3);
-        for i in 0..3 {
-            assert_eq!(c.decide(i, 1000, 50.0), Decision::Continue);
+        for d in self.devs.iter_mut().filter(|d| d.precopy) {
+            d.init_data.rounds += 1;
         }
-        assert_eq!(
-            c.decide(3, 1000, 50.0),
-            Decision::Switch { converged: false }
-        );
-    }
-
-    #[test]
-    fn an_empty_remainder_switches_at_once() {
-        let mut c = Convergence::new(Duration::from_millis(300), 30);
-        assert_eq!(c.decide(0, 0, 0.0), Decision::Continue);
-        assert_eq!(c.decide(1, 0, 0.0), Decision::Switch { converged: true });
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ use super::{Source, RAM_RUN_BYTES};
 use crate::error::EngineError;
 use crate::format::{Kind, RamRun, NO_DEVICE};
 use crate::guest::GuestRam;
+use crate::verify::{term_of_crc, zero_page_crc};
 use vfio_migrate_backend::MigrationDevice;
 
 /// The pages of guest RAM still to send, and where the walk is.
@@ -20,6 +21,14 @@ pub(super) struct RamWalk<'a> {
     cursor: u64,
     /// Page data of one run.
     buf: Vec<u8>,
+    /// The RAM hash ([`crate::verify`]) kept as pages are sent: each
+    /// page's CRC32C as last sent, which pages were sent, and the XOR of
+    /// their terms — so at the end nothing needs hashing again.
+    crcs: Vec<u32>,
+    sent: Vec<u64>,
+    sent_pages: u64,
+    hash: u64,
+    zero_crc: u32,
 }
 
 impl<'a> RamWalk<'a> {
@@ -31,7 +40,30 @@ impl<'a> RamWalk<'a> {
             dma_scratch: vec![0u8; words * 8],
             cursor: 0,
             buf: vec![0u8; RAM_RUN_BYTES.max(guest.page_size()) as usize],
+            crcs: vec![0; guest.pages() as usize],
+            sent: vec![0; words],
+            sent_pages: 0,
+            hash: 0,
+            zero_crc: zero_page_crc(guest.page_size()),
         }
+    }
+
+    /// Page `page` was sent holding data of CRC32C `crc`.
+    fn note_sent(&mut self, page: u64, crc: u32) {
+        let (w, b) = ((page / 64) as usize, 1u64 << (page % 64));
+        if self.sent[w] & b != 0 {
+            self.hash ^= term_of_crc(page, self.crcs[page as usize]);
+        } else {
+            self.sent[w] |= b;
+            self.sent_pages += 1;
+        }
+        self.crcs[page as usize] = crc;
+        self.hash ^= term_of_crc(page, crc);
+    }
+
+    /// The RAM hash of what was sent, once every page was sent.
+    pub fn hash(&self) -> Option<u64> {
+        (self.sent_pages == self.guest.pages()).then_some(self.hash)
     }
 
     /// Every page must go at least once; the vCPU log restarts now.
@@ -137,6 +169,18 @@ impl<D: MigrationDevice> Source<'_, D> {
                     .map_err(|e| self.guest_err(e))?;
                 is_zero(&ram.buf[..bytes])
             };
+            if zero {
+                let z = ram.zero_crc;
+                for page in first..first + n {
+                    ram.note_sent(page, z);
+                }
+            } else {
+                let buf = std::mem::take(&mut ram.buf);
+                for (k, data) in buf[..bytes].chunks_exact(ps as usize).enumerate() {
+                    ram.note_sent(first + k as u64, crc32c::crc32c(data));
+                }
+                ram.buf = buf;
+            }
             if zero {
                 self.write(Kind::RamZero, NO_DEVICE, &[&run.to_bytes()])?;
                 self.metrics.ram_zero_pages += n;

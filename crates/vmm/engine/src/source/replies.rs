@@ -152,6 +152,15 @@ impl<D: MigrationDevice> Source<'_, D> {
                 }
                 Ok(None)
             }
+            Ok(Reply::SwitchoverAck { device, generation }) => {
+                self.note_switchover_ack(device, generation);
+                Ok(None)
+            }
+            Ok(Reply::Caps(flags)) => {
+                self.switch_ack =
+                    self.opts.switchover_ack && flags & crate::format::CAP_SWITCHOVER_ACK != 0;
+                Ok(None)
+            }
             Ok(Reply::Failed(reason)) => Err(EngineError::DestinationFailed {
                 phase: self.phase,
                 peer: self.peer.clone(),

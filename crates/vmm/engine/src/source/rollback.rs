@@ -15,6 +15,7 @@ impl<D: MigrationDevice> Source<'_, D> {
     /// devices are parked in STOP (the destination runs them now).
     pub(super) fn cleanup(&mut self) {
         self.phase = Phase::Cleanup;
+        self.release_throttle();
         let live = self.mode.is_live();
         let mut problems = Vec::new();
         for d in &mut self.devs {
@@ -40,6 +41,7 @@ impl<D: MigrationDevice> Source<'_, D> {
     /// Puts every source device back in its original state, logging off,
     /// vCPUs running. Returns what could not be restored.
     pub(super) fn restore_source(&mut self) -> Result<(), Vec<String>> {
+        self.release_throttle();
         let mut problems = Vec::new();
         let mut buf = std::mem::take(&mut self.buf);
         if buf.is_empty() {
@@ -93,6 +95,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         let sent = self.sent_bytes();
         self.metrics.fill(&mut self.report, sent);
         self.report.channels = self.chans.as_ref().map_or(1, |c| c.count() as u32);
+        self.report.switchover_ack = self.switch_ack;
         self.report.devices = self.devs.iter().map(|d| d.report.clone()).collect();
         let out = match r {
             Ok(()) => {

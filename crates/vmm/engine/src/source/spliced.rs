@@ -90,7 +90,7 @@ impl<D: MigrationDevice> Source<'_, D> {
             }
             let r = self.out.with(|w| {
                 w.write_spliced(kind, i as u32, n, crc, |len| {
-                    sink.from_pipe(pipe.r.as_fd(), len)
+                    sink.splice_in(pipe.r.as_fd(), len)
                 })
             });
             if let Err(e) = r {

@@ -8,6 +8,7 @@ use super::replies::Reply;
 use super::Source;
 use crate::error::EngineError;
 use crate::format::{DeviceEnd, Digest, Kind, ReadyInfo};
+use crate::metrics::Part;
 use crate::progress::Phase;
 use crate::report::digest_hex;
 use crate::verify::ram_hash;
@@ -20,7 +21,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         self.wait_drained()?;
         self.check_cancel()?;
         self.phase = Phase::StopCopy;
-        self.metrics.stop_start = Some(Instant::now());
+        self.metrics.stop_now();
         if let Some(g) = self.guest {
             g.pause();
             self.guest_paused = true;
@@ -50,6 +51,7 @@ impl<D: MigrationDevice> Source<'_, D> {
             self.devs[i].stream_ended = false;
         }
         self.metrics.stopped = Some(Instant::now());
+        self.metrics.lap(Part::Stop);
         self.emit(0, 0.0, 0.0);
 
         self.channel_epoch_begin(true)?;
@@ -67,6 +69,7 @@ impl<D: MigrationDevice> Source<'_, D> {
                 &[&DeviceEnd { bytes: total }.to_bytes()],
             )?;
         }
+        self.metrics.lap(Part::DeviceStopCopy);
         // A snapshot carries the digests for the restore to check; a live
         // source reads them in `resume`, while the destination loads.
         if !self.mode.is_live() {
@@ -74,9 +77,11 @@ impl<D: MigrationDevice> Source<'_, D> {
                 let digest = self.devs[i].digest.expect("just read");
                 self.write(Kind::Verify, i as u32, &[&Digest { digest }.to_bytes()])?;
             }
+            self.metrics.lap(Part::SourceDigest);
         }
         // The devices are stopped: their DMA reports are final.
         self.sync_dirty()?;
+        self.metrics.lap(Part::FinalDirty);
         while self.send_ram(u64::MAX)? > 0 {}
         self.channel_epoch_end(true)?;
         if let Err(e) = self.out.write_end() {
@@ -84,6 +89,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         }
         self.flush()?;
         self.metrics.sent = Some(Instant::now());
+        self.metrics.lap(Part::FinalRam);
         self.phase = Phase::Resume;
         self.emit(0, 0.0, 0.0);
         Ok(())
@@ -97,15 +103,45 @@ impl<D: MigrationDevice> Source<'_, D> {
             self.restore_source()
                 .map_err(|problems| EngineError::RestoreFailed { problems })?;
             self.metrics.resumed = Some(Instant::now());
+            self.metrics.lap(Part::Resume);
             return Ok(());
         }
         self.read_digests()?;
+        self.metrics.lap(Part::SourceDigest);
         let ready = match self.wait_reply("the destination to load and validate", true)? {
             Reply::Ready(r) => r,
             r => return Err(self.out_of_turn(&r)),
         };
+        self.metrics.lap(Part::Destination);
+        self.metrics
+            .breakdown
+            .split_destination(ready.validate_ms, ready.digest_ms);
         self.check_ready(&ready)?;
         self.check_cancel()?;
+        // Optional (minor 2): tells the destination its state was verified
+        // here; readers of older minors skip it.
+        let compared = self
+            .devs
+            .iter()
+            .filter(|d| d.report.verified == Some(true))
+            .count();
+        if compared > 0 {
+            let v = crate::format::Verdict {
+                compared: compared as u32,
+                devices: self.devs.len() as u32,
+            };
+            let r = self.out.with(|w| {
+                w.write_raw(
+                    Kind::Verified as u16,
+                    crate::format::FLAG_OPTIONAL,
+                    crate::format::NO_DEVICE,
+                    &[&v.to_bytes()],
+                )
+            });
+            if let Err(e) = r {
+                return Err(self.stream_err(e));
+            }
+        }
         // Past this point the destination may run: no rollback.
         self.committed = true;
         self.write(Kind::Go, crate::format::NO_DEVICE, &[])?;
@@ -115,19 +151,37 @@ impl<D: MigrationDevice> Source<'_, D> {
             r => return Err(self.out_of_turn(&r)),
         }
         self.metrics.resumed = Some(Instant::now());
+        self.metrics.lap(Part::Resume);
         self.report.ram_hash_dest = ready.ram_hash.map(digest_hex);
         self.metrics.dest_digest_ms = ready.digest_ms;
         if let (Some(g), Some(dest_hash)) = (self.guest, ready.ram_hash) {
-            // The source RAM is frozen for good: hash it now, off the
-            // critical path.
+            // The hash kept as pages were sent (every page went at least
+            // once, and every later write was in the dirty logs); with
+            // --full-verify the frozen RAM is hashed whole, off the
+            // critical path, and must agree.
             let t = Instant::now();
-            let h = ram_hash(g).map_err(|e| self.guest_err(e))?;
+            let kept = self.ram.as_ref().and_then(|r| r.hash());
+            let h = match kept {
+                Some(h) if !self.opts.full_verify => h,
+                _ => {
+                    let full = ram_hash(g).map_err(|e| self.guest_err(e))?.0;
+                    if let Some(k) = kept.filter(|k| *k != full) {
+                        return Err(EngineError::IncrementalMismatch {
+                            phase: self.phase,
+                            what: "guest RAM at the source".into(),
+                            incremental: k,
+                            full,
+                        });
+                    }
+                    full
+                }
+            };
             self.metrics.verify_ms = crate::metrics::ms(t.elapsed());
-            self.report.ram_hash_source = Some(digest_hex(h.0));
-            if h.0 != dest_hash {
+            self.report.ram_hash_source = Some(digest_hex(h));
+            if h != dest_hash {
                 return Err(EngineError::RamMismatch {
                     phase: self.phase,
-                    source_hash: h.0,
+                    source_hash: h,
                     dest_hash,
                 });
             }
