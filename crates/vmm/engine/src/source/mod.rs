@@ -274,6 +274,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
 
     fn write(&mut self, kind: Kind, device: u32, parts: &[&[u8]]) -> Result<(), EngineError> {
         if self.chans.is_some() && self.write_via_channels(kind, device, parts)? {
+            self.tick();
             return Ok(());
         }
         if let Some(p) = self.pacer.as_mut() {
@@ -343,7 +344,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         if self.opts.progress.is_none() {
             return;
         }
-        let sent = self.out.bytes();
+        let sent = self.sent_bytes();
         if let Some(p) = self.ticker.due(sent, self.metrics.t0.elapsed()) {
             if let Some(f) = self.opts.progress.as_mut() {
                 f(&p);

@@ -251,6 +251,7 @@ impl<D: MigrationDevice> Source<'_, D> {
                 .device_chunk(i, stop_copy, buf, n);
             r.map_err(|f| self.chan_err(f))?;
             sent += n as u64;
+            self.tick();
         }
         Ok((sent, false))
     }

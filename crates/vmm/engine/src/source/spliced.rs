@@ -99,6 +99,7 @@ impl<D: MigrationDevice> Source<'_, D> {
                 return Err(self.stream_err(e));
             }
             sent += n as u64;
+            self.tick();
         }
         Ok(Some((sent, false)))
     }
