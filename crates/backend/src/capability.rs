@@ -72,6 +72,22 @@ pub trait DataSplice {
         pipe: std::os::fd::BorrowedFd<'_>,
         max: usize,
     ) -> Result<Option<(usize, u32)>>;
+
+    /// Writes the next `len` bytes of migration data — what `write_data`
+    /// would take — through the pipe whose read end is `pipe`, without
+    /// copying them through this process: `fill(max)` puts between 1 and
+    /// `max` more of them into the (then empty) pipe and says how many;
+    /// it is called until all `len` went. The device side checks them
+    /// against `crc` (their CRC32C) before taking them, and refuses them
+    /// otherwise. `Ok(false)`: not possible on this device now, `fill` was
+    /// not called (use `write_data`).
+    fn write_data_spliced(
+        &mut self,
+        pipe: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+        crc: u32,
+        fill: &mut dyn FnMut(usize) -> std::io::Result<usize>,
+    ) -> Result<bool>;
 }
 
 /// The device's region access, or [`BackendError::Unsupported`] naming the

@@ -25,8 +25,11 @@
 //!   (GET returns it): while on, on this connection, every MIG_DATA_READ
 //!   reply carries `{u32 crc32c, u32 0}` — the CRC32C of its data — between
 //!   its 8-byte head and the data, so a client can put the data into its
-//!   own checksummed records without reading it (it splices it on). Clients
-//!   PROBE before using it.
+//!   own checksummed records without reading it (it splices it on); and
+//!   every MIG_DATA_WRITE carries the same block, the CRC32C of its data,
+//!   which the server checks before the device takes the data (`EILSEQ`
+//!   when it does not match), so a client can splice data it did not read.
+//!   Clients PROBE before using it.
 //! - **Feature [`FEATURE_THROTTLE`]**: the device-side analogue of QEMU's
 //!   auto-converge. SET `{u32 percent, u32 reserved}` ([`FeatureThrottle`])
 //!   asks the device to withhold `percent` (0–99) of the work that dirties

@@ -29,7 +29,14 @@ fn one(mem: u64, limit: u64, channels: u32) -> anyhow::Result<f64> {
     let a = server(&dir, "a.sock", mem)?;
     let b = server(&dir, "b.sock", mem)?;
     let out = Command::new(std::env::current_exe()?)
-        .args(["migrate", "--json", "--precopy", "off", "--source"])
+        .args([
+            "migrate",
+            "--json",
+            "--no-control",
+            "--precopy",
+            "off",
+            "--source",
+        ])
         .arg(a.uri())
         .arg("--dest")
         .arg(b.uri())

@@ -123,20 +123,27 @@ impl Receiver {
 pub fn receiver(dest: &str, listen: &str, extra: &[String]) -> anyhow::Result<Receiver> {
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
-        .args(["receive", "--json", "--listen", listen, "--dest", dest])
+        .args(["receive", "--json", "--no-control", "--listen", listen])
+        .args(["--dest", dest])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .context("starting receive")?;
-    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    // With --json only the report goes to stdout; where it listens is
+    // said on stderr (the rest of which is drained, unread).
+    let mut err = BufReader::new(child.stderr.take().expect("piped"));
     let mut line = String::new();
-    out.read_line(&mut line)?;
-    let Some(ep) = line.trim().strip_prefix("listening on ") else {
-        let _ = child.kill();
-        bail!("receive said {line:?} instead of where it listens");
-    };
-    let endpoint = ep.to_string();
+    while line.is_empty() || !line.starts_with("listening on ") {
+        line.clear();
+        if err.read_line(&mut line)? == 0 {
+            let _ = child.kill();
+            bail!("receive exited before it said where it listens");
+        }
+    }
+    let endpoint = line.trim()["listening on ".len()..].to_string();
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let mut out = child.stdout.take().expect("piped");
     let rest = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut out, &mut rest);
@@ -177,7 +184,14 @@ fn one_move(
     let (ca, cb) = (cpu(&a), cpu(&b));
     let t = Instant::now();
     let out = Command::new(&exe)
-        .args(["migrate", "--json", "--precopy", "off", "--source"])
+        .args([
+            "migrate",
+            "--json",
+            "--no-control",
+            "--precopy",
+            "off",
+            "--source",
+        ])
         .arg(a.uri())
         .arg("--dest")
         .arg(&dest)

@@ -169,7 +169,7 @@ fn migrate_process(
     }
     let t = Instant::now();
     let child = Command::new(&exe)
-        .args(["migrate", "--json", "--source"])
+        .args(["migrate", "--json", "--no-control", "--source"])
         .arg(servers[0].uri())
         .arg("--dest")
         .arg(servers[1].uri())

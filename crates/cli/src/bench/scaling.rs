@@ -174,6 +174,7 @@ fn one(p: &Pair, mem: u64, channels: u32) -> anyhow::Result<f64> {
     r.args([
         "receive",
         "--insecure",
+        "--no-control",
         "--listen",
         "tcp:10.251.0.2:0",
         "--dest",
@@ -196,6 +197,7 @@ fn one(p: &Pair, mem: u64, channels: u32) -> anyhow::Result<f64> {
         .args([
             "migrate",
             "--json",
+            "--no-control",
             "--precopy",
             "off",
             "--channels",

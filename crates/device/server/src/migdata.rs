@@ -1,7 +1,7 @@
 //! MIG_DATA_READ and MIG_DATA_WRITE: the migration data stream, read
 //! straight into the reply buffer and written straight from the request;
 //! with `FEATURE_MIG_DATA_CRC` on, a read's reply also carries the data's
-//! CRC32C.
+//! CRC32C, and a write carries one that is checked first.
 
 use std::os::fd::OwnedFd;
 use vfio_migrate_abi::vfio_user::MigData;
@@ -85,7 +85,28 @@ pub(crate) fn write<D: Device>(
 ) -> DeviceResult<()> {
     no_fds("MIG_DATA_WRITE", fds)?;
     let req = decode(payload, "MIG_DATA_WRITE", MigData::SIZE, MigData::decode)?;
-    let data = &payload[MigData::SIZE..];
+    let mut data = &payload[MigData::SIZE..];
+    if s.mig_data_crc {
+        // The data's checksum comes first: the client may not have read
+        // the data (it spliced it), so it is checked here, before the
+        // device takes any of it.
+        if data.len() < MIG_DATA_CRC_SIZE {
+            return Err(DeviceError::inval(
+                "MIG_DATA_WRITE without its checksum block (checksummed transfers are on)",
+            ));
+        }
+        let want = u32::from_le_bytes(data[..4].try_into().expect("4 bytes"));
+        data = &data[MIG_DATA_CRC_SIZE..];
+        let got = crc32c::crc32c(data);
+        if got != want {
+            return Err(DeviceError::new(
+                libc::EILSEQ,
+                format!(
+                    "MIG_DATA_WRITE data does not match its checksum (sent {want:#010x}, computed {got:#010x}): corrupted in transit; nothing was loaded"
+                ),
+            ));
+        }
+    }
     if data.len() != req.size as usize {
         return Err(DeviceError::inval(format!(
             "MIG_DATA_WRITE size is {} but {} data bytes follow",

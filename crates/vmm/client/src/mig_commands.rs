@@ -155,6 +155,19 @@ impl Client {
                 argsz: mig_write_argsz(piece.len()),
                 size: piece.len() as u32,
             };
+            if self.mig_crc {
+                // Checksummed transfers are on: the data's checksum rides
+                // along (see `enable_mig_data_crc`).
+                let mut block = [0u8; vfio_migrate_vfio_user::ext::MIG_DATA_CRC_SIZE];
+                block[..4].copy_from_slice(&crc32c::crc32c(piece).to_le_bytes());
+                self.call(
+                    step,
+                    Command::MigDataWrite as u16,
+                    &[&head.to_bytes(), &block, piece],
+                    &[],
+                )?;
+                continue;
+            }
             self.call(
                 step,
                 Command::MigDataWrite as u16,

@@ -166,6 +166,7 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
             Event::Channels { .. } => "channels",
             Event::DeviceChunk { .. } => "device-chunk",
             Event::ChannelEpoch { .. } => "channel-epoch",
+            Event::DeviceDataDeferred { .. } => unreachable!("nothing is deferred here"),
         };
         let mut end = false;
         match ev {
@@ -229,6 +230,7 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
                 }
                 s.devices[index].complete = true
             }
+            Event::DeviceDataDeferred { .. } => unreachable!("nothing is deferred here"),
             Event::Channels { .. } | Event::ChannelEpoch { .. } => {
                 return Err(p.invalid(
                     "a snapshot carries no data channels (channels and channel-epoch records do not belong in a file)",

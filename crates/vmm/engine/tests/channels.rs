@@ -299,16 +299,15 @@ fn a_channel_dying_mid_transfer_fails_cleanly_and_rolls_back() {
     let f = run
         .source
         .expect_err("a cut channel must fail the migration");
-    assert!(
-        matches!(f.error, EngineError::Channel { .. }),
-        "{:?}",
-        f.error
-    );
-    assert!(
-        f.error.to_string().contains("data channel 1"),
-        "{}",
-        f.error
-    );
+    // The cut is seen at both ends at once: the source names a channel
+    // that broke (the cut one, or another the failing destination closed
+    // first), or passes on the destination's word that channel 1 ended.
+    let e = f.error.to_string();
+    match &f.error {
+        EngineError::Channel { .. } => assert!(e.contains("data channel"), "{e}"),
+        EngineError::DestinationFailed { .. } => assert!(e.contains("data channel 1"), "{e}"),
+        _ => panic!("{e}"),
+    }
     assert_eq!(f.state, SourceState::Restored);
     // The source runs again, its state intact.
     assert_eq!(src.state().unwrap(), MigState::Running);

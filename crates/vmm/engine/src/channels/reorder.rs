@@ -149,6 +149,16 @@ impl Reassembly {
         Ok(())
     }
 
+    /// `len` bytes went to the device in order by another way (a splice);
+    /// false when chunks wait behind a gap (they would have come first).
+    pub fn passed(&mut self, len: u64) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        self.next += len;
+        true
+    }
+
     /// The stream is over: nothing may wait behind a gap.
     pub fn finish(&self) -> Result<(), ChunkError> {
         if self.pending.is_empty() {

@@ -48,6 +48,8 @@ struct Shared {
     /// Messages queued or being written.
     queued: AtomicUsize,
     error: Mutex<Option<String>>,
+    /// When `error` was set (the first channel to fail is the cause).
+    failed_at: std::sync::OnceLock<std::time::Instant>,
     idle: Condvar,
 }
 
@@ -114,6 +116,7 @@ fn sender(rx: std::sync::mpsc::Receiver<Msg>, out: Out, pool: Arc<BufPool>, sh: 
                 }),
         };
         if let Err(e) = r {
+            let _ = sh.failed_at.set(std::time::Instant::now());
             *sh.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
             done(&sh);
             return;
@@ -267,19 +270,24 @@ impl ChannelSet {
         }
     }
 
-    /// The first channel that failed, if any.
+    /// The channel that failed first, if any.
     pub fn check(&self) -> Result<(), ChannelFailed> {
-        for (i, c) in self.chans.iter().enumerate() {
-            if c.shared
-                .error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_some()
-            {
-                return Err(self.failed(i));
-            }
+        let first = self
+            .chans
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| {
+                c.shared
+                    .error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some()
+            })
+            .min_by_key(|(_, c)| c.shared.failed_at.get().copied());
+        match first {
+            Some((i, _)) => Err(self.failed(i)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// A data buffer (waits for one to come back, up to `wait`).

@@ -3,7 +3,7 @@
 //! RAM hash kept up to date page by page), source digests remembered,
 //! round markers acknowledged — until the end marker.
 
-use super::{next_event, Dest, Loader};
+use super::{next_event_deferring, Dest, Loader};
 use crate::error::EngineError;
 use crate::format::{Event, Reply};
 use crate::progress::Phase;
@@ -19,7 +19,20 @@ impl<D: MigrationDevice> Dest<'_, D> {
                 self.st.progress(offset);
                 self.st.next_progress = offset + (64 << 20);
             }
-            let ack = match next_event(&mut self.input, &self.st)? {
+            let defer = self.st.pipe.as_ref().map_or(0, |p| p.cap);
+            let ack = match next_event_deferring(&mut self.input, &self.st, defer)? {
+                Event::DeviceDataDeferred {
+                    index,
+                    stop_copy,
+                    len,
+                    data_crc,
+                } => {
+                    if stop_copy {
+                        self.st.phase = Phase::StopCopy;
+                    }
+                    self.splice_device(index, stop_copy, len, data_crc)?;
+                    None
+                }
                 Event::DeviceData {
                     index,
                     stop_copy,

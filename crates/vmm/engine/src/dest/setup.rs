@@ -52,6 +52,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 h,
                 written: 0,
                 precopy_written: 0,
+                spliced: 0,
                 source_digest: None,
                 dest_digest: None,
             });
@@ -87,6 +88,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
             // anyway: it is optional).
             self.reply(&Reply::Caps(CAP_SWITCHOVER_ACK))?;
         }
+        self.prepare_splice();
         self.reply(&Reply::Accept)
     }
 

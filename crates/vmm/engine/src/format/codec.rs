@@ -199,6 +199,33 @@ pub struct Record {
     pub offset: u64,
 }
 
+/// The next record, or (see [`RecordReader::next_record_or_defer`]) the
+/// header of one whose payload the caller moves itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Next {
+    /// Read and checked, its payload in [`RecordReader::payload`].
+    Record(Record),
+    /// Its header was read and checked; its `len` payload bytes are next
+    /// in the reader, unread, and must be checked against `data_crc` by
+    /// whoever takes them.
+    Deferred {
+        /// The record.
+        rec: Record,
+        /// Its payload length.
+        len: usize,
+        /// The CRC32C its payload must have (from the record's checksum).
+        data_crc: u32,
+    },
+}
+
+/// The CRC32C that the payload of a record must have, given the record's
+/// checksum and its header: the record's checksum is the header's
+/// combined with the payload's (`crc32c_combine` is linear in the second
+/// checksum).
+pub fn payload_crc(hdr12: &[u8], record_crc: u32, len: usize) -> u32 {
+    record_crc ^ crc32c::crc32c_combine(crc32c::crc32c(&hdr12[..12]), 0, len)
+}
+
 /// Reads and checks records; the payload of the last one stays in an
 /// internal buffer (reused, never larger than the biggest cap).
 pub struct RecordReader<R: Read> {
@@ -304,6 +331,20 @@ impl<R: Read> RecordReader<R> {
     /// cap (before reading the payload) and checksum. Optional records of
     /// kinds this build does not know are checked and skipped.
     pub fn next_record(&mut self) -> Result<Record, StreamError> {
+        match self.next_record_or_defer(&|_, _| false)? {
+            Next::Record(r) => Ok(r),
+            Next::Deferred { .. } => unreachable!("nothing deferred"),
+        }
+    }
+
+    /// Like [`RecordReader::next_record`], but a record for which
+    /// `defer(kind, len)` holds is returned after its header: its payload
+    /// is left in the underlying reader for the caller to move (counted
+    /// as read), with the checksum it must have.
+    pub fn next_record_or_defer(
+        &mut self,
+        defer: &dyn Fn(Kind, usize) -> bool,
+    ) -> Result<Next, StreamError> {
         loop {
             let index = self.records;
             let offset = self.offset;
@@ -350,6 +391,21 @@ impl<R: Read> RecordReader<R> {
                 }
             }
             let len = h.length as usize;
+            if let Some(k) = kind.filter(|k| defer(*k, len)) {
+                self.records += 1;
+                self.offset += len as u64;
+                self.len = 0;
+                return Ok(Next::Deferred {
+                    rec: Record {
+                        kind: k,
+                        device: h.device,
+                        index,
+                        offset,
+                    },
+                    len,
+                    data_crc: payload_crc(&b, h.crc, len),
+                });
+            }
             self.fill(len, || {
                 Some(format!("record {index} ({name}, {len} bytes)"))
             })?;
@@ -365,12 +421,12 @@ impl<R: Read> RecordReader<R> {
             self.records += 1;
             match kind {
                 Some(kind) => {
-                    return Ok(Record {
+                    return Ok(Next::Record(Record {
                         kind,
                         device: h.device,
                         index,
                         offset,
-                    })
+                    }))
                 }
                 None => {
                     tracing::debug!(kind = h.kind, len, "skipping an optional record");

@@ -14,7 +14,7 @@
 //! abort may come anywhere (the source gives up).
 //! ```
 
-use super::codec::{Record, RecordReader};
+use super::codec::{Next, Record, RecordReader};
 use super::error::{RecordProblem, StreamError};
 use super::records::{
     Caps, ChannelsRequest, ChunkHead, DeviceEnd, Digest, Epoch, InitialGen, Kind, RamInfo, RamRun,
@@ -61,6 +61,20 @@ pub enum Event<'a> {
         stop_copy: bool,
         /// The bytes.
         data: &'a [u8],
+    },
+    /// A record of device `index`'s data whose `len` payload bytes were
+    /// left unread in the underlying reader for the caller to move (see
+    /// [`StreamParser::read_event_deferring`]); they must have CRC32C
+    /// `data_crc`.
+    DeviceDataDeferred {
+        /// Device index.
+        index: usize,
+        /// Read in STOP_COPY.
+        stop_copy: bool,
+        /// Payload bytes to move.
+        len: usize,
+        /// Their CRC32C.
+        data_crc: u32,
     },
     /// An epoch's data comes on the data channels now.
     ChannelEpoch {
@@ -197,11 +211,39 @@ impl<R: Read> StreamParser<R> {
     /// The next event. After [`Event::End`] only [`Event::Go`] or
     /// [`Event::Abort`] may follow; after [`Event::Go`] nothing.
     pub fn read_event(&mut self) -> Result<Event<'_>, StreamError> {
-        let mut rec = self.rd.next_record()?;
-        // Heartbeats may come anywhere; they only prove the source lives.
-        while rec.kind == Kind::Heartbeat {
-            rec = self.rd.next_record()?;
-        }
+        self.read_event_deferring(0)
+    }
+
+    /// Like [`StreamParser::read_event`], but a device-data record (pre-
+    /// or stop-copy) of at most `defer_max` bytes comes as
+    /// [`Event::DeviceDataDeferred`]: checked up to its payload, which the
+    /// caller then moves out of the underlying reader itself (and has
+    /// checked against its checksum by whoever takes it).
+    pub fn read_event_deferring(&mut self, defer_max: usize) -> Result<Event<'_>, StreamError> {
+        let body = self.stage == Stage::Body;
+        let defer = |k: Kind, len: usize| {
+            body && len <= defer_max && matches!(k, Kind::DevicePrecopy | Kind::DeviceStopCopy)
+        };
+        let rec = loop {
+            match self.rd.next_record_or_defer(&defer)? {
+                // Heartbeats may come anywhere; they only prove the source
+                // lives.
+                Next::Record(r) if r.kind == Kind::Heartbeat => continue,
+                Next::Record(r) => break r,
+                Next::Deferred { rec, len, data_crc } => {
+                    self.last = Some(rec);
+                    let index = self.device(rec)?;
+                    self.count_channel_data(index, len as u64)
+                        .map_err(|e| self.invalid(e))?;
+                    return Ok(Event::DeviceDataDeferred {
+                        index,
+                        stop_copy: rec.kind == Kind::DeviceStopCopy,
+                        len,
+                        data_crc,
+                    });
+                }
+            }
+        };
         self.last = Some(rec);
         if rec.kind == Kind::Abort {
             return Ok(Event::Abort {

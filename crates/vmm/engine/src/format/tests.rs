@@ -100,6 +100,7 @@ fn parse(b: &[u8]) -> Result<Vec<String>, StreamError> {
                 ..
             } => format!("chunk {index} {offset} {}", data.len()),
             Event::ChannelEpoch { epoch, last } => format!("epoch {epoch} {last}"),
+            Event::DeviceDataDeferred { index, len, .. } => format!("deferred {index} {len}"),
             Event::End => {
                 out.push("end".into());
                 return Ok(out);

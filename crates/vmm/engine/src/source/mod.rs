@@ -149,7 +149,7 @@ struct Source<'a, D> {
     /// A plaintext link device data may be spliced to (`spliced.rs`).
     splice: Option<crate::link::SpliceSink>,
     /// The pipe spliced data goes through.
-    pipe: Option<spliced::Pipe>,
+    pipe: Option<crate::link::Pipe>,
     /// Device throttle in force, percent.
     throttle: u32,
     /// The destination acknowledges devices' initial data (negotiated).

@@ -12,7 +12,7 @@ use std::time::Duration;
 use vfio_migrate_backend::MigrationDevice;
 
 impl<D: MigrationDevice> Source<'_, D> {
-    fn chan_err(&self, f: ChannelFailed) -> EngineError {
+    pub(super) fn chan_err(&self, f: ChannelFailed) -> EngineError {
         if self.opts.cancel.is_cancelled() {
             return EngineError::Cancelled { phase: self.phase };
         }

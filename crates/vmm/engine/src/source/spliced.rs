@@ -10,25 +10,9 @@ use super::devices::DEVICE_CHUNK;
 use super::Source;
 use crate::error::EngineError;
 use crate::format::Kind;
-use std::os::fd::{AsFd, OwnedFd};
+use crate::link::Pipe;
+use std::os::fd::AsFd;
 use vfio_migrate_backend::MigrationDevice;
-
-/// The pipe data goes through.
-pub(super) struct Pipe {
-    r: OwnedFd,
-    w: OwnedFd,
-    cap: usize,
-}
-
-impl Pipe {
-    fn new() -> std::io::Result<Self> {
-        let (r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC)?;
-        // A smaller pipe (a low pipe-max-size) just means smaller records.
-        let _ = vfio_migrate_sys::fd::set_pipe_size(w.as_fd(), DEVICE_CHUNK);
-        let cap = vfio_migrate_sys::fd::pipe_size(w.as_fd())?;
-        Ok(Self { r, w, cap })
-    }
-}
 
 impl<D: MigrationDevice> Source<'_, D> {
     /// [`Source::send_device`] by splice. `Ok(None)`: not possible for
@@ -46,7 +30,7 @@ impl<D: MigrationDevice> Source<'_, D> {
             return Ok(None);
         }
         if self.pipe.is_none() {
-            match Pipe::new() {
+            match Pipe::new(DEVICE_CHUNK) {
                 Ok(p) => self.pipe = Some(p),
                 Err(e) => {
                     tracing::debug!(error = %e, "no pipe for splicing: copying instead");
