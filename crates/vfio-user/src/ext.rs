@@ -64,7 +64,7 @@ pub const FEATURE_PRECOPY_INFO: u32 = 0xf001;
 pub const FEATURE_DEVICE_STATUS: u32 = 0xf002;
 /// Checksummed MIG_DATA_READ replies (vfio-migrate extension):
 /// `{u32 on, u32 reserved}`.
-pub const FEATURE_MIG_DATA_CRC: u32 = 0xf010;
+pub const FEATURE_MIG_DATA_CRC: u32 = 0xf005;
 /// Size of the checksum block a MIG_DATA_READ reply carries after its
 /// head while [`FEATURE_MIG_DATA_CRC`] is on.
 pub const MIG_DATA_CRC_SIZE: usize = 8;
