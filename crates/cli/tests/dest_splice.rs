@@ -124,10 +124,12 @@ fn receive_splices_device_data_into_the_device_verified() {
     assert_eq!(json(&out)["verified"], true);
     let rj = json(&r);
     let dev = &rj["devices"][0];
-    // Every byte of device data went by splice.
+    // Every 1 MiB record of device data went by splice (only a short
+    // last one, under a quarter MiB, was read).
     let data = dev["data_bytes"].as_u64().unwrap();
+    let spliced = dev["spliced_bytes"].as_u64().unwrap();
     assert!(data > 16 << 20, "{rj}");
-    assert_eq!(dev["spliced_bytes"].as_u64(), Some(data), "{rj}");
+    assert!(spliced <= data && spliced >= data - (256 << 10), "{rj}");
     dst.with(|c| {
         assert_eq!(c.state().unwrap(), MigState::Running);
         assert_eq!(stopped_digest(c, vgpu::DIGEST), digest);

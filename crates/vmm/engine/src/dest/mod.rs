@@ -401,20 +401,20 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
 /// function so that the event borrows only the parser, and can be applied
 /// to the [`Loader`].
 fn next_event<'p, D>(input: &'p mut Input, st: &Loader<'_, D>) -> Result<Event<'p>, EngineError> {
-    next_event_deferring(input, st, 0)
+    next_event_deferring(input, st, None)
 }
 
-/// [`next_event`], with device-data records of at most `defer_max` bytes
+/// [`next_event`], with device-data records whose length is in `defer`
 /// left for the caller to splice ([`Event::DeviceDataDeferred`]).
 fn next_event_deferring<'p, D>(
     input: &'p mut Input,
     st: &Loader<'_, D>,
-    defer_max: usize,
+    defer: Option<std::ops::RangeInclusive<usize>>,
 ) -> Result<Event<'p>, EngineError> {
     if st.opts.cancel.is_cancelled() {
         return Err(EngineError::Cancelled { phase: st.phase });
     }
-    match input.read_event_deferring(defer_max) {
+    match input.read_event_deferring(defer) {
         Ok(Event::Abort { reason }) => Err(EngineError::SourceAborted {
             phase: st.phase,
             peer: st.peer.clone(),

@@ -18,6 +18,8 @@ use vfio_migrate_backend::MigrationDevice;
 
 /// The pipe's size: a whole 1 MiB record usually fits (it need not).
 const PIPE: usize = 1 << 20;
+/// Smaller device-data records are read and written as usual.
+pub(super) const SPLICE_MIN: usize = 256 << 10;
 
 impl<D: MigrationDevice> Dest<'_, D> {
     /// After setup: sets up the pipe when the link and every device can

@@ -211,18 +211,22 @@ impl<R: Read> StreamParser<R> {
     /// The next event. After [`Event::End`] only [`Event::Go`] or
     /// [`Event::Abort`] may follow; after [`Event::Go`] nothing.
     pub fn read_event(&mut self) -> Result<Event<'_>, StreamError> {
-        self.read_event_deferring(0)
+        self.read_event_deferring(None)
     }
 
     /// Like [`StreamParser::read_event`], but a device-data record (pre-
-    /// or stop-copy) of at most `defer_max` bytes comes as
+    /// or stop-copy) whose length is in `defer` (if any) comes as
     /// [`Event::DeviceDataDeferred`]: checked up to its payload, which the
     /// caller then moves out of the underlying reader itself (and has
     /// checked against its checksum by whoever takes it).
-    pub fn read_event_deferring(&mut self, defer_max: usize) -> Result<Event<'_>, StreamError> {
+    pub fn read_event_deferring(
+        &mut self,
+        defer: Option<std::ops::RangeInclusive<usize>>,
+    ) -> Result<Event<'_>, StreamError> {
         let body = self.stage == Stage::Body;
         let defer = |k: Kind, len: usize| {
-            body && len <= defer_max && matches!(k, Kind::DevicePrecopy | Kind::DeviceStopCopy)
+            body && defer.as_ref().is_some_and(|d| d.contains(&len))
+                && matches!(k, Kind::DevicePrecopy | Kind::DeviceStopCopy)
         };
         let rec = loop {
             match self.rd.next_record_or_defer(&defer)? {
