@@ -160,16 +160,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         if let Some(r) = self.send_device_spliced(i, kind, budget)? {
             return Ok(r);
         }
-        let mut chunk = self.devs[i]
-            .h
-            .preferred_chunk()
-            .clamp(4096, DEVICE_CHUNK)
-            .min(self.buf.len());
-        if let Some(rate) = self.opts.bandwidth_limit {
-            // Paced: chunks of at most ~50 ms of the rate, so that a
-            // destination's failure or a cancel is seen between them.
-            chunk = chunk.min((rate / 20).max(64 << 10) as usize);
-        }
+        let chunk = self.read_size(i, self.buf.len());
         let mut sent = 0u64;
         while sent < budget {
             self.check_cancel()?;
@@ -191,6 +182,22 @@ impl<D: MigrationDevice> Source<'_, D> {
             sent += n as u64;
         }
         Ok((sent, false))
+    }
+
+    /// How much to read from device `i` at a time: what it prefers,
+    /// within 4 KiB and [`DEVICE_CHUNK`] and `cap`; when paced, at most
+    /// ~50 ms of the rate, so that a destination's failure or a cancel is
+    /// seen between reads.
+    pub(super) fn read_size(&mut self, i: usize, cap: usize) -> usize {
+        let chunk = self.devs[i]
+            .h
+            .preferred_chunk()
+            .clamp(4096, DEVICE_CHUNK)
+            .min(cap);
+        match self.opts.bandwidth_limit {
+            Some(rate) => chunk.min((rate / 20).max(64 << 10) as usize),
+            None => chunk,
+        }
     }
 
     /// Refreshes every device's pending and stop-copy estimates.

@@ -210,10 +210,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         budget: u64,
     ) -> Result<(u64, bool), EngineError> {
         let stop_copy = kind == Kind::DeviceStopCopy;
-        let mut chunk = self.devs[i].h.preferred_chunk().clamp(4096, CHUNK);
-        if let Some(rate) = self.opts.bandwidth_limit {
-            chunk = chunk.min((rate / 20).max(64 << 10) as usize);
-        }
+        let chunk = self.read_size(i, CHUNK);
         let mut sent = 0u64;
         while sent < budget {
             self.check_cancel()?;

@@ -50,14 +50,8 @@ impl<D: MigrationDevice> Source<'_, D> {
                 }
             }
         }
-        let mut chunk = self.devs[i]
-            .h
-            .preferred_chunk()
-            .clamp(4096, DEVICE_CHUNK)
-            .min(self.pipe.as_ref().expect("made").cap);
-        if let Some(rate) = self.opts.bandwidth_limit {
-            chunk = chunk.min((rate / 20).max(64 << 10) as usize);
-        }
+        let cap = self.pipe.as_ref().expect("made").cap;
+        let chunk = self.read_size(i, cap);
         let mut sent = 0u64;
         while sent < budget {
             self.check_cancel()?;
