@@ -38,7 +38,10 @@ impl<D: MigrationDevice> Source<'_, D> {
             d.pending
         };
         // (0: not estimated, as without pre-copy: splice.)
-        if (1..SPLICE_MIN).contains(&expected) || self.chans.is_some() || self.devs[i].h.data_splice().is_none() {
+        if (1..SPLICE_MIN).contains(&expected)
+            || self.chans.is_some()
+            || self.devs[i].h.data_splice().is_none()
+        {
             return Ok(None);
         }
         if self.pipe.is_none() {
