@@ -8,7 +8,7 @@ use super::datapath::{median, server};
 use crate::report::bytes;
 use anyhow::{bail, Context};
 use serde::Serialize;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use vfio_migrate_harness::TempDir;
 
 /// One limit.
@@ -28,18 +28,7 @@ fn one(mem: u64, limit: u64, channels: u32) -> anyhow::Result<f64> {
     let dir = TempDir::new("bench-bw")?;
     let a = server(&dir, "a.sock", mem)?;
     let b = server(&dir, "b.sock", mem)?;
-    let out = Command::new(std::env::current_exe()?)
-        .args([
-            "migrate",
-            "--json",
-            "--no-control",
-            "--precopy",
-            "off",
-            "--source",
-        ])
-        .arg(a.uri())
-        .arg("--dest")
-        .arg(b.uri())
+    let out = super::datapath::migrate_cmd(&a.uri(), &b.uri())?
         .args(["--bandwidth-limit", &limit.to_string()])
         .args(["--channels", &channels.to_string()])
         .stdout(Stdio::piped())

@@ -96,6 +96,15 @@ pub fn server(dir: &TempDir, name: &str, mem: u64) -> anyhow::Result<ServerProce
     ServerProcess::start_with(cmd, &sock, &opts).context("starting `vfio-migrate serve`")
 }
 
+/// A `migrate --json --precopy off` of `src` to `dest` (a fresh process,
+/// no control socket); the caller adds its arguments.
+pub fn migrate_cmd(src: &str, dest: &str) -> anyhow::Result<Command> {
+    let mut c = Command::new(std::env::current_exe()?);
+    c.args(["migrate", "--json", "--no-control", "--precopy", "off"])
+        .args(["--source", src, "--dest", dest]);
+    Ok(c)
+}
+
 /// A running `receive` process.
 pub struct Receiver {
     /// The process.
@@ -173,7 +182,6 @@ fn one_move(
     let dir = TempDir::new("bench-move").context("creating a directory for the sockets")?;
     let a = server(&dir, "a.sock", mem)?;
     let b = server(&dir, "b.sock", mem)?;
-    let exe = std::env::current_exe()?;
     let recv = if tcp {
         Some(receiver(&b.uri(), "tcp:127.0.0.1:0", &[])?)
     } else {
@@ -183,18 +191,7 @@ fn one_move(
     let cpu = |s: &ServerProcess| crate::procstat::cpu_seconds(Some(s.pid())).unwrap_or(0.0);
     let (ca, cb) = (cpu(&a), cpu(&b));
     let t = Instant::now();
-    let out = Command::new(&exe)
-        .args([
-            "migrate",
-            "--json",
-            "--no-control",
-            "--precopy",
-            "off",
-            "--source",
-        ])
-        .arg(a.uri())
-        .arg("--dest")
-        .arg(&dest)
+    let out = migrate_cmd(&a.uri(), &dest)?
         .args(migrate_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
