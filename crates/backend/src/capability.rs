@@ -58,6 +58,38 @@ pub trait DmaMapping {
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()>;
 }
 
+/// Migration data moved without passing through this process: the
+/// device's next data is put straight into a pipe (the kernel moves page
+/// references), and its checksum comes from the other side, so the caller
+/// can frame it into its own checksummed records and splice it on.
+pub trait DataSplice {
+    /// Moves up to `max` bytes of migration data — what `read_data` would
+    /// return — into the pipe whose write end is `pipe` (it must have room
+    /// for `max` bytes); returns how many, with their CRC32C. `Ok(None)`:
+    /// not possible on this device now (use `read_data`).
+    fn read_data_spliced(
+        &mut self,
+        pipe: std::os::fd::BorrowedFd<'_>,
+        max: usize,
+    ) -> Result<Option<(usize, u32)>>;
+
+    /// Writes the next `len` bytes of migration data — what `write_data`
+    /// would take — through the pipe whose read end is `pipe`, without
+    /// copying them through this process: `fill(max)` puts between 1 and
+    /// `max` more of them into the (then empty) pipe and says how many;
+    /// it is called until all `len` went. The device side checks them
+    /// against `crc` (their CRC32C) before taking them, and refuses them
+    /// otherwise. `Ok(false)`: not possible on this device now, `fill` was
+    /// not called (use `write_data`).
+    fn write_data_spliced(
+        &mut self,
+        pipe: std::os::fd::BorrowedFd<'_>,
+        len: usize,
+        crc: u32,
+        fill: &mut dyn FnMut(usize) -> std::io::Result<usize>,
+    ) -> Result<bool>;
+}
+
 /// The device's region access, or [`BackendError::Unsupported`] naming the
 /// device when its backend has none.
 pub fn regions_of<D: MigrationDevice + ?Sized>(dev: &mut D) -> Result<&mut dyn RegionAccess> {

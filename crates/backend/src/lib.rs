@@ -11,7 +11,8 @@
 //! - capabilities a backend offers as it can, reached through the core's
 //!   defaulted accessors: [`DmaDirtyLog`] (the engine uses it to migrate
 //!   guest RAM a device writes), [`RegionAccess`] and [`DmaMapping`] (for
-//!   VMMs, tests and the CLI); [`dma_log_of`], [`regions_of`] and
+//!   VMMs, tests and the CLI), [`DataSplice`] (migration data moved
+//!   without a copy through the engine); [`dma_log_of`], [`regions_of`] and
 //!   [`dma_mapping_of`] turn a missing one into
 //!   [`BackendError::Unsupported`].
 //!
@@ -31,8 +32,8 @@ mod migration;
 mod types;
 
 pub use capability::{
-    dma_log_of, dma_mapping_of, regions_of, DeviceThrottle, DmaDirtyLog, DmaMapping, RegionAccess,
-    MAX_THROTTLE,
+    dma_log_of, dma_mapping_of, regions_of, DataSplice, DeviceThrottle, DmaDirtyLog, DmaMapping,
+    RegionAccess, MAX_THROTTLE,
 };
 pub use descriptor::DeviceDescriptor;
 pub use error::{errno_name, BackendError, Result};

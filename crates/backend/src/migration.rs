@@ -1,7 +1,7 @@
 //! [`MigrationDevice`]: the migration core every backend implements, and
 //! the door to its optional capabilities.
 
-use crate::capability::{DeviceThrottle, DmaDirtyLog, DmaMapping, RegionAccess};
+use crate::capability::{DataSplice, DeviceThrottle, DmaDirtyLog, DmaMapping, RegionAccess};
 use crate::{DeviceDescriptor, DeviceStatus, MigState, PrecopyInfo, Result};
 
 /// The migration core of a device: what the engine drives.
@@ -101,6 +101,12 @@ pub trait MigrationDevice: Send {
         None
     }
 
+    /// Migration data straight into a pipe, with its checksum, when the
+    /// backend can.
+    fn data_splice(&mut self) -> Option<&mut dyn DataSplice> {
+        None
+    }
+
     /// Throttling the device's dirtying work, when the device offers it.
     fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
         None
@@ -158,6 +164,9 @@ impl<T: MigrationDevice + ?Sized> MigrationDevice for Box<T> {
     }
     fn dma_mapping(&mut self) -> Option<&mut dyn DmaMapping> {
         (**self).dma_mapping()
+    }
+    fn data_splice(&mut self) -> Option<&mut dyn DataSplice> {
+        (**self).data_splice()
     }
     fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
         (**self).throttle()

@@ -19,6 +19,7 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 use vfio_migrate_backend::{DmaWindow, MigrationDevice};
 use vfio_migrate_engine::{
@@ -82,6 +83,9 @@ pub struct Args {
     /// Send at most this many bytes per second (K/M/G suffixes).
     #[arg(long, value_name = "BYTES/S", value_parser = parse_size)]
     pub(crate) bandwidth_limit: Option<u64>,
+    /// Move RAM and device data over this many parallel connections.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = crate::channels::parse)]
+    pub(crate) channels: u32,
     #[command(flatten)]
     pub(crate) converge: Converge,
     #[command(flatten)]
@@ -283,9 +287,10 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
         downtime_limit: args.downtime_limit,
         max_iterations: args.max_iterations,
         bandwidth_limit: args.bandwidth_limit,
+        channels: args.channels,
         converge: args.converge.clone(),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").context("listening on 127.0.0.1")?;
+    let listener = Arc::new(TcpListener::bind("127.0.0.1:0").context("listening on 127.0.0.1")?);
     let addr = listener.local_addr()?;
     let dest_name = format!("tcp:{addr} → {}", dst.name());
     let mut opts = tuning.source_options(src.name(), cancel.clone(), style, false, None);
@@ -301,12 +306,19 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
     } else {
         None
     };
-    let admission = crate::secure::Admission {
+    let admission = Arc::new(crate::secure::Admission {
         tls: match &tls_dir {
             Some(d) => Some((vfio_migrate_engine::tls::server_config(d, &[])?, Vec::new())),
             None => None,
         },
-    };
+    });
+    opts.channels = tuning.channels(Some(crate::channels::tcp_connector(
+        addr.to_string(),
+        dest_name.clone(),
+        tls_dir.clone(),
+        "127.0.0.1".into(),
+        deadlines.clone(),
+    )));
     let (dcancel, ddeadlines) = (cancel.clone(), deadlines.clone());
     let src_deadlines = deadlines;
     let (result, dest_result, mut dst) = std::thread::scope(|s| -> anyhow::Result<_> {
@@ -322,6 +334,12 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
                     &cancel,
                 )
                 .context("accepting the migration")?;
+                let channels = Some(crate::channels::tcp_acceptor(
+                    listener.clone(),
+                    admission.clone(),
+                    deadlines.clone(),
+                    cancel.clone(),
+                ));
                 migrate_in(
                     std::slice::from_mut(&mut dst),
                     Some(dst_ram as &dyn GuestRam),
@@ -331,6 +349,8 @@ pub(crate) fn execute(args: &Args, style: Style, cancel: &Cancel) -> anyhow::Res
                         hash_ram: args.verify,
                         full_verify,
                         cancel,
+                        channels,
+                        channel_wait: deadlines.connect,
                         ..Default::default()
                     },
                 )

@@ -28,6 +28,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod certs;
+mod channels;
 mod control;
 mod demo;
 mod device;
@@ -39,6 +40,7 @@ mod interrupt;
 mod liveness;
 mod migrate;
 mod plot;
+mod procstat;
 mod progress;
 mod receive;
 mod report;

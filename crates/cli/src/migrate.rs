@@ -106,6 +106,12 @@ pub struct Tuning {
     /// traffic. Default: as fast as the link goes.
     #[arg(long, value_name = "BYTES/S", value_parser = crate::serve::parse_size)]
     pub bandwidth_limit: Option<u64>,
+    /// Move RAM and device data over this many parallel connections (each
+    /// set up, deadlined and authenticated like the main one; the
+    /// destination puts the data back in order). 1: everything on the one
+    /// connection. Into a snapshot: this many writer threads.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = crate::channels::parse)]
+    pub channels: u32,
     #[command(flatten)]
     pub converge: Converge,
 }
@@ -135,6 +141,7 @@ impl Tuning {
             source_name,
             force,
             bandwidth_limit: self.bandwidth_limit,
+            channels: None,
             converge_timeout: self.converge.converge_timeout.map(Duration::from_secs),
             on_no_converge: match self.converge.on_no_converge {
                 OnNoConverge::Abort => NoConverge::Abort,
@@ -144,6 +151,17 @@ impl Tuning {
             switchover_ack: self.converge.switchover_ack == OnOff::On,
             full_verify: self.converge.full_verify,
         }
+    }
+
+    /// `--channels` above 1, with how to connect them.
+    pub fn channels(
+        &self,
+        connect: Option<vfio_migrate_engine::Connector>,
+    ) -> Option<vfio_migrate_engine::ChannelsOut> {
+        (self.channels > 1).then(|| vfio_migrate_engine::ChannelsOut {
+            count: self.channels,
+            connect,
+        })
     }
 }
 
@@ -242,9 +260,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 &server_name,
                 &deadlines,
             )?;
-            let opts = args
+            let mut opts = args
                 .tuning
                 .source_options(src.to_string(), cancel.clone(), style, args.force, ctl);
+            opts.channels = args.tuning.channels(Some(crate::channels::tcp_connector(
+                addr.clone(),
+                dst.to_string(),
+                args.tls_creds.clone(),
+                server_name,
+                deadlines.clone(),
+            )));
             migrate_out(std::slice::from_mut(&mut dev), None, link, opts)
         }
         (s, Endpoint::File(path)) if s.is_device() => {
@@ -255,9 +280,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 format!("cannot create the snapshot {dst} (an existing file is never overwritten: remove it or pick another path)")
             })?;
             let sync = f.try_clone().context("snapshot file")?;
-            let opts = args
+            let mut opts = args
                 .tuning
                 .source_options(src.to_string(), cancel.clone(), style, args.force, ctl);
+            opts.channels = args.tuning.channels(None);
             let r = migrate_out(std::slice::from_mut(&mut dev), None, Link::file(f, dst.to_string()), opts);
             match r.as_ref().map(|_| sync.sync_all()) {
                 Ok(Ok(())) => {}
@@ -310,7 +336,8 @@ pub fn finish(
     }
     match r {
         Ok(mut rep) => {
-            rep.peak_rss_bytes = peak_rss();
+            rep.peak_rss_bytes = crate::procstat::peak_rss();
+            rep.cpu_seconds = crate::procstat::cpu_seconds(None);
             if json {
                 print_json(&rep);
             } else {
@@ -398,14 +425,6 @@ impl<'a> Failed<'a> {
     }
 }
 
-/// This process's peak resident memory (VmHWM), from /proc.
-fn peak_rss() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// Both ends are devices on this host: the destination loads on another
 /// thread, over a UNIX socket pair.
 fn device_to_device(
@@ -437,6 +456,9 @@ fn device_to_device(
     let (a, b) = UnixStream::pair().context("creating the socket pair")?;
     let dlink = DestLink::unix(b, src.to_string(), &deadlines)?;
     let slink = Link::unix(a, dst.to_string(), &deadlines)?;
+    let (connect, accept) =
+        crate::channels::local_pair(src.to_string(), dst.to_string(), deadlines.clone());
+    let channel_wait = deadlines.connect;
     let dcancel = cancel.clone();
     let force = args.force;
     let full_verify = tuning.converge.full_verify;
@@ -454,13 +476,16 @@ fn device_to_device(
                     full_verify,
                     cancel: dcancel,
                     force,
+                    channels: Some(accept),
+                    channel_wait,
                     ..Default::default()
                 },
             );
             let _ = tx.send(r);
         })
         .context("starting the destination thread")?;
-    let opts = tuning.source_options(src.to_string(), cancel, style, args.force, ctl);
+    let mut opts = tuning.source_options(src.to_string(), cancel, style, args.force, ctl);
+    opts.channels = tuning.channels(Some(connect));
     let r = migrate_out(std::slice::from_mut(&mut sdev), None, slink, opts);
     // After a success the destination is done (it answered RUNNING). After
     // a failure it may still be inside a slow device call: it gets a moment

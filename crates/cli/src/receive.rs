@@ -74,6 +74,10 @@ struct Out<'a> {
     error: Option<String>,
     /// After a failure: what each destination device was left as.
     devices_left: Vec<DeviceLeft>,
+    /// This process's peak resident memory (VmHWM).
+    peak_rss_bytes: Option<u64>,
+    /// CPU seconds this process used (user + system).
+    cpu_seconds: Option<f64>,
 }
 
 /// Runs the command; returns the process exit code.
@@ -102,7 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "--listen {listen} is not a loopback address and --tls-creds was not given: anyone who can reach the port could read and write a device's state. Give --tls-creds DIR (make it with `vfio-migrate certs DIR --host NAME`), or --insecure if the network is trusted"
         )));
     }
-    let adm = crate::secure::Admission {
+    let adm = std::sync::Arc::new(crate::secure::Admission {
         tls: match &args.tls_creds {
             Some(dir) => Some((
                 vfio_migrate_engine::tls::server_config(dir, &args.tls_authz)?,
@@ -110,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             )),
             None => None,
         },
-    };
+    });
     let cancel = crate::interrupt::install()?;
     if args.force {
         eprintln!("warning: --force: the destination device is overwritten even if it is in use");
@@ -119,7 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     // Connect to the device first: a missing server is reported before
     // anyone connects to us.
     let mut dev = dst.open_device_with(args.protocol, &args.liveness.client_config(&cancel)?)?;
-    let l = TcpListener::bind(&addr).with_context(|| format!("cannot listen on {listen}"))?;
+    let l = std::sync::Arc::new(
+        TcpListener::bind(&addr).with_context(|| format!("cannot listen on {listen}"))?,
+    );
     let local = format!("tcp:{}", l.local_addr().context("listening address")?);
     let mut status = crate::control::Status::new("receive", String::new(), dst.to_string(), None);
     status.phase = "waiting".into();
@@ -140,7 +146,6 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             return Ok(code);
         }
     };
-    drop(l);
     let source = peer;
     if let Some(c) = &control {
         let s = source.clone();
@@ -171,6 +176,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 }
             }) as Box<dyn FnMut(Phase, u64) + Send>
         }),
+        // Data channels (`migrate --channels N`) come to the same port and
+        // are admitted like the main connection.
+        channels: Some(crate::channels::tcp_acceptor(
+            l.clone(),
+            adm.clone(),
+            deadlines.clone(),
+            cancel.clone(),
+        )),
+        channel_wait: deadlines.connect,
         ..Default::default()
     };
     let r = migrate_in(std::slice::from_mut(&mut dev), None, link, opts);
@@ -185,6 +199,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 report: Some(rep),
                 error: None,
                 devices_left: Vec::new(),
+                peak_rss_bytes: crate::procstat::peak_rss(),
+                cpu_seconds: crate::procstat::cpu_seconds(None),
             },
         ),
         Err(f) => {
@@ -204,6 +220,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     report: None,
                     error: Some(f.error.to_string()),
                     devices_left: f.devices,
+                    peak_rss_bytes: crate::procstat::peak_rss(),
+                    cpu_seconds: crate::procstat::cpu_seconds(None),
                 },
             )
         }

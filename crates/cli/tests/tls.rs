@@ -256,6 +256,61 @@ fn live_migration_over_tls_is_verified() {
     });
 }
 
+#[test]
+fn parallel_channels_over_tls_are_each_authenticated_and_verified() {
+    let p = pair("tls-chan");
+    let dir = Dir::new("tls-chan-creds");
+    let creds = dir.path("c");
+    certs(&creds, &[]);
+    let c = creds.to_str().unwrap();
+    let mut r = Receiver::start(
+        &p.dst.uri(),
+        &["--tls-creds", c, "--tls-authz", "vfio-migrate-client"],
+    );
+    let out = migrate(&p.src, &r.at, &["--tls-creds", c, "--channels", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["verified"], true);
+    assert_eq!(j["channels"], 3);
+    let s = r.child.wait().unwrap();
+    let log = r.stderr.lock().unwrap().clone();
+    assert!(s.success(), "{log}");
+    assert!(!log.contains("refused"), "{log}");
+    p.dst
+        .with(|c| assert_eq!(stopped_digest(c, vgpu::DIGEST), p.digest));
+
+    // A plaintext sender asking for channels is refused at its first
+    // connection, as without channels: it fails, the source stays intact.
+    let p = pair("tls-chan-plain");
+    let mut r = Receiver::start(&p.dst.uri(), &["--tls-creds", c]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let at = r.at.clone();
+    let src = p.src.uri();
+    std::thread::spawn(move || {
+        let _ = tx.send(run(
+            &[
+                "migrate",
+                "--source",
+                &src,
+                "--dest",
+                &at,
+                "--channels",
+                "2",
+            ],
+            60,
+        ));
+    });
+    let out = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(!out.status.success());
+    r.said("does not speak TLS");
+    assert!(r.still_waiting());
+    p.source_intact();
+}
+
 /// A refused handshake: migrate fails saying `migrate_says`, receive logs
 /// `receive_says` and keeps waiting, nothing is touched.
 fn refused(

@@ -21,6 +21,15 @@
 //!   run since. A migration reads it to refuse overwriting a device in use
 //!   and to refuse starting a second copy of a device. Any state. Clients
 //!   PROBE before using it; a server without it simply cannot say.
+//! - **Feature [`FEATURE_MIG_DATA_CRC`]**: SET `{u32 on, u32 reserved}`
+//!   (GET returns it): while on, on this connection, every MIG_DATA_READ
+//!   reply carries `{u32 crc32c, u32 0}` — the CRC32C of its data — between
+//!   its 8-byte head and the data, so a client can put the data into its
+//!   own checksummed records without reading it (it splices it on); and
+//!   every MIG_DATA_WRITE carries the same block, the CRC32C of its data,
+//!   which the server checks before the device takes the data (`EILSEQ`
+//!   when it does not match), so a client can splice data it did not read.
+//!   Clients PROBE before using it.
 //! - **Feature [`FEATURE_THROTTLE`]**: the device-side analogue of QEMU's
 //!   auto-converge. SET `{u32 percent, u32 reserved}` ([`FeatureThrottle`])
 //!   asks the device to withhold `percent` (0–99) of the work that dirties
@@ -53,6 +62,12 @@ pub const FEATURE_MIG_DATA_SIZE: u32 = vfio_migrate_abi::kernel::FEATURE_MIG_DAT
 pub const FEATURE_PRECOPY_INFO: u32 = 0xf001;
 /// Device status (vfio-migrate extension): `{u32 flags, u32 reserved}`.
 pub const FEATURE_DEVICE_STATUS: u32 = 0xf002;
+/// Checksummed MIG_DATA_READ replies (vfio-migrate extension):
+/// `{u32 on, u32 reserved}`.
+pub const FEATURE_MIG_DATA_CRC: u32 = 0xf005;
+/// Size of the checksum block a MIG_DATA_READ reply carries after its
+/// head while [`FEATURE_MIG_DATA_CRC`] is on.
+pub const MIG_DATA_CRC_SIZE: usize = 8;
 /// Device throttle (vfio-migrate extension): [`FeatureThrottle`].
 pub const FEATURE_THROTTLE: u32 = 0xf003;
 /// Opt-in to the pre-copy info layout with flags (vfio-migrate extension).

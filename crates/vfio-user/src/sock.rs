@@ -229,8 +229,9 @@ impl Conn {
         }
     }
 
-    /// Remembers `e` as what broke the stream, and returns it.
-    fn poison(&self, e: io::Error) -> io::Error {
+    /// Remembers `e` as what broke the stream (every later call fails at
+    /// once), and returns it: for a caller that left a message half sent.
+    pub fn poison(&self, e: io::Error) -> io::Error {
         let mut b = self.broken.borrow_mut();
         if b.is_none() {
             *b = Some((e.kind(), e.to_string()));

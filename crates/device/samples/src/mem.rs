@@ -17,6 +17,8 @@ use vfio_migrate_sys::{memfd, MmapRegion};
 pub struct SharedMemory {
     map: MmapRegion,
     fd: Arc<OwnedFd>,
+    /// Every page is kept allocated and mapped ([`SharedMemory::populated`]).
+    populated: bool,
 }
 
 fn os_err(what: &str, e: std::io::Error) -> DeviceError {
@@ -56,7 +58,32 @@ impl SharedMemory {
         }
         let map = MmapRegion::shared(fd.as_fd(), 0, len_us, true)
             .map_err(|e| os_err(&format!("mmap of {len} bytes of shared memory"), e))?;
-        Ok(Self { map, fd })
+        Ok(Self {
+            map,
+            fd,
+            populated: false,
+        })
+    }
+
+    /// Like [`SharedMemory::new`], with every page allocated and mapped
+    /// at once (and again after [`SharedMemory::zero_all`]), as a real
+    /// device's memory is: nothing touched later pays a first-touch fault
+    /// (page allocation, zeroing, page-table fill). A migration writes
+    /// every page of a destination's memory and reads every page of a
+    /// source's; with sparse memory each of those faults would fall in the
+    /// migration (and in its downtime). Costs the whole size in RSS from
+    /// the start.
+    pub fn populated(name: &str, len: u64) -> DeviceResult<Self> {
+        let mut m = Self::new(name, len)?;
+        m.populate()?;
+        m.populated = true;
+        Ok(m)
+    }
+
+    fn populate(&self) -> DeviceResult<()> {
+        self.map
+            .populate(0, self.map.len())
+            .map_err(|e| os_err(&format!("populating {} bytes of memory", self.len()), e))
     }
 
     /// Size in bytes.
@@ -130,6 +157,8 @@ impl SharedMemory {
     pub fn zero_all(&self) -> DeviceResult<()> {
         if memfd::punch_hole(self.fd.as_fd(), 0, self.len()).is_err() {
             self.fill(0, self.map.len(), 0)?;
+        } else if self.populated {
+            self.populate()?;
         }
         Ok(())
     }
@@ -150,6 +179,27 @@ mod tests {
         a.zero_all().unwrap();
         b.read(4096, &mut buf).unwrap();
         assert_eq!(buf, [0; 5]);
+    }
+
+    #[test]
+    fn populated_memory_is_resident_and_zero() {
+        use std::os::unix::fs::MetadataExt;
+        let resident = |m: &SharedMemory| {
+            let f = std::fs::File::from(m.fd().as_ref().try_clone().unwrap());
+            f.metadata().unwrap().blocks() * 512
+        };
+        let a = SharedMemory::populated("t", 4 << 20).unwrap();
+        assert_eq!(resident(&a), 4 << 20, "every page allocated up front");
+        let mut buf = vec![1u8; 4 << 20];
+        a.read(0, &mut buf).unwrap();
+        assert!(buf.iter().all(|&x| x == 0));
+        a.write(0, b"x").unwrap();
+        a.zero_all().unwrap();
+        assert_eq!(resident(&a), 4 << 20, "allocated again after a reset");
+        a.read(0, &mut buf[..1]).unwrap();
+        assert_eq!(buf[0], 0);
+        let s = SharedMemory::new("t", 4 << 20).unwrap();
+        assert_eq!(resident(&s), 0, "plain memory stays sparse");
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Vgpu {
                  (it is a PCI BAR)"
             )));
         }
-        let mem = SharedMemory::new("vgpu-bar2", m)?;
+        let mem = SharedMemory::populated("vgpu-bar2", m)?;
         let dirty = DirtyBitmap::new(m, PAGE)?;
         let hashes = pagehash::PageHashes::new(m / PAGE);
         let mut pci = PciConfig::new(

@@ -22,9 +22,9 @@ use vfio_migrate_device::{Device, DeviceError, DeviceResult};
 use super::dispatch::{decode, no_fds};
 use super::session::{Reply, Session};
 use vfio_migrate_vfio_user::ext::{
-    FeatureThrottle, FEATURE_DEVICE_STATUS, FEATURE_MIG_DATA_SIZE, FEATURE_PRECOPY_INFO,
-    FEATURE_PRECOPY_INFO_V2, FEATURE_THROTTLE, PRECOPY_FLAG_REINIT, STATUS_INCOMING,
-    STATUS_MIGRATED_OUT, STATUS_PRISTINE,
+    FeatureThrottle, FEATURE_DEVICE_STATUS, FEATURE_MIG_DATA_CRC, FEATURE_MIG_DATA_SIZE,
+    FEATURE_PRECOPY_INFO, FEATURE_PRECOPY_INFO_V2, FEATURE_THROTTLE, PRECOPY_FLAG_REINIT,
+    STATUS_INCOMING, STATUS_MIGRATED_OUT, STATUS_PRISTINE,
 };
 
 /// Size of the vfio-user DMA_LOGGING_REPORT request (bitmap follows in the
@@ -46,6 +46,7 @@ fn ops(feature: u32, migratable: bool, throttle: bool) -> Option<(bool, bool)> {
         FEATURE_DMA_LOGGING_START | FEATURE_DMA_LOGGING_STOP => (false, true),
         FEATURE_DMA_LOGGING_REPORT => (true, false),
         FEATURE_MIG_DATA_SIZE | FEATURE_PRECOPY_INFO => (true, false),
+        FEATURE_MIG_DATA_CRC => (true, true),
         FEATURE_PRECOPY_INFO_V2 => (false, true),
         FEATURE_THROTTLE if throttle => (true, true),
         _ => return None,
@@ -339,6 +340,24 @@ pub(crate) fn handle<D: Device>(
                 }
             }
             reply.put(&flags.to_le_bytes());
+            reply.put(&0u32.to_le_bytes());
+        }
+        (FEATURE_MIG_DATA_CRC, false) => {
+            let on = data
+                .get(..8)
+                .map(|b| u32::from_le_bytes(b[..4].try_into().expect("4 bytes")))
+                .ok_or_else(|| DeviceError::inval("MIG_DATA_CRC: 8 bytes of data expected"))?;
+            if on > 1 {
+                return Err(DeviceError::inval(format!(
+                    "MIG_DATA_CRC: {on} is not 0 or 1"
+                )));
+            }
+            s.mig_data_crc = on == 1;
+            reply.put(&data[..8]);
+        }
+        (FEATURE_MIG_DATA_CRC, true) => {
+            need_reply(DeviceFeature::SIZE + 8)?;
+            reply.put(&u32::from(s.mig_data_crc).to_le_bytes());
             reply.put(&0u32.to_le_bytes());
         }
         (FEATURE_PRECOPY_INFO, true) => {

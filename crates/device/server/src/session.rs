@@ -153,6 +153,9 @@ pub struct Session<'a, D: Device> {
     pub(crate) irqs: BTreeSet<u32>,
     /// Refused messages sent with NO_REPLY (posted writes) so far.
     pub(crate) refused_unanswered: u64,
+    /// MIG_DATA_READ replies carry the data's CRC32C
+    /// (`FEATURE_MIG_DATA_CRC`).
+    pub(crate) mig_data_crc: bool,
     /// The client opted in to the second pre-copy info layout (with
     /// flags: REINIT), by SET on `FEATURE_PRECOPY_INFO_V2`.
     pub(crate) precopy_info_v2: bool,
@@ -172,6 +175,7 @@ impl<'a, D: Device> Session<'a, D> {
             client: None,
             irqs: BTreeSet::new(),
             refused_unanswered: 0,
+            mig_data_crc: false,
             precopy_info_v2: false,
         }
     }

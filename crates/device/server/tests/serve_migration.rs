@@ -452,3 +452,61 @@ fn dma_log_reports_split_to_fit_small_transfer_limits() {
     }
     assert!(changed > 0, "the DMA engine wrote guest memory");
 }
+
+#[test]
+fn checksummed_replies_move_data_through_a_pipe_with_its_checksum() {
+    use std::io::Read;
+    use vfio_migrate_backend::DataSplice;
+    let src_p = Served::start("vgpu", Some(2 << 20));
+    let dst_p = Served::start("vgpu", Some(2 << 20));
+    let (mut src, mut dst) = (src_p.client(), dst_p.client());
+    set_reg(&mut src, vgpu_reg::SEED, 5);
+    set_reg(&mut src, vgpu_reg::RENDER_RATE, 256 << 20);
+    set_reg(&mut src, vgpu_reg::CONTROL, 1);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    src.set_state(MigState::StopCopy).unwrap();
+    dst.set_state(MigState::Resuming).unwrap();
+    let (r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
+    vfio_migrate_sys::fd::set_pipe_size(w.as_fd(), 1 << 20).unwrap();
+    let mut r = std::fs::File::from(r);
+    let mut chunks = 0;
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        // Alternate: spliced with its checksum, and a plain copying read
+        // on the same connection (which skips the checksum block).
+        if chunks % 2 == 0 {
+            let (n, crc) = src
+                .read_data_spliced(w.as_fd(), 256 << 10)
+                .unwrap()
+                .expect("our server checksums its replies");
+            if n == 0 {
+                break;
+            }
+            let mut data = vec![0u8; n];
+            r.read_exact(&mut data).unwrap();
+            assert_eq!(crc, crc32c::crc32c(&data), "chunk {chunks}");
+            dst.mig_data_write(&data).unwrap();
+        } else {
+            let n = src.mig_data_read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            dst.mig_data_write(&buf[..n]).unwrap();
+        }
+        chunks += 1;
+    }
+    assert!(chunks > 8, "{chunks} chunks");
+    dst.set_state(MigState::Stop).unwrap();
+    assert_eq!(
+        reg(&mut src, vgpu_reg::DIGEST),
+        reg(&mut dst, vgpu_reg::DIGEST)
+    );
+    // A client that proposes no extension cannot ask for them.
+    let cfg = vfio_migrate_client::ClientConfig {
+        propose_extension: false,
+        ..Default::default()
+    };
+    drop(src);
+    let mut plain = Client::connect_with(&src_p.path, cfg).unwrap();
+    assert!(!plain.enable_mig_data_crc().unwrap());
+}

@@ -53,6 +53,7 @@ impl Client {
             probed: HashMap::new(),
             descriptor: None,
             mig_flags: None,
+            mig_crc: false,
             precopy_v2: None,
         })
     }

@@ -11,7 +11,7 @@
 //! buffered read/write loop.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use vfio_migrate_abi::vfio_user::{Command, Header, MigData, HEADER_SIZE, TYPE_COMMAND};
 use vfio_migrate_backend::{BackendError, Result};
 
@@ -37,22 +37,7 @@ impl Pipe {
     }
 }
 
-fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    loop {
-        let n = match sys::fd::splice(from, to, len, libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "socket closed during splice",
-            ));
-        }
-        return Ok(n);
-    }
-}
+use super::splice::splice;
 
 /// Moves migration data from `src` (PRE_COPY or STOP_COPY) to `dst`
 /// (RESUMING) until `src` has nothing more (a 0-byte read), in chunks of
@@ -62,7 +47,7 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
         .min(src.max_recv_chunk())
         .min(dst.max_send_chunk())
         .max(1);
-    if !dst.peer_is_vfio_migrate() {
+    if !dst.peer_is_vfio_migrate() || src.mig_crc {
         return forward_buffered(src, dst, chunk);
     }
     let step = "forward migration data";

@@ -30,6 +30,7 @@ mod migration;
 mod migregion;
 mod protocol;
 mod seed;
+mod splice;
 mod v1;
 
 pub use forward::forward_mig_data;
@@ -159,6 +160,8 @@ pub struct Client {
     probed: HashMap<u32, bool>,
     descriptor: Option<DeviceDescriptor>,
     mig_flags: Option<u64>,
+    /// MIG_DATA_READ replies carry a checksum (`FEATURE_MIG_DATA_CRC`).
+    mig_crc: bool,
     /// Opted in to pre-copy info with flags (`None`: not tried yet).
     precopy_v2: Option<bool>,
 }

@@ -79,8 +79,16 @@ impl Client {
     pub fn mig_data_read(&mut self, buf: &mut [u8]) -> Result<usize> {
         let step = "MIG_DATA_READ";
         let size = buf.len().min(self.max_recv_chunk());
+        // Checksummed replies (`enable_mig_data_crc`) carry a checksum
+        // block after the head: room for it, then it is skipped (the data
+        // is read here, so its checksum is not needed).
+        let skip = if self.mig_crc {
+            vfio_migrate_vfio_user::ext::MIG_DATA_CRC_SIZE
+        } else {
+            0
+        };
         let head = MigData {
-            argsz: (MigData::SIZE + size) as u32,
+            argsz: (MigData::SIZE + skip + size) as u32,
             size: size as u32,
         };
         let req = self.send(step, Command::MigDataRead as u16, &[&head.to_bytes()], &[])?;
@@ -104,6 +112,19 @@ impl Client {
             .recv_exact(&mut hb, &mut rf, false)
             .map_err(|e| io_err(step, e))?;
         let got = MigData::decode(&hb).expect("8 bytes").size as usize;
+        if plen < hb.len() + skip {
+            self.conn
+                .discard(plen - hb.len(), &mut rf)
+                .map_err(|e| io_err(step, e))?;
+            return Err(BackendError::protocol(
+                step,
+                "checksummed reply without a checksum",
+            ));
+        }
+        self.conn
+            .discard(skip, &mut rf)
+            .map_err(|e| io_err(step, e))?;
+        let plen = plen - skip;
         if got > size || got > plen - hb.len() {
             self.conn
                 .discard(plen - hb.len(), &mut rf)
@@ -134,6 +155,19 @@ impl Client {
                 argsz: mig_write_argsz(piece.len()),
                 size: piece.len() as u32,
             };
+            if self.mig_crc {
+                // Checksummed transfers are on: the data's checksum rides
+                // along (see `enable_mig_data_crc`).
+                let mut block = [0u8; vfio_migrate_vfio_user::ext::MIG_DATA_CRC_SIZE];
+                block[..4].copy_from_slice(&crc32c::crc32c(piece).to_le_bytes());
+                self.call(
+                    step,
+                    Command::MigDataWrite as u16,
+                    &[&head.to_bytes(), &block, piece],
+                    &[],
+                )?;
+                continue;
+            }
             self.call(
                 step,
                 Command::MigDataWrite as u16,

@@ -102,6 +102,11 @@ impl MigrationDevice for Client {
         Some(self)
     }
 
+    fn data_splice(&mut self) -> Option<&mut dyn vfio_migrate_backend::DataSplice> {
+        // Only our servers checksum their replies.
+        self.peer_is_vfio_migrate().then_some(self as _)
+    }
+
     fn throttle(&mut self) -> Option<&mut dyn DeviceThrottle> {
         // Offered only when the server answers the PROBE.
         let offered = self

@@ -86,6 +86,15 @@ pub enum EngineError {
         /// What did not move, and for how long.
         detail: String,
     },
+    /// A parallel data channel could not be set up, broke, or carried
+    /// something out of place (`--channels`).
+    #[error("{phase}: {detail}")]
+    Channel {
+        /// Where the migration was.
+        phase: Phase,
+        /// Which channel, its peer, and what happened.
+        detail: String,
+    },
     /// Cancelled by the caller (Ctrl-C).
     #[error("{phase}: cancelled by the user")]
     Cancelled {
@@ -270,6 +279,7 @@ impl EngineError {
             | EngineError::SourceAborted { phase, .. }
             | EngineError::Timeout { phase, .. }
             | EngineError::Stalled { phase, .. }
+            | EngineError::Channel { phase, .. }
             | EngineError::Cancelled { phase }
             | EngineError::Guest { phase, .. }
             | EngineError::NoDmaLogging { phase, .. }

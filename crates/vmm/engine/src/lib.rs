@@ -21,7 +21,8 @@
 //!   records, codec, the one grammar parser, the reply channel;
 //!   [`snapshot`] reads and checks a snapshot file whole with that parser.
 //! - [`metrics`]: what a migration measures, apart from the logic.
-//! - [`link`]: the transports, with the back channel of live migrations.
+//! - [`link`]: the transports, with the back channel of live migrations;
+//!   [`channels`]: parallel data channels beside the main link.
 //! - [`guest`]: the [`GuestRam`] trait and memfd RAM; [`verify`]: the
 //!   device-digest hook and the RAM hash.
 //! - [`progress`] and [`report`]: the phases and figures a caller sees
@@ -35,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cancel;
+pub mod channels;
 pub mod dest;
 pub mod error;
 pub mod format;
@@ -51,6 +53,7 @@ pub mod tls;
 pub mod verify;
 
 pub use cancel::{Cancel, Cancelled};
+pub use channels::{Acceptor, ChannelsOut, Connector};
 pub use dest::{migrate_in, DestDevice, DestFailure, DestOptions, DestReport, DeviceLeft};
 pub use error::{EngineError, SourceFailure, SourceState};
 pub use guest::{GuestRam, MemfdRam};

@@ -333,6 +333,9 @@ impl Write for Half {
     }
 }
 
+mod splice;
+pub(crate) use splice::{Pipe, SpliceSink};
+
 type Closer = Box<dyn Fn() + Send>;
 
 /// The source's end: where records go, and where replies come from.
@@ -342,6 +345,8 @@ pub struct Link {
     pub(crate) close: Option<Closer>,
     pub(crate) peer: String,
     pub(crate) heartbeat: Option<Duration>,
+    /// Plaintext sockets: where payloads may be spliced to.
+    pub(crate) splice: Option<SpliceSink>,
 }
 
 /// The destination's end: where records come from, and where replies go.
@@ -351,6 +356,8 @@ pub struct DestLink {
     pub(crate) close: Option<Closer>,
     pub(crate) peer: String,
     pub(crate) heartbeat: Option<Duration>,
+    /// Plaintext sockets: where payloads may be spliced from.
+    pub(crate) splice: Option<SpliceSink>,
 }
 
 /// Both directions of a live socket (TLS when `tls`), and a closer that
@@ -360,7 +367,7 @@ fn halves(
     tls: Option<rustls::Connection>,
     peer: &str,
     d: &Deadlines,
-) -> io::Result<(Half, Half, Closer)> {
+) -> io::Result<(Half, Half, Closer, Option<SpliceSink>)> {
     match &sock {
         Sock::Tcp(s) => {
             s.set_nonblocking(true)?;
@@ -379,6 +386,11 @@ fn halves(
         first,
     };
     let (r, w) = (half(true), half(false));
+    let splice = tls.is_none().then(|| SpliceSink {
+        sock: sock.clone(),
+        d: d.clone(),
+        peer: peer.to_string(),
+    });
     let s = sock.clone();
     let t = tls.clone();
     Ok((
@@ -396,6 +408,7 @@ fn halves(
             }
             s.shutdown()
         }),
+        splice,
     ))
 }
 
@@ -442,13 +455,14 @@ impl Link {
         peer: String,
         d: &Deadlines,
     ) -> io::Result<Self> {
-        let (r, w, close) = halves(sock, tls, &peer, d)?;
+        let (r, w, close, splice) = halves(sock, tls, &peer, d)?;
         Ok(Self {
             tx: Box::new(w),
             rx: Some(Box::new(r)),
             close: Some(close),
             peer,
             heartbeat: Some(d.heartbeat()),
+            splice,
         })
     }
 
@@ -465,6 +479,7 @@ impl Link {
             close: None,
             peer: peer.into(),
             heartbeat: None,
+            splice: None,
         }
     }
 
@@ -520,13 +535,14 @@ impl DestLink {
         peer: String,
         d: &Deadlines,
     ) -> io::Result<Self> {
-        let (r, w, close) = halves(sock, tls, &peer, d)?;
+        let (r, w, close, splice) = halves(sock, tls, &peer, d)?;
         Ok(Self {
             rx: Box::new(r),
             tx: Some(Box::new(w)),
             close: Some(close),
             peer,
             heartbeat: Some(d.heartbeat()),
+            splice,
         })
     }
 
@@ -543,6 +559,7 @@ impl DestLink {
             close: None,
             peer: peer.into(),
             heartbeat: None,
+            splice: None,
         }
     }
 

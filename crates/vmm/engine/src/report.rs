@@ -157,6 +157,10 @@ pub struct MigrationReport {
     pub peak_rss_bytes: Option<u64>,
     /// What failed, when `status` is `failed`.
     pub error: Option<String>,
+    /// Data channels the migration used (1: the main stream alone).
+    pub channels: u32,
+    /// CPU seconds of the migrating process, when the caller measured it.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl MigrationReport {
@@ -204,6 +208,8 @@ impl MigrationReport {
             devices: Vec::new(),
             peak_rss_bytes: None,
             error: None,
+            channels: 1,
+            cpu_seconds: None,
         }
     }
 }

@@ -138,6 +138,9 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
     let (major, minor) = p.read_header()?;
     s.format_version = Some(format!("{major}.{minor}"));
     let mut pages: Vec<u64> = Vec::new();
+    // Devices whose data came as chunks (a snapshot written with several
+    // channels): which bytes of their stream arrived.
+    let mut chunks: Vec<Option<crate::channels::reorder::Coverage>> = Vec::new();
     loop {
         let ev = p.read_event()?;
         let name = match &ev {
@@ -160,10 +163,16 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
             Event::End => "end",
             Event::Verified { .. } => "verified",
             Event::Go => "go",
+            Event::Channels { .. } => "channels",
+            Event::DeviceChunk { .. } => "device-chunk",
+            Event::ChannelEpoch { .. } => "channel-epoch",
+            Event::DeviceDataDeferred { .. } => unreachable!("nothing is deferred here"),
         };
         let mut end = false;
         match ev {
-            Event::Device { index, descriptor } => s.devices.push(SnapshotDevice {
+            Event::Device { index, descriptor } => {
+                chunks.push(None);
+                s.devices.push(SnapshotDevice {
                 index: index as u32,
                 descriptor,
                 precopy: Count::default(),
@@ -171,7 +180,8 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
                 complete: false,
                 digest: None,
                 running: true,
-            }),
+                })
+            }
             Event::RunState { index, running } => s.devices[index].running = running,
             Event::Ram(info) => {
                 pages = vec![0; (info.size / info.page_size).div_ceil(64) as usize];
@@ -195,7 +205,37 @@ fn walk<R: Read>(p: &mut StreamParser<R>, s: &mut SnapshotSummary) -> Result<(),
                 }
                 .add(data.len());
             }
-            Event::DeviceEnd { index, .. } => s.devices[index].complete = true,
+            Event::DeviceChunk {
+                index,
+                offset,
+                stop_copy,
+                data,
+            } => {
+                let len = data.len();
+                let c = chunks[index].get_or_insert_with(Default::default);
+                c.add(offset, len as u64)
+                    .map_err(|e| p.invalid(format!("device {index}: {e}")))?;
+                let d = &mut s.devices[index];
+                if stop_copy {
+                    &mut d.stopcopy
+                } else {
+                    &mut d.precopy
+                }
+                .add(len);
+            }
+            Event::DeviceEnd { index, bytes } => {
+                if let Some(c) = &chunks[index] {
+                    c.finish(bytes)
+                        .map_err(|e| p.invalid(format!("device {index}: {e}")))?;
+                }
+                s.devices[index].complete = true
+            }
+            Event::DeviceDataDeferred { .. } => unreachable!("nothing is deferred here"),
+            Event::Channels { .. } | Event::ChannelEpoch { .. } => {
+                return Err(p.invalid(
+                    "a snapshot carries no data channels (channels and channel-epoch records do not belong in a file)",
+                ))
+            }
             Event::Verify { index, digest } => s.devices[index].digest = Some(digest_hex(digest)),
             Event::RamPages {
                 first_page,

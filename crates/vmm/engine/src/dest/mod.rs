@@ -18,8 +18,10 @@
 //! RUNNING and is answered with FAILED (live).
 
 mod load;
+mod parallel;
 mod resume;
 mod setup;
+mod spliced;
 
 use crate::cancel::Cancel;
 use crate::error::EngineError;
@@ -52,6 +54,12 @@ pub struct DestOptions {
     /// Load even into a device that is not expecting a migration (in use,
     /// or its backend cannot tell).
     pub force: bool,
+    /// Accepts parallel data channels when the source asks for them
+    /// (`None`: the destination does not offer them, and the source sends
+    /// everything on the main stream).
+    pub channels: Option<crate::channels::Acceptor>,
+    /// How long the data channels may take to connect (zero: 10 s).
+    pub channel_wait: Duration,
     /// Before answering READY, hash all guest RAM again and check the hash
     /// kept page by page against it.
     pub full_verify: bool,
@@ -142,6 +150,9 @@ pub struct DestDevice {
     pub model: String,
     /// State bytes written into it.
     pub data_bytes: u64,
+    /// Of `data_bytes`, those spliced from the link into the device's
+    /// server without passing through this process (`dest/spliced.rs`).
+    pub spliced_bytes: u64,
     /// The source's digest, when sent.
     pub digest_source: Option<String>,
     /// Its digest after loading, when read.
@@ -155,6 +166,8 @@ struct DevIn<'a, D> {
     h: &'a mut D,
     name: String,
     written: u64,
+    /// Of `written`, the bytes spliced.
+    spliced: u64,
     /// Of `written`, the pre-copy bytes.
     precopy_written: u64,
     source_digest: Option<u64>,
@@ -200,11 +213,22 @@ struct Loader<'a, D> {
     /// Per device: the source ran (the destination ends RUNNING), else it
     /// was stopped (the destination ends in STOP).
     final_running: Vec<bool>,
+    /// Per device: its stream put back in order (chunks may come out of
+    /// order, from several channels).
+    reasm: Vec<crate::channels::reorder::Reassembly>,
+    /// The data channels, while open.
+    inbound: Option<crate::channels::recv::Inbound>,
+    /// Data bytes read from the channels.
+    channel_bytes: u64,
     /// The source asked for switchover acks (and was told they come).
     switchover_ack: bool,
     /// When the end marker was read (the destination's part of the
     /// downtime is measured from it).
     ended_at: Option<Instant>,
+    /// A plaintext link device data may be spliced from (`spliced.rs`).
+    splice: Option<crate::link::SpliceSink>,
+    /// The pipe spliced data goes through, once set up.
+    pipe: Option<crate::link::Pipe>,
 }
 
 struct Dest<'a, D> {
@@ -224,9 +248,16 @@ pub fn migrate_in<D: MigrationDevice>(
 ) -> Result<DestReport, DestFailure> {
     let t0 = Instant::now();
     let peer = link.peer.clone();
+    // Small: a record's payload is read past it (or spliced), so it only
+    // holds headers and what was read ahead of one.
+    let buffer = if link.splice.is_some() {
+        16 << 10
+    } else {
+        256 << 10
+    };
     let mut d = Dest {
         input: StreamParser::new(
-            BufReader::with_capacity(256 << 10, link.rx),
+            BufReader::with_capacity(buffer, link.rx),
             format!("the source {peer}"),
         ),
         st: Loader {
@@ -254,13 +285,21 @@ pub fn migrate_in<D: MigrationDevice>(
             started: false,
             sender_verified: None,
             final_running: Vec::new(),
+            reasm: Vec::new(),
+            inbound: None,
+            channel_bytes: 0,
             switchover_ack: false,
             ended_at: None,
+            splice: link.splice,
+            pipe: None,
         },
     };
     let r = match d.run(devices) {
-        Ok(()) => Ok(d.st.report(d.input.offset(), t0)),
+        Ok(()) => Ok(d.st.report(d.input.offset() + d.st.channel_bytes, t0)),
         Err(error) => {
+            if let Some(mut c) = d.st.inbound.take() {
+                c.abort();
+            }
             d.fail(&error);
             let devices = d.st.release();
             Err(DestFailure { error, devices })
@@ -362,10 +401,20 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
 /// function so that the event borrows only the parser, and can be applied
 /// to the [`Loader`].
 fn next_event<'p, D>(input: &'p mut Input, st: &Loader<'_, D>) -> Result<Event<'p>, EngineError> {
+    next_event_deferring(input, st, None)
+}
+
+/// [`next_event`], with device-data records whose length is in `defer`
+/// left for the caller to splice ([`Event::DeviceDataDeferred`]).
+fn next_event_deferring<'p, D>(
+    input: &'p mut Input,
+    st: &Loader<'_, D>,
+    defer: Option<std::ops::RangeInclusive<usize>>,
+) -> Result<Event<'p>, EngineError> {
     if st.opts.cancel.is_cancelled() {
         return Err(EngineError::Cancelled { phase: st.phase });
     }
-    match input.read_event() {
+    match input.read_event_deferring(defer) {
         Ok(Event::Abort { reason }) => Err(EngineError::SourceAborted {
             phase: st.phase,
             peer: st.peer.clone(),
@@ -428,6 +477,7 @@ impl<D: MigrationDevice> Loader<'_, D> {
                 name: x.name.clone(),
                 model: desc.model.clone(),
                 data_bytes: x.written,
+                spliced_bytes: x.spliced,
                 digest_source: x.source_digest.map(digest_hex),
                 digest_dest: x.dest_digest.map(digest_hex),
                 verified: match (x.source_digest, x.dest_digest) {

@@ -16,6 +16,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
         let mut ram: Option<RamInfo> = None;
         // Streams of minor 0 carry no run state: their sources ran.
         let mut running: Vec<bool> = Vec::new();
+        let mut channels = None;
         loop {
             match next_event(&mut self.input, &self.st)? {
                 Event::Device { descriptor, .. } => {
@@ -24,6 +25,7 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 }
                 Event::RunState { index, running: r } => running[index] = r,
                 Event::Ram(info) => ram = Some(info),
+                Event::Channels { count, token } => channels = Some((count, token)),
                 Event::Caps { flags } => {
                     self.st.switchover_ack = flags & CAP_SWITCHOVER_ACK != 0;
                 }
@@ -50,10 +52,12 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
                 h,
                 written: 0,
                 precopy_written: 0,
+                spliced: 0,
                 source_digest: None,
                 dest_digest: None,
             });
         }
+        self.st.reasm = descs.iter().map(|_| Default::default()).collect();
         self.st.descs = descs;
         self.st.ram = ram;
         self.st.final_running = running;
@@ -76,11 +80,15 @@ impl<'a, D: MigrationDevice> Dest<'a, D> {
             self.st.old_page = vec![0u8; g.page_size() as usize];
             self.st.zero_crc = zero_page_crc(g.page_size());
         }
+        if let Some((count, token)) = channels {
+            self.accept_channels(count, token)?;
+        }
         if self.st.switchover_ack {
             // Only a source that asked hears of it (older ones skip it
             // anyway: it is optional).
             self.reply(&Reply::Caps(CAP_SWITCHOVER_ACK))?;
         }
+        self.prepare_splice();
         self.reply(&Reply::Accept)
     }
 

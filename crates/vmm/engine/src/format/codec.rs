@@ -110,6 +110,40 @@ impl<W: Write> RecordWriter<W> {
         Ok(())
     }
 
+    /// Writes one record whose `len`-byte payload, of CRC32C `data_crc`,
+    /// does not pass through this process: the header goes out (and is
+    /// flushed), then `payload` moves the bytes into the channel itself
+    /// (a splice). The record's checksum is combined from the header's and
+    /// `data_crc`, not computed over the data.
+    pub fn write_spliced(
+        &mut self,
+        kind: Kind,
+        device: u32,
+        len: usize,
+        data_crc: u32,
+        payload: impl FnOnce(usize) -> io::Result<()>,
+    ) -> Result<(), StreamError> {
+        let (min, max) = kind.length_bounds();
+        debug_assert!((min..=max).contains(&len), "{kind} record of {len} bytes");
+        let mut h = RecordHeader {
+            kind: kind as u16,
+            flags: 0,
+            device,
+            length: len as u32,
+            crc: 0,
+        }
+        .to_bytes();
+        let crc = crc32c::crc32c_combine(crc32c::crc32c(&h[..12]), data_crc, len);
+        h[12..16].copy_from_slice(&crc.to_le_bytes());
+        self.w.write_all(&h).map_err(|e| self.io(e))?;
+        self.w.flush().map_err(|e| self.io(e))?;
+        payload(len).map_err(|e| self.io(e))?;
+        self.records += 1;
+        self.bytes += (RECORD_HEADER_SIZE + len) as u64;
+        self.last = std::time::Instant::now();
+        Ok(())
+    }
+
     /// Writes a heartbeat (optional, so readers of minor 0 skip it) and
     /// flushes.
     pub fn write_heartbeat(&mut self) -> Result<(), StreamError> {
@@ -165,11 +199,41 @@ pub struct Record {
     pub offset: u64,
 }
 
+/// The next record, or (see [`RecordReader::next_record_or_defer`]) the
+/// header of one whose payload the caller moves itself.
+#[derive(Debug, Clone, Copy)]
+pub enum Next {
+    /// Read and checked, its payload in [`RecordReader::payload`].
+    Record(Record),
+    /// Its header was read and checked; its `len` payload bytes are next
+    /// in the reader, unread, and must be checked against `data_crc` by
+    /// whoever takes them.
+    Deferred {
+        /// The record.
+        rec: Record,
+        /// Its payload length.
+        len: usize,
+        /// The CRC32C its payload must have (from the record's checksum).
+        data_crc: u32,
+    },
+}
+
+/// The CRC32C that the payload of a record must have, given the record's
+/// checksum and its header: the record's checksum is the header's
+/// combined with the payload's (`crc32c_combine` is linear in the second
+/// checksum).
+pub fn payload_crc(hdr12: &[u8], record_crc: u32, len: usize) -> u32 {
+    record_crc ^ crc32c::crc32c_combine(crc32c::crc32c(&hdr12[..12]), 0, len)
+}
+
 /// Reads and checks records; the payload of the last one stays in an
 /// internal buffer (reused, never larger than the biggest cap).
 pub struct RecordReader<R: Read> {
     r: R,
+    /// Grows to the largest payload read so far and is never cleared (no
+    /// memset per record); the last payload is `buf[..len]`.
     buf: Vec<u8>,
+    len: usize,
     records: u64,
     offset: u64,
     skipped: u64,
@@ -183,6 +247,7 @@ impl<R: Read> RecordReader<R> {
         Self {
             r,
             buf: Vec::new(),
+            len: 0,
             records: 0,
             offset: 0,
             skipped: 0,
@@ -198,10 +263,13 @@ impl<R: Read> RecordReader<R> {
         len: usize,
         inside: impl FnOnce() -> Option<String>,
     ) -> Result<(), StreamError> {
-        self.buf.resize(len, 0);
+        if self.buf.len() < len {
+            self.buf.resize(len, 0);
+        }
+        self.len = len;
         let mut got = 0usize;
         while got < len {
-            match self.r.read(&mut self.buf[got..]) {
+            match self.r.read(&mut self.buf[got..len]) {
                 Ok(0) => {
                     return Err(StreamError::Truncated {
                         records: self.records,
@@ -263,6 +331,20 @@ impl<R: Read> RecordReader<R> {
     /// cap (before reading the payload) and checksum. Optional records of
     /// kinds this build does not know are checked and skipped.
     pub fn next_record(&mut self) -> Result<Record, StreamError> {
+        match self.next_record_or_defer(&|_, _| false)? {
+            Next::Record(r) => Ok(r),
+            Next::Deferred { .. } => unreachable!("nothing deferred"),
+        }
+    }
+
+    /// Like [`RecordReader::next_record`], but a record for which
+    /// `defer(kind, len)` holds is returned after its header: its payload
+    /// is left in the underlying reader for the caller to move (counted
+    /// as read), with the checksum it must have.
+    pub fn next_record_or_defer(
+        &mut self,
+        defer: &dyn Fn(Kind, usize) -> bool,
+    ) -> Result<Next, StreamError> {
         loop {
             let index = self.records;
             let offset = self.offset;
@@ -309,10 +391,25 @@ impl<R: Read> RecordReader<R> {
                 }
             }
             let len = h.length as usize;
+            if let Some(k) = kind.filter(|k| defer(*k, len)) {
+                self.records += 1;
+                self.offset += len as u64;
+                self.len = 0;
+                return Ok(Next::Deferred {
+                    rec: Record {
+                        kind: k,
+                        device: h.device,
+                        index,
+                        offset,
+                    },
+                    len,
+                    data_crc: payload_crc(&b, h.crc, len),
+                });
+            }
             self.fill(len, || {
                 Some(format!("record {index} ({name}, {len} bytes)"))
             })?;
-            let computed = record_crc(&b, &self.buf);
+            let computed = record_crc(&b, self.payload());
             if computed != h.crc {
                 let problem = RecordProblem::Checksum {
                     kind: name,
@@ -324,12 +421,12 @@ impl<R: Read> RecordReader<R> {
             self.records += 1;
             match kind {
                 Some(kind) => {
-                    return Ok(Record {
+                    return Ok(Next::Record(Record {
                         kind,
                         device: h.device,
                         index,
                         offset,
-                    })
+                    }))
                 }
                 None => {
                     tracing::debug!(kind = h.kind, len, "skipping an optional record");
@@ -341,12 +438,22 @@ impl<R: Read> RecordReader<R> {
 
     /// Payload of the last record read.
     pub fn payload(&self) -> &[u8] {
-        &self.buf
+        &self.buf[..self.len]
+    }
+
+    /// Takes the last payload out (`[..payload len]` of a buffer that may
+    /// have more capacity) and reads on into `spare`: hands the bytes to
+    /// another thread without copying them.
+    pub fn take_payload(&mut self, spare: Vec<u8>) -> Vec<u8> {
+        let mut out = std::mem::replace(&mut self.buf, spare);
+        out.truncate(self.len);
+        self.len = 0;
+        out
     }
 
     /// The payload as UTF-8 text (lossy), for reasons.
     pub fn payload_text(&self) -> String {
-        String::from_utf8_lossy(&self.buf).into_owned()
+        String::from_utf8_lossy(self.payload()).into_owned()
     }
 
     /// Records read so far (skipped optional ones included).

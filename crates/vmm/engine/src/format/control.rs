@@ -6,7 +6,9 @@
 
 use super::codec::{RecordReader, RecordWriter};
 use super::error::{RecordProblem, StreamError};
-use super::records::{reason_bytes, Caps, InitialGen, Kind, Round, FLAG_OPTIONAL, NO_DEVICE};
+use super::records::{
+    reason_bytes, Caps, ChannelsReady, InitialGen, Kind, Round, FLAG_OPTIONAL, NO_DEVICE,
+};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
@@ -45,6 +47,8 @@ pub enum Reply {
     Running,
     /// Everything up to this pre-copy round is loaded.
     RoundAck(u64),
+    /// The destination waits for this many data channels now.
+    ChannelsReady(u32),
     /// What the destination does (`CAP_*` bits), before accept.
     Caps(u64),
     /// Device `device`'s initial pre-copy data of `generation` is loaded.
@@ -66,6 +70,7 @@ impl Reply {
             Reply::Failed(_) => Kind::Failed,
             Reply::Running => Kind::Running,
             Reply::RoundAck(_) => Kind::RoundAck,
+            Reply::ChannelsReady(_) => Kind::ChannelsReady,
             Reply::Caps(_) => Kind::CapsReply,
             Reply::SwitchoverAck { .. } => Kind::SwitchoverAck,
         }
@@ -85,6 +90,15 @@ pub fn write_reply<W: Write>(w: &mut RecordWriter<W>, reply: &Reply) -> Result<(
             Kind::RoundAck,
             NO_DEVICE,
             &Round { iteration: *n }.to_bytes(),
+        ),
+        Reply::ChannelsReady(n) => w.write(
+            Kind::ChannelsReady,
+            NO_DEVICE,
+            &ChannelsReady {
+                count: *n,
+                reserved: 0,
+            }
+            .to_bytes(),
         ),
         // Optional: a source of an older minor skips them.
         Reply::Caps(flags) => w.write_raw(
@@ -139,6 +153,11 @@ impl<R: Read> ReplyReader<R> {
                 Round::decode(self.rd.payload())
                     .expect("length checked")
                     .iteration,
+            ),
+            Kind::ChannelsReady => Reply::ChannelsReady(
+                ChannelsReady::decode(self.rd.payload())
+                    .expect("length checked")
+                    .count,
             ),
             Kind::CapsReply => Reply::Caps(
                 Caps::decode(self.rd.payload())

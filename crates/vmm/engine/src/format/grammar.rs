@@ -6,19 +6,19 @@
 //!
 //! ```text
 //! header
-//! device(0..n) [caps] [ram] setup-end                   ── setup
-//! { device-precopy | device-stopcopy | device-end
-//!   | round | initial-sent | verify | ram-pages
-//!   | ram-zero }*  end                                  ── body
+//! device(0..n) [caps] [channels] [ram] setup-end        ── setup
+//! { device-precopy | device-stopcopy | device-end | device-chunk
+//!   | round | initial-sent | verify | ram-pages | ram-zero
+//!   | channel-epoch }*  end                              ── body
 //! [ go ]                                                ── live only
 //! abort may come anywhere (the source gives up).
 //! ```
 
-use super::codec::{Record, RecordReader};
+use super::codec::{Next, Record, RecordReader};
 use super::error::{RecordProblem, StreamError};
 use super::records::{
-    Caps, DeviceEnd, Digest, InitialGen, Kind, RamInfo, RamRun, Round, RunState, SetupEnd,
-    MAX_PAGE_SIZE,
+    Caps, ChannelsRequest, ChunkHead, DeviceEnd, Digest, Epoch, InitialGen, Kind, RamInfo, RamRun,
+    Round, RunState, SetupEnd, CHUNK_STOP_COPY, MAX_CHANNELS, MAX_PAGE_SIZE,
 };
 use std::io::Read;
 use vfio_migrate_backend::DeviceDescriptor;
@@ -43,6 +43,46 @@ pub enum Event<'a> {
     },
     /// The guest RAM layout.
     Ram(RamInfo),
+    /// The source asks for parallel data channels.
+    Channels {
+        /// Channels asked for.
+        count: u32,
+        /// The token each channel will present.
+        token: (u64, u64),
+    },
+    /// A chunk of device `index`'s save stream at `offset` (chunks may
+    /// come in any order; written to the device in offset order).
+    DeviceChunk {
+        /// Device index.
+        index: usize,
+        /// Offset in the device's save stream.
+        offset: u64,
+        /// Read in STOP_COPY.
+        stop_copy: bool,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// A record of device `index`'s data whose `len` payload bytes were
+    /// left unread in the underlying reader for the caller to move (see
+    /// [`StreamParser::read_event_deferring`]); they must have CRC32C
+    /// `data_crc`.
+    DeviceDataDeferred {
+        /// Device index.
+        index: usize,
+        /// Read in STOP_COPY.
+        stop_copy: bool,
+        /// Payload bytes to move.
+        len: usize,
+        /// Their CRC32C.
+        data_crc: u32,
+    },
+    /// An epoch's data comes on the data channels now.
+    ChannelEpoch {
+        /// Its number.
+        epoch: u64,
+        /// The channels end after it.
+        last: bool,
+    },
     /// What the source offers (minor 3): `CAP_*` bits.
     Caps {
         /// The bits.
@@ -146,6 +186,7 @@ pub struct StreamParser<R: Read> {
     announced: usize,
     ram: Option<RamInfo>,
     last: Option<Record>,
+    channels_asked: bool,
 }
 
 impl<R: Read> StreamParser<R> {
@@ -158,6 +199,7 @@ impl<R: Read> StreamParser<R> {
             announced: 0,
             ram: None,
             last: None,
+            channels_asked: false,
         }
     }
 
@@ -169,11 +211,43 @@ impl<R: Read> StreamParser<R> {
     /// The next event. After [`Event::End`] only [`Event::Go`] or
     /// [`Event::Abort`] may follow; after [`Event::Go`] nothing.
     pub fn read_event(&mut self) -> Result<Event<'_>, StreamError> {
-        let mut rec = self.rd.next_record()?;
-        // Heartbeats may come anywhere; they only prove the source lives.
-        while rec.kind == Kind::Heartbeat {
-            rec = self.rd.next_record()?;
-        }
+        self.read_event_deferring(None)
+    }
+
+    /// Like [`StreamParser::read_event`], but a device-data record (pre-
+    /// or stop-copy) whose length is in `defer` (if any) comes as
+    /// [`Event::DeviceDataDeferred`]: checked up to its payload, which the
+    /// caller then moves out of the underlying reader itself (and has
+    /// checked against its checksum by whoever takes it).
+    pub fn read_event_deferring(
+        &mut self,
+        defer: Option<std::ops::RangeInclusive<usize>>,
+    ) -> Result<Event<'_>, StreamError> {
+        let body = self.stage == Stage::Body;
+        let defer = |k: Kind, len: usize| {
+            body && defer.as_ref().is_some_and(|d| d.contains(&len))
+                && matches!(k, Kind::DevicePrecopy | Kind::DeviceStopCopy)
+        };
+        let rec = loop {
+            match self.rd.next_record_or_defer(&defer)? {
+                // Heartbeats may come anywhere; they only prove the source
+                // lives.
+                Next::Record(r) if r.kind == Kind::Heartbeat => continue,
+                Next::Record(r) => break r,
+                Next::Deferred { rec, len, data_crc } => {
+                    self.last = Some(rec);
+                    let index = self.device(rec)?;
+                    self.count_channel_data(index, len as u64)
+                        .map_err(|e| self.invalid(e))?;
+                    return Ok(Event::DeviceDataDeferred {
+                        index,
+                        stop_copy: rec.kind == Kind::DeviceStopCopy,
+                        len,
+                        data_crc,
+                    });
+                }
+            }
+        };
         self.last = Some(rec);
         if rec.kind == Kind::Abort {
             return Ok(Event::Abort {
@@ -242,6 +316,20 @@ impl<R: Read> StreamParser<R> {
                 self.ram = Some(info);
                 Ok(Event::Ram(info))
             }
+            (Stage::Setup, Kind::Channels) if !self.channels_asked => {
+                self.channels_asked = true;
+                let c = ChannelsRequest::decode(self.rd.payload()).expect("length checked");
+                if !(2..=MAX_CHANNELS).contains(&c.count) || c.flags != 0 {
+                    return Err(self.invalid(format!(
+                        "{} data channels asked for (2 to {MAX_CHANNELS} allowed)",
+                        c.count
+                    )));
+                }
+                Ok(Event::Channels {
+                    count: c.count,
+                    token: (c.token_lo, c.token_hi),
+                })
+            }
             (Stage::Setup, Kind::Caps) => Ok(Event::Caps {
                 flags: Caps::decode(self.rd.payload())
                     .expect("length checked")
@@ -279,6 +367,33 @@ impl<R: Read> StreamParser<R> {
                     index,
                     stop_copy: rec.kind == Kind::DeviceStopCopy,
                     data: self.rd.payload(),
+                })
+            }
+            (Stage::Body, Kind::DeviceChunk) => {
+                let index = self.device(rec)?;
+                let p = self.rd.payload();
+                let h = ChunkHead::decode(p).expect("length checked");
+                let data_len = (p.len() - ChunkHead::SIZE) as u64;
+                if h.flags & !CHUNK_STOP_COPY != 0 || h.reserved != 0 {
+                    return Err(self.invalid(format!("device chunk flags {:#x}", h.flags)));
+                }
+                self.count_channel_data(index, data_len)
+                    .map_err(|e| self.invalid(e))?;
+                Ok(Event::DeviceChunk {
+                    index,
+                    offset: h.offset,
+                    stop_copy: h.flags & CHUNK_STOP_COPY != 0,
+                    data: &self.rd.payload()[ChunkHead::SIZE..],
+                })
+            }
+            (Stage::Body, Kind::ChannelEpoch) => {
+                let e = Epoch::decode(self.rd.payload()).expect("length checked");
+                if e.last > 1 || e.reserved != 0 {
+                    return Err(self.invalid("channel epoch with unknown flags"));
+                }
+                Ok(Event::ChannelEpoch {
+                    epoch: e.epoch,
+                    last: e.last == 1,
                 })
             }
             (Stage::Body, Kind::DeviceEnd) => {
@@ -368,28 +483,30 @@ impl<R: Read> StreamParser<R> {
     }
 
     fn ram_run(&self, with_data: bool) -> Result<RamRun, StreamError> {
-        let Some(info) = self.ram else {
-            return Err(self.invalid("guest RAM pages, but the stream announced no guest RAM"));
+        check_ram_run(self.ram, self.rd.payload(), with_data).map_err(|e| self.invalid(e))
+    }
+
+    /// Counts `bytes` of device `index`'s data that arrived outside this
+    /// stream (on a data channel, or in a chunk): refused after the
+    /// device's end, so its end checks the total.
+    pub fn count_channel_data(&mut self, index: usize, bytes: u64) -> Result<(), String> {
+        let Some(d) = self
+            .devices
+            .get_mut(index)
+            .filter(|_| index < self.announced)
+        else {
+            return Err(format!("data for device {index}, which was not described"));
         };
-        let p = self.rd.payload();
-        let run = RamRun::decode(p).expect("length checked");
-        let data_len = (p.len() - RamRun::SIZE) as u64;
-        let ps = info.page_size;
-        let pages = info.size / ps;
-        let want = if with_data {
-            u64::from(run.count) * ps
-        } else {
-            0
-        };
-        let fits =
-            matches!(run.first_page.checked_add(u64::from(run.count)), Some(e) if e <= pages);
-        if run.reserved != 0 || run.count == 0 || data_len != want || !fits {
-            return Err(self.invalid(format!(
-                "RAM run of {} pages at page {} with {} bytes does not fit {} pages of {} bytes",
-                run.count, run.first_page, data_len, pages, ps
-            )));
+        if d.ended {
+            return Err(format!("data for device {index} after its end"));
         }
-        Ok(run)
+        d.bytes += bytes;
+        Ok(())
+    }
+
+    /// The last record read (to name it in errors).
+    pub fn last_record(&self) -> Option<Record> {
+        self.last
     }
 
     /// An error naming the last record read.
@@ -453,4 +570,33 @@ impl<R: Read> StreamParser<R> {
     pub fn get_mut(&mut self) -> &mut R {
         self.rd.get_mut()
     }
+}
+
+/// Checks a RAM run payload (`ram-pages` with data, `ram-zero` without)
+/// against the announced guest RAM layout.
+pub fn check_ram_run(
+    ram: Option<RamInfo>,
+    payload: &[u8],
+    with_data: bool,
+) -> Result<RamRun, String> {
+    let Some(info) = ram else {
+        return Err("guest RAM pages, but the stream announced no guest RAM".into());
+    };
+    let run = RamRun::decode(payload).expect("length checked");
+    let data_len = (payload.len() - RamRun::SIZE) as u64;
+    let ps = info.page_size;
+    let pages = info.size / ps;
+    let want = if with_data {
+        u64::from(run.count) * ps
+    } else {
+        0
+    };
+    let fits = matches!(run.first_page.checked_add(u64::from(run.count)), Some(e) if e <= pages);
+    if run.reserved != 0 || run.count == 0 || data_len != want || !fits {
+        return Err(format!(
+            "RAM run of {} pages at page {} with {} bytes does not fit {} pages of {} bytes",
+            run.count, run.first_page, data_len, pages, ps
+        ));
+    }
+    Ok(run)
 }

@@ -21,10 +21,10 @@ pub mod error;
 pub mod grammar;
 pub mod records;
 
-pub use codec::{record_crc, Record, RecordReader, RecordWriter};
+pub use codec::{payload_crc, record_crc, Next, Record, RecordReader, RecordWriter};
 pub use control::{write_reply, ReadyInfo, Reply, ReplyReader};
 pub use error::{KindName, RecordProblem, StreamError};
-pub use grammar::{Event, StreamParser};
+pub use grammar::{check_ram_run, Event, StreamParser};
 pub use records::*;
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ pub const FORMAT_MAJOR: u16 = 1;
 /// The minor format version this build writes. A reader accepts any minor
 /// version of its major: newer minors only add records marked
 /// [`FLAG_OPTIONAL`], which an older reader skips.
-pub const FORMAT_MINOR: u16 = 3;
+pub const FORMAT_MINOR: u16 = 4;
 /// Stream header size.
 pub const STREAM_HEADER_SIZE: usize = StreamHeader::SIZE;
 /// Record header size.
@@ -168,6 +168,83 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// Payload of [`Kind::Channels`] (setup, optional, minor 4): the source
+    /// asks for `count` parallel data channels; each will present `token`.
+    pub struct ChannelsRequest {
+        /// Data channels asked for (2 to [`MAX_CHANNELS`]).
+        pub count: u32,
+        /// 0.
+        pub flags: u32,
+        /// Low half of the session token (random, per migration).
+        pub token_lo: u64,
+        /// High half of the session token.
+        pub token_hi: u64,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::ChannelHello`], the first record of a data
+    /// channel: which migration (token) and which channel it is.
+    pub struct ChannelHello {
+        /// Low half of the token of [`ChannelsRequest`].
+        pub token_lo: u64,
+        /// High half of the token.
+        pub token_hi: u64,
+        /// This channel's index (0-based, below `count`).
+        pub index: u32,
+        /// Channels in the set.
+        pub count: u32,
+    }
+}
+
+wire_struct! {
+    /// Head of a [`Kind::DeviceChunk`] payload; the data follows. The
+    /// chunk is `data.len()` bytes of the device's save stream starting
+    /// at `offset` (bytes of that stream before it): the destination
+    /// writes chunks to the device in offset order, whatever order they
+    /// arrive in.
+    pub struct ChunkHead {
+        /// Offset of the first data byte in the device's save stream.
+        pub offset: u64,
+        /// [`CHUNK_STOP_COPY`] when read in STOP_COPY.
+        pub flags: u32,
+        /// 0.
+        pub reserved: u32,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::ChannelEpoch`] (main stream) and
+    /// [`Kind::ChannelSync`] (each data channel): an epoch is one pre-copy
+    /// round, or the stop-copy; its data on the channels ends with a sync
+    /// of the same number.
+    pub struct Epoch {
+        /// Epoch number, from 0, consecutive.
+        pub epoch: u64,
+        /// 1 for the last epoch (the channels end after its sync), else 0.
+        pub last: u32,
+        /// 0.
+        pub reserved: u32,
+    }
+}
+
+wire_struct! {
+    /// Payload of [`Kind::ChannelsReady`]: the destination accepts `count`
+    /// data channels now.
+    pub struct ChannelsReady {
+        /// Channels the destination waits for (the count asked for).
+        pub count: u32,
+        /// 0.
+        pub reserved: u32,
+    }
+}
+
+/// [`ChunkHead::flags`]: the data was read in STOP_COPY.
+pub const CHUNK_STOP_COPY: u32 = 1;
+/// Most parallel data channels of one migration.
+pub const MAX_CHANNELS: u32 = 64;
+
+wire_struct! {
     /// Payload of [`Kind::Caps`] and [`Kind::CapsReply`]: what one end
     /// offers ([`CAP_SWITCHOVER_ACK`]); unknown bits are ignored.
     pub struct Caps {
@@ -237,6 +314,22 @@ pub enum Kind {
     RamPages = 0x20,
     /// A run of guest RAM pages that are all zero ([`RamRun`], no data).
     RamZero = 0x21,
+    /// Setup (minor 4, optional): parallel data channels asked for
+    /// ([`ChannelsRequest`]). A destination that does not know it answers
+    /// [`Kind::Accept`] alone and everything goes on the main stream.
+    Channels = 0x22,
+    /// First record of a data channel ([`ChannelHello`]).
+    ChannelHello = 0x23,
+    /// A chunk of device data at an offset of its save stream
+    /// ([`ChunkHead`] + data): on data channels, and in a snapshot written
+    /// with several channels.
+    DeviceChunk = 0x24,
+    /// Data channel: the end of an epoch's data on this channel ([`Epoch`]).
+    ChannelSync = 0x25,
+    /// Main stream: the data of an epoch comes on the channels now; the
+    /// destination reads each channel to its sync of that epoch before
+    /// the next main record ([`Epoch`]).
+    ChannelEpoch = 0x26,
     /// A device digest for verification ([`Digest`]).
     Verify = 0x30,
     /// The source gives up; payload is the reason.
@@ -263,6 +356,9 @@ pub enum Kind {
     Running = 0x85,
     /// Reply: everything up to this pre-copy round ([`Round`]) is loaded.
     RoundAck = 0x86,
+    /// Reply to [`Kind::Channels`]: connect the data channels now
+    /// ([`ChannelsReady`]).
+    ChannelsReady = 0x90,
     /// Reply (minor 3, optional), before [`Kind::Accept`], only to a
     /// source that sent [`Kind::Caps`]: what the destination does
     /// ([`Caps`]).
@@ -275,7 +371,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 26] = [
+    pub const ALL: [Kind; 32] = [
         Kind::Device,
         Kind::Ram,
         Kind::RunState,
@@ -289,6 +385,11 @@ impl Kind {
         Kind::InitialSent,
         Kind::RamPages,
         Kind::RamZero,
+        Kind::Channels,
+        Kind::ChannelHello,
+        Kind::DeviceChunk,
+        Kind::ChannelSync,
+        Kind::ChannelEpoch,
         Kind::Verify,
         Kind::Verified,
         Kind::Abort,
@@ -300,6 +401,7 @@ impl Kind {
         Kind::Failed,
         Kind::Running,
         Kind::RoundAck,
+        Kind::ChannelsReady,
         Kind::CapsReply,
         Kind::SwitchoverAck,
     ];
@@ -334,6 +436,12 @@ impl Kind {
             Kind::Failed => "failed",
             Kind::Running => "running",
             Kind::RoundAck => "round-ack",
+            Kind::Channels => "channels",
+            Kind::ChannelHello => "channel-hello",
+            Kind::DeviceChunk => "device-chunk",
+            Kind::ChannelSync => "channel-sync",
+            Kind::ChannelEpoch => "channel-epoch",
+            Kind::ChannelsReady => "channels-ready",
             Kind::Caps => "caps",
             Kind::InitialSent => "initial-sent",
             Kind::CapsReply => "caps-reply",
@@ -360,6 +468,11 @@ impl Kind {
             Kind::End => (End::SIZE, End::SIZE),
             Kind::Abort | Kind::Refuse | Kind::Failed => (0, MAX_REASON),
             Kind::Go | Kind::Accept | Kind::Running | Kind::Heartbeat => (0, 0),
+            Kind::Channels => (ChannelsRequest::SIZE, ChannelsRequest::SIZE),
+            Kind::ChannelHello => (ChannelHello::SIZE, ChannelHello::SIZE),
+            Kind::DeviceChunk => (ChunkHead::SIZE + 1, ChunkHead::SIZE + MAX_DEVICE_DATA),
+            Kind::ChannelSync | Kind::ChannelEpoch => (Epoch::SIZE, Epoch::SIZE),
+            Kind::ChannelsReady => (ChannelsReady::SIZE, ChannelsReady::SIZE),
         }
     }
 
@@ -373,6 +486,7 @@ impl Kind {
                 | Kind::DevicePrecopy
                 | Kind::DeviceStopCopy
                 | Kind::DeviceEnd
+                | Kind::DeviceChunk
                 | Kind::Verify
                 | Kind::InitialSent
                 | Kind::SwitchoverAck
@@ -389,6 +503,7 @@ impl Kind {
                 | Kind::Failed
                 | Kind::Running
                 | Kind::RoundAck
+                | Kind::ChannelsReady
                 | Kind::CapsReply
                 | Kind::SwitchoverAck
         )

@@ -92,6 +92,15 @@ fn parse(b: &[u8]) -> Result<Vec<String>, StreamError> {
             Event::Abort { reason } => format!("abort {reason}"),
             Event::Verified { compared, devices } => format!("verified {compared}/{devices}"),
             Event::Go => "go".into(),
+            Event::Channels { count, .. } => format!("channels {count}"),
+            Event::DeviceChunk {
+                index,
+                offset,
+                data,
+                ..
+            } => format!("chunk {index} {offset} {}", data.len()),
+            Event::ChannelEpoch { epoch, last } => format!("epoch {epoch} {last}"),
+            Event::DeviceDataDeferred { index, len, .. } => format!("deferred {index} {len}"),
             Event::End => {
                 out.push("end".into());
                 return Ok(out);
@@ -397,6 +406,91 @@ fn replies_round_trip() {
     rd.read_header().unwrap();
     for r in &replies {
         assert_eq!(&rd.next_reply().unwrap(), r);
+    }
+}
+
+#[test]
+fn channel_records_in_their_places() {
+    let desc = descriptor();
+    let req = |count: u32| {
+        ChannelsRequest {
+            count,
+            flags: 0,
+            token_lo: 1,
+            token_hi: 2,
+        }
+        .to_bytes()
+    };
+    let chunk = |offset: u64, n: usize| {
+        let mut p = ChunkHead {
+            offset,
+            flags: CHUNK_STOP_COPY,
+            reserved: 0,
+        }
+        .to_bytes()
+        .to_vec();
+        p.extend(std::iter::repeat_n(7u8, n));
+        p
+    };
+    let build = |count: u32, end_bytes: u64| {
+        let mut w = RecordWriter::new(Vec::new(), "test");
+        w.write_stream_header().unwrap();
+        w.write(Kind::Device, 0, &desc).unwrap();
+        w.write_raw(
+            Kind::Channels as u16,
+            FLAG_OPTIONAL,
+            NO_DEVICE,
+            &[&req(count)],
+        )
+        .unwrap();
+        w.write(
+            Kind::SetupEnd,
+            NO_DEVICE,
+            &SetupEnd {
+                devices: 1,
+                flags: 0,
+            }
+            .to_bytes(),
+        )
+        .unwrap();
+        let e = Epoch {
+            epoch: 0,
+            last: 1,
+            reserved: 0,
+        };
+        w.write(Kind::ChannelEpoch, NO_DEVICE, &e.to_bytes())
+            .unwrap();
+        w.write(Kind::DeviceChunk, 0, &chunk(10, 5)).unwrap();
+        w.write(Kind::DeviceChunk, 0, &chunk(0, 10)).unwrap();
+        w.write(
+            Kind::DeviceEnd,
+            0,
+            &DeviceEnd { bytes: end_bytes }.to_bytes(),
+        )
+        .unwrap();
+        w.write_end().unwrap();
+        w.into_inner()
+    };
+    assert_eq!(
+        parse(&build(4, 15)).unwrap(),
+        [
+            "device 0",
+            "channels 4",
+            "setup-end 1",
+            "epoch 0 true",
+            "chunk 0 10 5",
+            "chunk 0 0 10",
+            "device-end 0 15",
+            "end"
+        ]
+    );
+    // Chunks count towards the device's total.
+    let e = parse(&build(4, 14)).unwrap_err().to_string();
+    assert!(e.contains("15 arrived"), "{e}");
+    // One channel is no parallel set; more than the cap is refused.
+    for n in [0, 1, MAX_CHANNELS + 1] {
+        let e = parse(&build(n, 15)).unwrap_err().to_string();
+        assert!(e.contains("data channels asked for"), "{n}: {e}");
     }
 }
 

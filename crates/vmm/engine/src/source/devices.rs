@@ -4,7 +4,7 @@
 
 use super::Source;
 use crate::error::EngineError;
-use crate::format::{Kind, MAX_DEVICE_DATA};
+use crate::format::Kind;
 use crate::progress::Phase;
 use crate::report::{digest_hex, DeviceReport};
 use vfio_migrate_backend::{DeviceDescriptor, MigState, MigrationDevice};
@@ -53,6 +53,14 @@ pub(super) struct Dev<'a, D> {
     /// ours are rolled back at once.
     pub drain_on_rollback: bool,
 }
+
+/// Most device data read at once (one MIG_DATA_READ, one record). Larger
+/// reads do not pay: at 1 MiB the bytes stay in the CPU's caches from the
+/// server's copy out of device memory through this process's receive
+/// copy, checksum and send copy to the destination server's copy into its
+/// device memory; with 8 MiB they fall out of the caches between the
+/// steps and the whole move costs about 25 % more CPU (BENCHMARKS.md).
+pub(super) const DEVICE_CHUNK: usize = 1 << 20;
 
 /// Most bytes read from a device's STOP_COPY stream before a rollback.
 pub(super) const DRAIN_BYTES: u64 = 256 << 20;
@@ -146,16 +154,13 @@ impl<D: MigrationDevice> Source<'_, D> {
         kind: Kind,
         budget: u64,
     ) -> Result<(u64, bool), EngineError> {
-        let mut chunk = self.devs[i]
-            .h
-            .preferred_chunk()
-            .clamp(4096, MAX_DEVICE_DATA)
-            .min(self.buf.len());
-        if let Some(rate) = self.opts.bandwidth_limit {
-            // Paced: chunks of at most ~50 ms of the rate, so that a
-            // destination's failure or a cancel is seen between them.
-            chunk = chunk.min((rate / 20).max(64 << 10) as usize);
+        if self.chans.is_some() {
+            return self.send_device_chunks(i, kind, budget);
         }
+        if let Some(r) = self.send_device_spliced(i, kind, budget)? {
+            return Ok(r);
+        }
+        let chunk = self.read_size(i, self.buf.len());
         let mut sent = 0u64;
         while sent < budget {
             self.check_cancel()?;
@@ -177,6 +182,22 @@ impl<D: MigrationDevice> Source<'_, D> {
             sent += n as u64;
         }
         Ok((sent, false))
+    }
+
+    /// How much to read from device `i` at a time: what it prefers,
+    /// within 4 KiB and [`DEVICE_CHUNK`] and `cap`; when paced, at most
+    /// ~50 ms of the rate, so that a destination's failure or a cancel is
+    /// seen between reads.
+    pub(super) fn read_size(&mut self, i: usize, cap: usize) -> usize {
+        let chunk = self.devs[i]
+            .h
+            .preferred_chunk()
+            .clamp(4096, DEVICE_CHUNK)
+            .min(cap);
+        match self.opts.bandwidth_limit {
+            Some(rate) => chunk.min((rate / 20).max(64 << 10) as usize),
+            None => chunk,
+        }
     }
 
     /// Refreshes every device's pending and stop-copy estimates.

@@ -22,17 +22,19 @@
 mod converge;
 mod devices;
 mod initial;
+mod parallel;
 mod precopy;
 mod ram;
 mod replies;
 mod rollback;
+mod spliced;
 mod switchover;
 
 use crate::cancel::Cancel;
 use crate::error::{EngineError, SourceFailure, SourceState};
 use crate::format::{
     self, Caps, Kind, RamInfo, RecordWriter, RunState, SetupEnd, StreamError, CAP_SWITCHOVER_ACK,
-    FLAG_OPTIONAL, MAX_DEVICES, MAX_DEVICE_DATA, NO_DEVICE,
+    FLAG_OPTIONAL, MAX_DEVICES, NO_DEVICE,
 };
 use crate::guest::GuestRam;
 use crate::heartbeat::{Heartbeat, SharedWriter};
@@ -76,6 +78,8 @@ pub struct SourceOptions {
     /// Send at most this many bytes per second (`None`: as fast as the
     /// link goes).
     pub bandwidth_limit: Option<u64>,
+    /// Parallel data channels (`None`: everything on the main stream).
+    pub channels: Option<crate::channels::ChannelsOut>,
     /// Give up pre-copy after this long (with `max_iterations`, whichever
     /// comes first).
     pub converge_timeout: Option<Duration>,
@@ -103,6 +107,7 @@ impl Default for SourceOptions {
             source_name: String::new(),
             force: false,
             bandwidth_limit: None,
+            channels: None,
             converge_timeout: None,
             on_no_converge: NoConverge::Abort,
             auto_converge: true,
@@ -137,6 +142,14 @@ struct Source<'a, D> {
     report: MigrationReport,
     /// Holds writes to `--bandwidth-limit`.
     pacer: Option<Pacer>,
+    /// The data channels, once open (`parallel.rs`).
+    chans: Option<crate::channels::send::ChannelSet>,
+    /// Channels asked of a live destination, and their token.
+    chans_asked: Option<(u32, (u64, u64))>,
+    /// A plaintext link device data may be spliced to (`spliced.rs`).
+    splice: Option<crate::link::SpliceSink>,
+    /// The pipe spliced data goes through.
+    pipe: Option<crate::link::Pipe>,
     /// Device throttle in force, percent.
     throttle: u32,
     /// The destination acknowledges devices' initial data (negotiated).
@@ -197,6 +210,10 @@ pub fn migrate_out<D: MigrationDevice>(
         metrics,
         report,
         pacer: None,
+        chans: None,
+        chans_asked: None,
+        splice: link.splice,
+        pipe: None,
         throttle: 0,
         switch_ack: false,
         ticker: crate::progress::Ticker::new(),
@@ -256,6 +273,10 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
     }
 
     fn write(&mut self, kind: Kind, device: u32, parts: &[&[u8]]) -> Result<(), EngineError> {
+        if self.chans.is_some() && self.write_via_channels(kind, device, parts)? {
+            self.tick();
+            return Ok(());
+        }
         if let Some(p) = self.pacer.as_mut() {
             let n: usize = parts.iter().map(|p| p.len()).sum();
             if !p.pace(n as u64, &self.opts.cancel) {
@@ -303,7 +324,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             phase: self.phase,
             iteration: self.metrics.rounds,
             remaining_bytes: remaining,
-            transferred_bytes: self.out.bytes(),
+            transferred_bytes: self.sent_bytes(),
             dirty_rate,
             bandwidth: self.metrics.bandwidth(),
             expected_downtime_ms: expected_ms,
@@ -323,7 +344,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         if self.opts.progress.is_none() {
             return;
         }
-        let sent = self.out.bytes();
+        let sent = self.sent_bytes();
         if let Some(p) = self.ticker.due(sent, self.metrics.t0.elapsed()) {
             if let Some(f) = self.opts.progress.as_mut() {
                 f(&p);
@@ -369,7 +390,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
                     return Err(EngineError::AlreadyMigrated { device: name });
                 }
             }
-            chunk = chunk.max(h.preferred_chunk().min(MAX_DEVICE_DATA));
+            chunk = chunk.max(h.preferred_chunk().min(devices::DEVICE_CHUNK));
             let precopy = self.opts.precopy
                 && desc.migration_flags & MIGRATION_PRE_COPY != 0
                 && initial == MigState::Running;
@@ -416,6 +437,7 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
             self.report.ram_size = g.size();
             self.write(Kind::Ram, NO_DEVICE, &[&info.to_bytes()])?;
         }
+        self.ask_channels()?;
         let end = SetupEnd {
             devices: self.devs.len() as u32,
             flags: 0,
@@ -441,8 +463,13 @@ impl<'a, D: MigrationDevice> Source<'a, D> {
         self.write(Kind::SetupEnd, NO_DEVICE, &[&end.to_bytes()])?;
         self.flush()?;
         if self.mode.is_live() {
-            match self.wait_reply("the compatibility answer", true)? {
-                Reply::Accept => {}
+            let mut answer = self.wait_reply("the compatibility answer", true)?;
+            if let Reply::ChannelsReady(n) = answer {
+                self.open_channels(n)?;
+                answer = self.wait_reply("the compatibility answer", true)?;
+            }
+            match answer {
+                Reply::Accept => self.channels_declined(),
                 r => return Err(self.out_of_turn(&r)),
             }
         }

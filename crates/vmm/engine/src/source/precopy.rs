@@ -41,7 +41,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         );
         let started = Instant::now();
         let mut last_sync = Instant::now();
-        let mut sent_before = self.out.bytes();
+        let mut sent_before = self.sent_bytes();
         let mut grace = 0;
         loop {
             self.check_cancel()?;
@@ -81,7 +81,7 @@ impl<D: MigrationDevice> Source<'_, D> {
                 fixed_ms: self.metrics.fixed.total_ms(),
             };
             let remaining = ram_remaining + dev_pending;
-            let now = self.out.bytes();
+            let now = self.sent_bytes();
             self.metrics.rounds_log.push(RoundStat {
                 iteration,
                 at_ms: ms(self.metrics.t0.elapsed()),
@@ -206,6 +206,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         for d in self.devs.iter_mut() {
             d.last_round_bytes = 0;
         }
+        self.channel_epoch_begin(false)?;
         loop {
             let r = self.send_ram(4 * RAM_RUN_BYTES)?;
             moved += r;
@@ -235,6 +236,7 @@ impl<D: MigrationDevice> Source<'_, D> {
             }
             self.check_cancel()?;
         }
+        self.channel_epoch_end(false)?;
         let round = format::Round {
             iteration: u64::from(iteration),
         };

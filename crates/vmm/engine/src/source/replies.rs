@@ -161,11 +161,18 @@ impl<D: MigrationDevice> Source<'_, D> {
                     self.opts.switchover_ack && flags & crate::format::CAP_SWITCHOVER_ACK != 0;
                 Ok(None)
             }
-            Ok(Reply::Failed(reason)) => Err(EngineError::DestinationFailed {
-                phase: self.phase,
-                peer: self.peer.clone(),
-                reason,
-            }),
+            Ok(Reply::Failed(reason)) => {
+                // A data channel that broke here is what the destination
+                // saw end early: say that first.
+                if let Some(Err(f)) = self.chans.as_ref().map(|c| c.check()) {
+                    return Err(self.chan_err(f));
+                }
+                Err(EngineError::DestinationFailed {
+                    phase: self.phase,
+                    peer: self.peer.clone(),
+                    reason,
+                })
+            }
             Ok(Reply::Refuse(reason)) => Err(EngineError::Refused {
                 phase: self.phase,
                 peer: self.peer.clone(),

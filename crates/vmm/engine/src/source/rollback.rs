@@ -92,7 +92,9 @@ impl<D: MigrationDevice> Source<'_, D> {
         mut self,
         r: Result<(), EngineError>,
     ) -> Result<MigrationReport, SourceFailure> {
-        self.metrics.fill(&mut self.report, self.out.bytes());
+        let sent = self.sent_bytes();
+        self.metrics.fill(&mut self.report, sent);
+        self.report.channels = self.chans.as_ref().map_or(1, |c| c.count() as u32);
         self.report.switchover_ack = self.switch_ack;
         self.report.devices = self.devs.iter().map(|d| d.report.clone()).collect();
         let out = match r {
@@ -130,6 +132,10 @@ impl<D: MigrationDevice> Source<'_, D> {
                                 .write(Kind::Abort, NO_DEVICE, format::reason_bytes(&reason));
                         let _ = self.out.flush();
                     }
+                    // The destination sees every channel end at once.
+                    if let Some(c) = self.chans.as_mut() {
+                        c.abort();
+                    }
                     match self.restore_source() {
                         Ok(()) => SourceState::Restored,
                         Err(p) => SourceState::RollbackIncomplete(p),
@@ -151,6 +157,9 @@ impl<D: MigrationDevice> Source<'_, D> {
                 })
             }
         };
+        if let Some(c) = self.chans.as_mut() {
+            c.close();
+        }
         if let Some(close) = self.close.take() {
             close();
         }

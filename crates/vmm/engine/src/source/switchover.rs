@@ -54,6 +54,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         self.metrics.lap(Part::Stop);
         self.emit(0, 0.0, 0.0);
 
+        self.channel_epoch_begin(true)?;
         for i in 0..self.devs.len() {
             let (n, ended) = self.send_device(i, Kind::DeviceStopCopy, u64::MAX)?;
             let d = &mut self.devs[i];
@@ -82,6 +83,7 @@ impl<D: MigrationDevice> Source<'_, D> {
         self.sync_dirty()?;
         self.metrics.lap(Part::FinalDirty);
         while self.send_ram(u64::MAX)? > 0 {}
+        self.channel_epoch_end(true)?;
         if let Err(e) = self.out.write_end() {
             return Err(self.stream_err(e));
         }

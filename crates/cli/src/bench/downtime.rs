@@ -1,64 +1,23 @@
-//! `vfio-migrate bench` (hidden): the engine's figures, each next to the
-//! limit measured in the same run.
-//!
-//! - limits: `memcpy` and a raw AF_UNIX / TCP loopback copy of the same
-//!   bytes;
-//! - the demo workload (running vgpu with render + DMA engines, a guest
-//!   vCPU dirtying RAM, separate server processes, loopback TCP) with and
-//!   without pre-copy, verified, and once more with pre-copy but without
-//!   the digest reads (what a production migration pays); downtimes and
-//!   the stop-copy / pre-copy ratio;
-//!   and once with `--full-verify` (every page re-hashed at both ends
-//!   inside the downtime); each with the downtime's breakdown;
-//! - a large device (2 GiB by default) migrated by a separate
-//!   `vfio-migrate migrate` process: its peak RSS (its own VmHWM, which
-//!   exec resets — `wait4`'s ru_maxrss would include the forking parent's)
-//!   and throughput against the raw AF_UNIX copy;
-//! - `migrate` downtime with little dirty (render engine at 8 MiB/s) for
-//!   the demo's device size and the large one, and the large one
-//!   stop-copy only: the downtime must not grow with the device.
+//! `bench --part downtime`: the demo workload in its variants (pre-copy,
+//! without digest reads, stop-copy only, `--full-verify`), each run's
+//! downtime with its breakdown; a large device moved by a `migrate`
+//! process (peak RSS, throughput against the raw AF_UNIX copy); and
+//! `migrate` downtime with little dirty for the demo's device size and the
+//! large one, and the large one stop-copy only.
 
+use super::{datapath, gib_s, limits, median, Args, Limits};
 use crate::demo;
 use crate::progress::Style;
-use crate::report::{breakdown, bytes, print_json};
-use crate::serve::parse_size;
+use crate::report::{breakdown, bytes};
 use anyhow::{bail, Context};
 use serde::Serialize;
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 use vfio_migrate_engine::metrics::DowntimeBreakdown;
-use vfio_migrate_harness::{Options, ServerProcess, TempDir};
-
-/// Arguments of `vfio-migrate bench`.
-#[derive(clap::Args)]
-pub struct Args {
-    /// vgpu device memory of the demo workload.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
-    device_mem: u64,
-    /// Guest RAM of the demo workload.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "1G")]
-    guest_mem: u64,
-    /// Device memory of the large-device run (peak RSS).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "2G")]
-    big_mem: u64,
-    /// Runs of each demo variant (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    runs: usize,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-}
+use vfio_migrate_harness::TempDir;
 
 #[derive(Serialize)]
-struct Limits {
-    memcpy_gib_s: f64,
-    unix_copy_gib_s: f64,
-    tcp_copy_gib_s: f64,
-}
-
-#[derive(Serialize)]
-struct Variant {
+pub(super) struct Variant {
     name: &'static str,
     downtime_ms: Vec<f64>,
     median_downtime_ms: f64,
@@ -68,6 +27,9 @@ struct Variant {
     /// The median run's breakdown and estimate.
     median_breakdown: DowntimeBreakdown,
     median_expected_ms: f64,
+    /// Median end-to-end throughput of the demo migration (stream bytes
+    /// over its total time).
+    pub(super) median_gib_s: f64,
     verified: bool,
 }
 
@@ -94,11 +56,11 @@ struct Big {
 }
 
 #[derive(Serialize)]
-struct Out {
+pub(super) struct Downtime {
     limits: Limits,
-    precopy: Variant,
+    pub(super) precopy: Variant,
     precopy_unverified: Variant,
-    stopcopy: Variant,
+    pub(super) stopcopy: Variant,
     precopy_full_verify: Variant,
     /// stop-copy downtime / pre-copy downtime (verified runs).
     downtime_ratio: f64,
@@ -114,71 +76,6 @@ struct Out {
     migrate_ratio: f64,
 }
 
-fn gib_s(bytes: u64, secs: f64) -> f64 {
-    bytes as f64 / (1u64 << 30) as f64 / secs.max(1e-9)
-}
-
-fn memcpy_speed() -> f64 {
-    let n = 256usize << 20;
-    let src = vec![1u8; n];
-    let mut dst = vec![0u8; n];
-    dst.copy_from_slice(&src); // fault everything in first
-    let t = Instant::now();
-    for _ in 0..4 {
-        dst.copy_from_slice(&src);
-        std::hint::black_box(&dst);
-    }
-    gib_s(4 * n as u64, t.elapsed().as_secs_f64())
-}
-
-/// Copies 1 GiB through a connected pair in 1 MiB writes.
-fn stream_copy<S: Read + Write + Send + 'static>(mut a: S, mut b: S) -> anyhow::Result<f64> {
-    let total = 1u64 << 30;
-    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
-        let mut buf = vec![0u8; 1 << 20];
-        let mut got = 0;
-        while got < total {
-            let n = b.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            got += n as u64;
-        }
-        Ok(got)
-    });
-    let buf = vec![7u8; 1 << 20];
-    let t = Instant::now();
-    for _ in 0..(total >> 20) {
-        a.write_all(&buf)?;
-    }
-    let got = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    if got != total {
-        bail!("raw copy moved {got} of {total} bytes");
-    }
-    Ok(gib_s(total, t.elapsed().as_secs_f64()))
-}
-
-fn limits() -> anyhow::Result<Limits> {
-    let (a, b) = std::os::unix::net::UnixStream::pair()?;
-    let unix = stream_copy(a, b)?;
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let a = std::net::TcpStream::connect(l.local_addr()?)?;
-    let (b, _) = l.accept()?;
-    let tcp = stream_copy(a, b)?;
-    Ok(Limits {
-        memcpy_gib_s: memcpy_speed(),
-        unix_copy_gib_s: unix,
-        tcp_copy_gib_s: tcp,
-    })
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn variant(
     a: &Args,
     name: &'static str,
@@ -189,6 +86,7 @@ fn variant(
     let mut down = Vec::new();
     let mut total = Vec::new();
     let mut digest = Vec::new();
+    let mut thr = Vec::new();
     let mut runs = Vec::new();
     let mut verified = true;
     for i in 0..a.runs.max(1) {
@@ -205,6 +103,7 @@ fn variant(
             protocol: crate::endpoint::ProtocolArg::Auto,
             liveness: crate::liveness::Liveness::default(),
             bandwidth_limit: None,
+            channels: 1,
             tls: false,
             verify,
             converge: crate::migrate::Converge {
@@ -227,6 +126,7 @@ fn variant(
         down.push(m.downtime_ms);
         total.push(m.total_ms);
         digest.push(m.dest_digest_ms);
+        thr.push(gib_s(m.transferred_bytes, m.total_ms / 1000.0));
         runs.push((m.downtime_ms, m.downtime_breakdown, m.expected_downtime_ms));
     }
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -238,6 +138,7 @@ fn variant(
         median_downtime_ms: median(&mut down.clone()),
         median_total_ms: median(&mut total),
         median_dest_digest_ms: median(&mut digest),
+        median_gib_s: median(&mut thr),
         downtime_ms: down,
         verified,
     })
@@ -253,29 +154,10 @@ fn migrate_process(
 ) -> anyhow::Result<(serde_json::Value, f64)> {
     let dir = TempDir::new("bench").context("creating a directory for the sockets")?;
     let exe = std::env::current_exe()?;
-    let mem = mem.to_string();
-    let mut servers = Vec::new();
-    for name in ["a.sock", "b.sock"] {
-        let sock = dir.join(name);
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "serve",
-            "--device",
-            "vgpu",
-            "--device-mem",
-            &mem,
-            "--socket",
-        ])
-        .arg(&sock);
-        let opts = Options {
-            echo_stderr: true,
-            ..Options::default()
-        };
-        servers.push(
-            ServerProcess::start_with(cmd, &sock, &opts)
-                .context("starting `vfio-migrate serve`")?,
-        );
-    }
+    let servers = [
+        datapath::server(&dir, "a.sock", mem)?,
+        datapath::server(&dir, "b.sock", mem)?,
+    ];
     if render > 0 {
         let mut c =
             vfio_migrate_client::open(dir.join("a.sock"), vfio_migrate_client::Protocol::Auto)
@@ -287,7 +169,7 @@ fn migrate_process(
     }
     let t = Instant::now();
     let child = Command::new(&exe)
-        .args(["migrate", "--json", "--source"])
+        .args(["migrate", "--json", "--no-control", "--source"])
         .arg(servers[0].uri())
         .arg("--dest")
         .arg(servers[1].uri())
@@ -348,8 +230,7 @@ fn big(a: &Args, unix_copy: f64) -> anyhow::Result<Big> {
     })
 }
 
-/// Runs the command; returns the process exit code.
-pub fn run(a: Args) -> anyhow::Result<i32> {
+pub(super) fn downtime(a: &Args) -> anyhow::Result<Downtime> {
     eprintln!("limits ...");
     let limits = limits()?;
     eprintln!(
@@ -357,17 +238,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         bytes(a.device_mem),
         bytes(a.guest_mem)
     );
-    let precopy = variant(&a, "pre-copy", true, true, false)?;
-    let precopy_unverified = variant(&a, "pre-copy, no digest reads", true, false, false)?;
-    let stopcopy = variant(&a, "stop-copy only", false, true, false)?;
-    let precopy_full_verify = variant(&a, "pre-copy, --full-verify", true, true, true)?;
+    let precopy = variant(a, "pre-copy", true, true, false)?;
+    let precopy_unverified = variant(a, "pre-copy, no digest reads", true, false, false)?;
+    let stopcopy = variant(a, "stop-copy only", false, true, false)?;
+    let precopy_full_verify = variant(a, "pre-copy, --full-verify", true, true, true)?;
     eprintln!("large device ({}) ...", bytes(a.big_mem));
-    let big = big(&a, limits.unix_copy_gib_s)?;
+    let big = big(a, limits.unix_copy_gib_s)?;
     eprintln!("migrate, little dirty ...");
     let migrate_small = migrate_run(a.device_mem, true)?;
     let migrate_big = migrate_run(a.big_mem, true)?;
     let migrate_big_stopcopy = migrate_run(a.big_mem, false)?;
-    let out = Out {
+    Ok(Downtime {
         migrate_ratio: migrate_big_stopcopy.downtime_ms / migrate_big.downtime_ms,
         migrate_small,
         migrate_big,
@@ -381,65 +262,64 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         precopy_unverified,
         stopcopy,
         big,
-    };
-    if a.json {
-        print_json(&out);
-    } else {
-        let l = &out.limits;
+    })
+}
+
+pub(super) fn print_downtime(out: &Downtime, big_mem: u64) {
+    let l = &out.limits;
+    println!(
+        "limits: memcpy {:.1} GiB/s, AF_UNIX copy {:.2} GiB/s, TCP loopback copy {:.2} GiB/s",
+        l.memcpy_gib_s, l.unix_copy_gib_s, l.tcp_copy_gib_s
+    );
+    for v in [
+        &out.precopy,
+        &out.precopy_unverified,
+        &out.stopcopy,
+        &out.precopy_full_verify,
+    ] {
         println!(
-            "limits: memcpy {:.1} GiB/s, AF_UNIX copy {:.2} GiB/s, TCP loopback copy {:.2} GiB/s",
-            l.memcpy_gib_s, l.unix_copy_gib_s, l.tcp_copy_gib_s
+            "{:<28} downtime {:>7.1} ms (median of {}; expected {:.1} ms)  total {:>6.0} ms ({:.2} GiB/s)  verified {}",
+            v.name,
+            v.median_downtime_ms,
+            v.downtime_ms.len(),
+            v.median_expected_ms,
+            v.median_total_ms,
+            v.median_gib_s,
+            v.verified
         );
-        for v in [
-            &out.precopy,
-            &out.precopy_unverified,
-            &out.stopcopy,
-            &out.precopy_full_verify,
-        ] {
-            println!(
-                "{:<28} downtime {:>7.1} ms (median of {}; expected {:.1} ms)  total {:>6.0} ms  verified {}",
-                v.name,
-                v.median_downtime_ms,
-                v.downtime_ms.len(),
-                v.median_expected_ms,
-                v.median_total_ms,
-                v.verified
-            );
-            println!("{:<28} {}", "", breakdown(&v.median_breakdown));
-        }
-        println!(
-            "stop-copy / pre-copy downtime: {:.1}x (verified), {:.1}x (no digest reads)",
-            out.downtime_ratio, out.downtime_ratio_unverified
-        );
-        let b = &out.big;
-        println!(
-            "{} device by a `migrate` process: peak RSS {}, {:.2} GiB/s = {:.2}x the raw AF_UNIX copy, verified {}",
-            bytes(b.device_mem),
-            bytes(b.peak_rss_bytes),
-            b.throughput_gib_s,
-            b.throughput_vs_unix_copy,
-            b.verified
-        );
-        for m in [
-            &out.migrate_small,
-            &out.migrate_big,
-            &out.migrate_big_stopcopy,
-        ] {
-            println!(
-                "migrate {} vgpu, render 8 MiB/s, pre-copy {}: downtime {:.1} ms (expected {:.1} ms), verified {}",
-                bytes(m.device_mem),
-                if m.precopy { "on" } else { "off" },
-                m.downtime_ms,
-                m.expected_downtime_ms,
-                m.verified
-            );
-            println!("    {}", breakdown(&m.breakdown));
-        }
-        println!(
-            "migrate {}: stop-copy only / pre-copy downtime: {:.0}x",
-            bytes(a.big_mem),
-            out.migrate_ratio
-        );
+        println!("{:<28} {}", "", breakdown(&v.median_breakdown));
     }
-    Ok(0)
+    println!(
+        "stop-copy / pre-copy downtime: {:.1}x (verified), {:.1}x (no digest reads)",
+        out.downtime_ratio, out.downtime_ratio_unverified
+    );
+    let b = &out.big;
+    println!(
+        "{} device by a `migrate` process: peak RSS {}, {:.2} GiB/s = {:.2}x the raw AF_UNIX copy, verified {}",
+        bytes(b.device_mem),
+        bytes(b.peak_rss_bytes),
+        b.throughput_gib_s,
+        b.throughput_vs_unix_copy,
+        b.verified
+    );
+    for m in [
+        &out.migrate_small,
+        &out.migrate_big,
+        &out.migrate_big_stopcopy,
+    ] {
+        println!(
+            "migrate {} vgpu, render 8 MiB/s, pre-copy {}: downtime {:.1} ms (expected {:.1} ms), verified {}",
+            bytes(m.device_mem),
+            if m.precopy { "on" } else { "off" },
+            m.downtime_ms,
+            m.expected_downtime_ms,
+            m.verified
+        );
+        println!("    {}", breakdown(&m.breakdown));
+    }
+    println!(
+        "migrate {}: stop-copy only / pre-copy downtime: {:.0}x",
+        bytes(big_mem),
+        out.migrate_ratio
+    );
 }

@@ -1,0 +1,252 @@
+//! Migration data through a pipe without a copy through this process
+//! ([`DataSplice`]), with our server's checksummed transfers
+//! (`FEATURE_MIG_DATA_CRC`): a MIG_DATA_READ reply's head and checksum
+//! are read, and its data is spliced from the socket into the caller's
+//! pipe (the caller frames it with the checksum and splices it on); a
+//! MIG_DATA_WRITE's head and checksum are sent, and its data is spliced
+//! from the caller's pipe into the socket (the server checks it before
+//! the device takes it).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use vfio_migrate_abi::vfio_user::{Command, Header, MigData, HEADER_SIZE, TYPE_COMMAND};
+use vfio_migrate_backend::{BackendError, DataSplice, Result};
+use vfio_migrate_vfio_user::ext::{FEATURE_MIG_DATA_CRC, MIG_DATA_CRC_SIZE};
+use vfio_migrate_vfio_user::sock::RecvFds;
+
+use super::Client;
+use vfio_migrate_sys as sys;
+
+/// One `splice` call, retried on EINTR; 0 bytes from a socket is its end.
+pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    loop {
+        let n = match sys::fd::splice(from, to, len, libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "socket closed during splice",
+            ));
+        }
+        return Ok(n);
+    }
+}
+
+impl Client {
+    /// Asks the server for checksummed MIG_DATA_READ replies (once per
+    /// connection); false when it does not offer them.
+    pub fn enable_mig_data_crc(&mut self) -> Result<bool> {
+        if self.mig_crc {
+            return Ok(true);
+        }
+        if !self.peer_is_vfio_migrate()
+            || !self.feature_probe(FEATURE_MIG_DATA_CRC, vfio_migrate_abi::kernel::FEATURE_SET)?
+        {
+            return Ok(false);
+        }
+        let mut on = [0u8; 8];
+        on[..4].copy_from_slice(&1u32.to_le_bytes());
+        self.feature_set(FEATURE_MIG_DATA_CRC, &on)?;
+        self.mig_crc = true;
+        Ok(true)
+    }
+
+    /// MIG_DATA_READ of up to `max` bytes whose data goes from the socket
+    /// straight into the pipe `pipe` (which must have room for them).
+    /// Returns the count and the data's CRC32C as the server computed it.
+    /// Needs [`Client::enable_mig_data_crc`].
+    pub fn mig_data_read_spliced(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        max: usize,
+    ) -> Result<(usize, u32)> {
+        let step = "MIG_DATA_READ";
+        if !self.mig_crc {
+            return Err(BackendError::unsupported(
+                step,
+                "checksummed replies are not on for this connection",
+            ));
+        }
+        let size = max.min(self.max_recv_chunk());
+        let head = MigData {
+            argsz: (MigData::SIZE + MIG_DATA_CRC_SIZE + size) as u32,
+            size: size as u32,
+        };
+        let req = self.send(step, Command::MigDataRead as u16, &[&head.to_bytes()], &[])?;
+        let mut rf = RecvFds::default();
+        let h = self.recv_header(step, &req, &mut rf)?;
+        if h.is_error() {
+            return Err(self.refused(step, &h, &mut rf));
+        }
+        let io = |e| BackendError::io(step, e);
+        let plen = h.msg_size as usize - HEADER_SIZE;
+        let mut hb = [0u8; MigData::SIZE + MIG_DATA_CRC_SIZE];
+        if plen < hb.len() {
+            self.conn.discard(plen, &mut rf).map_err(io)?;
+            return Err(BackendError::protocol(
+                step,
+                format!("checksummed reply of {plen} bytes has no head"),
+            ));
+        }
+        self.conn.recv_exact(&mut hb, &mut rf, false).map_err(io)?;
+        let got = MigData::decode(&hb).expect("8 bytes").size as usize;
+        let crc = u32::from_le_bytes(hb[8..12].try_into().expect("4 bytes"));
+        let rest = plen - hb.len();
+        if got > size || got > rest {
+            self.conn.discard(rest, &mut rf).map_err(io)?;
+            return Err(BackendError::protocol(
+                step,
+                format!("reply claims {got} bytes for a {size}-byte read in a {plen}-byte payload"),
+            ));
+        }
+        let mut left = got;
+        while left > 0 {
+            match splice(self.conn.as_fd(), pipe, left) {
+                Ok(k) => left -= k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.conn.wait_ready(libc::POLLIN).map_err(io)?
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        self.conn.discard(rest - got, &mut rf).map_err(io)?;
+        Ok((got, crc))
+    }
+}
+
+impl Client {
+    /// MIG_DATA_WRITE of `len` bytes that go through the pipe `pipe`
+    /// (refilled by `fill`, see [`DataSplice::write_data_spliced`]) into
+    /// the socket; the server checks them against `crc` before the device
+    /// takes them. Needs [`Client::enable_mig_data_crc`]. A failure once
+    /// the head went leaves the message half sent: the connection is then
+    /// unusable (every later call fails at once).
+    pub fn mig_data_write_spliced(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        len: usize,
+        crc: u32,
+        fill: &mut dyn FnMut(usize) -> io::Result<usize>,
+    ) -> Result<()> {
+        let step = "MIG_DATA_WRITE";
+        if !self.mig_crc || len > self.max_send_chunk() {
+            return Err(BackendError::unsupported(
+                step,
+                "checksummed transfers are not on, or the write is too large",
+            ));
+        }
+        let h = Header {
+            msg_id: self.next_id(),
+            cmd: Command::MigDataWrite as u16,
+            msg_size: (HEADER_SIZE + MigData::SIZE + MIG_DATA_CRC_SIZE + len) as u32,
+            flags: TYPE_COMMAND,
+            error_no: 0,
+        };
+        let head = MigData {
+            argsz: super::mig_commands::mig_write_argsz(len),
+            size: len as u32,
+        };
+        let mut block = [0u8; MIG_DATA_CRC_SIZE];
+        block[..4].copy_from_slice(&crc.to_le_bytes());
+        let io = |e| BackendError::io(step, e);
+        self.conn
+            .send(&[&h.to_bytes(), &head.to_bytes(), &block], &[])
+            .map_err(io)?;
+        self.pump(pipe, len, fill)
+            .map_err(|e| io(self.conn.poison(e)))?;
+        let mut rf = RecvFds::default();
+        let r = self.recv_header(step, &h, &mut rf)?;
+        if r.is_error() {
+            return Err(corrupted(self.refused(step, &r, &mut rf)));
+        }
+        self.conn
+            .discard(r.msg_size as usize - HEADER_SIZE, &mut rf)
+            .map_err(io)
+    }
+
+    /// Moves `len` bytes into the socket through the pipe: refilled by
+    /// `fill` whenever it is empty, drained into the socket (waiting,
+    /// with the connection's deadlines, while the socket is full).
+    fn pump(
+        &self,
+        pipe: BorrowedFd<'_>,
+        len: usize,
+        fill: &mut dyn FnMut(usize) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut left = len;
+        let mut in_pipe = 0usize;
+        while left > 0 {
+            if in_pipe == 0 {
+                in_pipe = fill(left)?.min(left);
+            }
+            // Never more than the pipe holds, so only the socket can be
+            // full (and is waited for).
+            let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE | libc::SPLICE_F_NONBLOCK;
+            match sys::fd::splice(pipe, self.conn.as_fd(), in_pipe, flags) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the pipe ran dry inside a MIG_DATA_WRITE",
+                    ))
+                }
+                Ok(k) => {
+                    in_pipe -= k;
+                    left -= k;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.conn.wait_ready(libc::POLLOUT)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Our server refuses a checksummed MIG_DATA_WRITE whose data does not
+/// match its checksum with `EILSEQ`: says what that means.
+pub(crate) fn corrupted(e: BackendError) -> BackendError {
+    match e {
+        BackendError::Refused {
+            step,
+            errno: libc::EILSEQ,
+            detail,
+        } if detail.is_empty() => BackendError::refused(
+            step,
+            libc::EILSEQ,
+            "the data does not match the checksum it came with (corrupted on the way): the device took none of it",
+        ),
+        e => e,
+    }
+}
+
+impl DataSplice for Client {
+    fn read_data_spliced(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        max: usize,
+    ) -> Result<Option<(usize, u32)>> {
+        if !self.enable_mig_data_crc()? {
+            return Ok(None);
+        }
+        self.mig_data_read_spliced(pipe, max).map(Some)
+    }
+
+    fn write_data_spliced(
+        &mut self,
+        pipe: BorrowedFd<'_>,
+        len: usize,
+        crc: u32,
+        fill: &mut dyn FnMut(usize) -> io::Result<usize>,
+    ) -> Result<bool> {
+        if len > self.max_send_chunk() || !self.enable_mig_data_crc()? {
+            return Ok(false);
+        }
+        self.mig_data_write_spliced(pipe, len, crc, fill)
+            .map(|()| true)
+    }
+}
