@@ -121,7 +121,13 @@ fn receive_splices_device_data_into_the_device_verified() {
     );
     let r = wait(recv, 30);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(json(&out)["verified"], true);
+    let mj = json(&out);
+    assert_eq!(mj["verified"], true);
+    // At the source every byte of device data went server -> pipe -> link
+    // by splice (without pre-copy the size is not estimated: no floor).
+    let sent = &mj["devices"][0];
+    assert!(sent["stopcopy_bytes"].as_u64().unwrap() > 16 << 20, "{mj}");
+    assert_eq!(sent["spliced_bytes"], sent["stopcopy_bytes"], "{mj}");
     let rj = json(&r);
     let dev = &rj["devices"][0];
     // Every 1 MiB record of device data went by splice (only a short

@@ -24,6 +24,9 @@ pub struct DeviceReport {
     pub precopy_bytes: u64,
     /// Stop-copy data bytes sent.
     pub stopcopy_bytes: u64,
+    /// Of those pre-copy and stop-copy bytes, how many went from the
+    /// device server to the link by `splice`, never read by this process.
+    pub spliced_bytes: u64,
     /// Whether it went through the P2P states at the stop.
     pub p2p: bool,
     /// Digest at the source while stopped, when a verifier knows it.
@@ -46,6 +49,7 @@ impl DeviceReport {
             migration_flags: desc.migration_flags,
             precopy_bytes: 0,
             stopcopy_bytes: 0,
+            spliced_bytes: 0,
             p2p: false,
             digest_source: None,
             digest_dest: None,

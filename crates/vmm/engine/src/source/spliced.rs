@@ -92,6 +92,7 @@ impl<D: MigrationDevice> Source<'_, D> {
                 return Err(self.stream_err(e));
             }
             sent += n as u64;
+            self.devs[i].report.spliced_bytes += n as u64;
             self.tick();
         }
         Ok(Some((sent, false)))
