@@ -79,9 +79,23 @@ impl Client {
     pub fn mig_data_read(&mut self, buf: &mut [u8]) -> Result<usize> {
         let step = "MIG_DATA_READ";
         let size = buf.len().min(self.max_recv_chunk());
-        // Checksummed replies (`enable_mig_data_crc`) carry a checksum
-        // block after the head: room for it, then it is skipped (the data
-        // is read here, so its checksum is not needed).
+        let mut r = self.mig_data_read_head(step, size)?;
+        self.conn
+            .recv_exact(&mut buf[..r.got], &mut r.rf, false)
+            .map_err(|e| io_err(step, e))?;
+        self.conn
+            .discard(r.rest - r.got, &mut r.rf)
+            .map_err(|e| io_err(step, e))?;
+        Ok(r.got)
+    }
+
+    /// Sends a MIG_DATA_READ of up to `size` bytes and reads its reply up
+    /// to the data: the head and, on a connection with checksummed
+    /// replies (`enable_mig_data_crc`), the checksum block. `got` data
+    /// bytes are next on the socket, then `rest - got` bytes of padding;
+    /// a reply that claims more than was asked or than it holds is
+    /// drained and refused.
+    pub(crate) fn mig_data_read_head(&mut self, step: &str, size: usize) -> Result<ReadHead> {
         let skip = if self.mig_crc {
             vfio_migrate_vfio_user::ext::MIG_DATA_CRC_SIZE
         } else {
@@ -98,49 +112,37 @@ impl Client {
             return Err(self.refused(step, &h, &mut rf));
         }
         let plen = h.msg_size as usize - HEADER_SIZE;
-        let mut hb = [0u8; MigData::SIZE];
-        if plen < hb.len() {
+        let hlen = MigData::SIZE + skip;
+        if plen < hlen {
             self.conn
                 .discard(plen, &mut rf)
                 .map_err(|e| io_err(step, e))?;
             return Err(BackendError::protocol(
                 step,
-                format!("reply of {plen} bytes has no head"),
+                if plen < MigData::SIZE {
+                    format!("reply of {plen} bytes has no head")
+                } else {
+                    "checksummed reply without a checksum".to_string()
+                },
             ));
         }
+        let mut hb = [0u8; MigData::SIZE + vfio_migrate_vfio_user::ext::MIG_DATA_CRC_SIZE];
         self.conn
-            .recv_exact(&mut hb, &mut rf, false)
+            .recv_exact(&mut hb[..hlen], &mut rf, false)
             .map_err(|e| io_err(step, e))?;
         let got = MigData::decode(&hb).expect("8 bytes").size as usize;
-        if plen < hb.len() + skip {
+        let crc = (skip > 0).then(|| u32::from_le_bytes(hb[8..12].try_into().expect("4 bytes")));
+        let rest = plen - hlen;
+        if got > size || got > rest {
             self.conn
-                .discard(plen - hb.len(), &mut rf)
-                .map_err(|e| io_err(step, e))?;
-            return Err(BackendError::protocol(
-                step,
-                "checksummed reply without a checksum",
-            ));
-        }
-        self.conn
-            .discard(skip, &mut rf)
-            .map_err(|e| io_err(step, e))?;
-        let plen = plen - skip;
-        if got > size || got > plen - hb.len() {
-            self.conn
-                .discard(plen - hb.len(), &mut rf)
+                .discard(rest, &mut rf)
                 .map_err(|e| io_err(step, e))?;
             return Err(BackendError::protocol(
                 step,
                 format!("reply claims {got} bytes for a {size}-byte read in a {plen}-byte payload"),
             ));
         }
-        self.conn
-            .recv_exact(&mut buf[..got], &mut rf, false)
-            .map_err(|e| io_err(step, e))?;
-        self.conn
-            .discard(plen - hb.len() - got, &mut rf)
-            .map_err(|e| io_err(step, e))?;
-        Ok(got)
+        Ok(ReadHead { got, crc, rest, rf })
     }
 
     /// MIG_DATA_WRITE of `data`, in chunks of [`Client::write_chunk`].
@@ -199,4 +201,16 @@ impl Client {
 /// what every known server takes.
 pub fn mig_write_argsz(len: usize) -> u32 {
     (MigData::SIZE + len) as u32
+}
+
+/// A MIG_DATA_READ reply read up to its data ([`Client::mig_data_read_head`]).
+pub(crate) struct ReadHead {
+    /// Data bytes, next on the socket.
+    pub got: usize,
+    /// The data's CRC32C (checksummed replies).
+    pub crc: Option<u32>,
+    /// Bytes left in the reply: the data, then padding.
+    pub rest: usize,
+    /// File descriptors that came with the reply.
+    pub rf: RecvFds,
 }

@@ -71,37 +71,9 @@ impl Client {
             ));
         }
         let size = max.min(self.max_recv_chunk());
-        let head = MigData {
-            argsz: (MigData::SIZE + MIG_DATA_CRC_SIZE + size) as u32,
-            size: size as u32,
-        };
-        let req = self.send(step, Command::MigDataRead as u16, &[&head.to_bytes()], &[])?;
-        let mut rf = RecvFds::default();
-        let h = self.recv_header(step, &req, &mut rf)?;
-        if h.is_error() {
-            return Err(self.refused(step, &h, &mut rf));
-        }
+        let mut r = self.mig_data_read_head(step, size)?;
         let io = |e| BackendError::io(step, e);
-        let plen = h.msg_size as usize - HEADER_SIZE;
-        let mut hb = [0u8; MigData::SIZE + MIG_DATA_CRC_SIZE];
-        if plen < hb.len() {
-            self.conn.discard(plen, &mut rf).map_err(io)?;
-            return Err(BackendError::protocol(
-                step,
-                format!("checksummed reply of {plen} bytes has no head"),
-            ));
-        }
-        self.conn.recv_exact(&mut hb, &mut rf, false).map_err(io)?;
-        let got = MigData::decode(&hb).expect("8 bytes").size as usize;
-        let crc = u32::from_le_bytes(hb[8..12].try_into().expect("4 bytes"));
-        let rest = plen - hb.len();
-        if got > size || got > rest {
-            self.conn.discard(rest, &mut rf).map_err(io)?;
-            return Err(BackendError::protocol(
-                step,
-                format!("reply claims {got} bytes for a {size}-byte read in a {plen}-byte payload"),
-            ));
-        }
+        let got = r.got;
         let mut left = got;
         while left > 0 {
             match splice(self.conn.as_fd(), pipe, left) {
@@ -112,8 +84,8 @@ impl Client {
                 Err(e) => return Err(io(e)),
             }
         }
-        self.conn.discard(rest - got, &mut rf).map_err(io)?;
-        Ok((got, crc))
+        self.conn.discard(r.rest - got, &mut r.rf).map_err(io)?;
+        Ok((got, r.crc.expect("checksummed replies are on")))
     }
 }
 
