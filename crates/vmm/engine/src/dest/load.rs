@@ -158,10 +158,7 @@ impl<D: MigrationDevice> Loader<'_, D> {
                 EngineError::device(self.phase, d.name.clone(), e)
             })?;
         }
-        d.written += data.len() as u64;
-        if !stop_copy {
-            d.precopy_written += data.len() as u64;
-        }
+        d.took(data.len(), stop_copy);
         Ok(())
     }
 

@@ -174,6 +174,16 @@ struct DevIn<'a, D> {
     dest_digest: Option<u64>,
 }
 
+impl<D> DevIn<'_, D> {
+    /// Counts `len` bytes the device took (pre-copy or stop-copy data).
+    fn took(&mut self, len: usize, stop_copy: bool) {
+        self.written += len as u64;
+        if !stop_copy {
+            self.precopy_written += len as u64;
+        }
+    }
+}
+
 type Input = StreamParser<BufReader<Box<dyn Read + Send>>>;
 
 /// Everything the destination keeps besides the parser, so that an event

@@ -107,11 +107,8 @@ impl<D: MigrationDevice> Dest<'_, D> {
             return self.read_device(i, stop_copy, len, crc);
         }
         let d = &mut self.st.devs[i];
-        d.written += len as u64;
+        d.took(len, stop_copy);
         d.spliced += len as u64;
-        if !stop_copy {
-            d.precopy_written += len as u64;
-        }
         Ok(())
     }
 
