@@ -588,24 +588,11 @@ fn poll_ready(fds: &[RawFd]) -> io::Result<Vec<bool>> {
 /// Waits until one of `fds` is readable (or hung up); returns the lowest
 /// such index.
 fn poll_any(fds: &[RawFd]) -> io::Result<usize> {
-    let mut p: Vec<libc::pollfd> = fds
+    let ready = poll_ready(fds)?;
+    Ok(ready
         .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    loop {
-        match sys::fd::poll(&mut p, -1) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-        if let Some(i) = p.iter().position(|x| x.revents != 0) {
-            return Ok(i);
-        }
-    }
+        .position(|&r| r)
+        .expect("poll_ready returns with one ready"))
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ impl Sock {
 
 /// Waits until `fd` is ready for `events`, the cancel fd fires, or
 /// `timeout` passes.
-fn wait_fd(
+pub(crate) fn wait_fd(
     fd: BorrowedFd<'_>,
     events: libc::c_short,
     cancel: &Cancel,

@@ -13,7 +13,8 @@
 //! deadline (a cancel ends it), and turns every failure into a
 //! [`TlsError`] that says which check failed and what to do.
 
-use crate::cancel::Cancel;
+use crate::cancel::{Cancel, Cancelled};
+use crate::link::wait_fd;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -21,7 +22,7 @@ pub use rustls::{ClientConfig, ServerConfig};
 use rustls::{ClientConnection, Connection, RootCertStore, ServerConnection};
 use std::io;
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -342,40 +343,25 @@ pub fn handshake(
         if progressed {
             continue;
         }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(TlsError::Timeout {
-                peer: peer.to_string(),
-                secs: deadline.as_secs(),
-            });
-        }
         let events = if conn.wants_write() {
             libc::POLLOUT
         } else {
             libc::POLLIN
         };
-        let mut p = [
-            libc::pollfd {
-                fd: s.as_fd().as_raw_fd(),
-                events,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: cancel.watch_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let ms = left.as_millis().clamp(1, 1000) as i32;
-        match vfio_migrate_sys::fd::poll(&mut p, ms) {
-            Ok(_) if p[1].revents != 0 => {
-                return Err(TlsError::Cancelled {
+        let left = until.saturating_duration_since(Instant::now());
+        if let Err(e) = wait_fd(s.as_fd(), events, cancel, left, &String::new) {
+            return Err(if e.kind() == io::ErrorKind::TimedOut {
+                TlsError::Timeout {
                     peer: peer.to_string(),
-                })
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err(e)),
+                    secs: deadline.as_secs(),
+                }
+            } else if Cancelled::is(&e) {
+                TlsError::Cancelled {
+                    peer: peer.to_string(),
+                }
+            } else {
+                io_err(e)
+            });
         }
     }
     // Whatever the handshake left to send (the client's Finished).
@@ -386,8 +372,8 @@ pub fn handshake(
         match conn.write_tls(&mut &*s) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(1));
-                if Instant::now() > until {
+                let left = until.saturating_duration_since(Instant::now());
+                if wait_fd(s.as_fd(), libc::POLLOUT, cancel, left, &String::new).is_err() {
                     break;
                 }
             }
