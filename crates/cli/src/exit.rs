@@ -36,6 +36,20 @@ pub fn for_source_failure(f: &SourceFailure, cancel: &Cancel) -> i32 {
     }
 }
 
+/// The status for an error that ended a command before (or outside) the
+/// engine's own report: a usage error, a cancel by SIGINT/SIGTERM (the
+/// error is then the wait that the signal ended, e.g. a connect or a TLS
+/// handshake: nothing was started, nothing to roll back), else a failure.
+pub fn for_error(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<Usage>().is_some() {
+        USAGE
+    } else if let Some(sig) = vfio_migrate_sys::signal::cancel_signal() {
+        128 + sig
+    } else {
+        FAILED
+    }
+}
+
 /// 128 + the signal that cancelled, if a signal did.
 pub fn cancelled(cancel: &Cancel) -> Option<i32> {
     if cancel.is_cancelled() {

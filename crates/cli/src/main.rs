@@ -158,12 +158,7 @@ fn main() {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            let code = if e.downcast_ref::<exit::Usage>().is_some() {
-                exit::USAGE
-            } else {
-                exit::FAILED
-            };
-            std::process::exit(code);
+            std::process::exit(exit::for_error(&e));
         }
     }
 }

@@ -544,3 +544,70 @@ fn device_bytes_never_cross_the_wire_in_clear_with_tls() {
     certs(&creds, &[]);
     assert!(!find(&captured(Some(creds.to_str().unwrap()), marker)));
 }
+
+/// A peer that accepts the connection and then says nothing: the handshake
+/// ends at the connect deadline with a message that says so, and a SIGTERM
+/// during the handshake ends it at once; the source stays RUNNING and intact.
+#[test]
+fn a_silent_peer_ends_the_handshake_at_its_deadline_and_a_signal_at_once() {
+    let p = pair("tls-silent");
+    let dir = Dir::new("tls-silent-creds");
+    let creds = dir.path("c");
+    certs(&creds, &[]);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = format!("tcp:{}", l.local_addr().unwrap());
+    // Accept and hold every connection without a byte; say when one came.
+    let (tx, accepted) = std::sync::mpsc::channel();
+    let held = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for s in l.incoming().take(2) {
+            kept.push(s.unwrap());
+            tx.send(()).unwrap();
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    let c = creds.to_str().unwrap();
+    let src = p.src.uri();
+    let args = |timeout: &'static str| {
+        [
+            "migrate",
+            "--source",
+            &src,
+            "--dest",
+            &at,
+            "--tls-creds",
+            c,
+            "--connect-timeout",
+            timeout,
+        ]
+        .map(String::from)
+    };
+    let t = Instant::now();
+    let a = args("2");
+    let out = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), 30);
+    let took = t.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no answer within 2 s"), "{err}");
+    assert!(took < Duration::from_secs(6), "took {took:?}: {err}");
+    accepted.recv().unwrap();
+    p.source_intact();
+
+    // The same wait, ended by SIGTERM once the peer has accepted.
+    let child = Command::new(BIN)
+        .args(args("20"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    accepted.recv_timeout(Duration::from_secs(10)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    vfio_migrate_sys::signal::kill(&child, libc::SIGTERM).unwrap();
+    let out = wait(child, 10);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{err}");
+    p.source_intact();
+    held.join().unwrap();
+}
