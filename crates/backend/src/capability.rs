@@ -67,11 +67,31 @@ pub trait DataSplice {
     /// return — into the pipe whose write end is `pipe` (it must have room
     /// for `max` bytes); returns how many, with their CRC32C. `Ok(None)`:
     /// not possible on this device now (use `read_data`).
+    ///
+    /// `ahead`: how many more reads of `max` bytes the backend may start
+    /// behind this one, so the device prepares the next data while this
+    /// one moves on (a backend that cannot ignores it). A caller that asks
+    /// for any must keep reading, with `ahead` 0 at the end, until
+    /// [`DataSplice::reads_ahead`] is 0: data read ahead is stream data.
     fn read_data_spliced(
         &mut self,
         pipe: std::os::fd::BorrowedFd<'_>,
         max: usize,
+        ahead: usize,
     ) -> Result<Option<(usize, u32)>>;
+
+    /// Reads started ahead and not returned yet.
+    fn reads_ahead(&self) -> usize {
+        0
+    }
+
+    /// Waits until the device answered every spliced write; the first
+    /// refusal among them is the error. Called before anything that
+    /// relies on the device having taken the data (an acknowledgement to
+    /// the source, the end of the device's stream).
+    fn flush_writes(&mut self) -> Result<()> {
+        Ok(())
+    }
 
     /// Writes the next `len` bytes of migration data — what `write_data`
     /// would take — through the pipe whose read end is `pipe`, without
@@ -81,6 +101,10 @@ pub trait DataSplice {
     /// against `crc` (their CRC32C) before taking them, and refuses them
     /// otherwise. `Ok(false)`: not possible on this device now, `fill` was
     /// not called (use `write_data`).
+    ///
+    /// The backend may return before the device answered (the next write
+    /// moves meanwhile); a refusal then comes from a later write or from
+    /// [`DataSplice::flush_writes`].
     fn write_data_spliced(
         &mut self,
         pipe: std::os::fd::BorrowedFd<'_>,

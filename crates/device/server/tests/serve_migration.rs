@@ -476,7 +476,7 @@ fn checksummed_replies_move_data_through_a_pipe_with_its_checksum() {
         // on the same connection (which skips the checksum block).
         if chunks % 2 == 0 {
             let (n, crc) = src
-                .read_data_spliced(w.as_fd(), 256 << 10)
+                .read_data_spliced(w.as_fd(), 256 << 10, 0)
                 .unwrap()
                 .expect("our server checksums its replies");
             if n == 0 {

@@ -55,6 +55,9 @@ impl Client {
             mig_flags: None,
             mig_crc: false,
             precopy_v2: None,
+            ahead: Default::default(),
+            writes: Default::default(),
+            write_error: None,
         })
     }
 
@@ -137,7 +140,31 @@ impl Client {
         id
     }
 
+    /// Sends a command. MIG_DATA_READs still in flight are answered
+    /// first and their data dropped: a command in between means the
+    /// migration stream was abandoned (an abort or rollback); the engine
+    /// collects every read it sent ahead on the way that continues.
     pub(crate) fn send(
+        &mut self,
+        step: &str,
+        cmd: u16,
+        parts: &[&[u8]],
+        fds: &[RawFd],
+    ) -> Result<Header> {
+        if !self.ahead.is_empty() {
+            self.drop_reads_ahead()?;
+        }
+        if !self.writes.is_empty() {
+            // Answered now; a refusal is kept for `flush_writes`.
+            if let Err(e) = self.flush_writes() {
+                self.write_error.get_or_insert(e);
+            }
+        }
+        self.send_now(step, cmd, parts, fds)
+    }
+
+    /// Sends a command without looking at reads in flight.
+    pub(crate) fn send_now(
         &mut self,
         step: &str,
         cmd: u16,

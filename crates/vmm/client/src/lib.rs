@@ -164,6 +164,15 @@ pub struct Client {
     mig_crc: bool,
     /// Opted in to pre-copy info with flags (`None`: not tried yet).
     precopy_v2: Option<bool>,
+    /// MIG_DATA_READ requests sent ahead and not answered yet, oldest
+    /// first, with their sizes (see [`Client::mig_data_read_spliced`]).
+    ahead: std::collections::VecDeque<(Header, usize)>,
+    /// Spliced MIG_DATA_WRITEs sent and not answered yet, oldest first
+    /// (see [`Client::mig_data_write_spliced`]).
+    writes: std::collections::VecDeque<Header>,
+    /// The first refusal among writes answered while another command was
+    /// sent; reported by [`Client::flush_writes`] or the next write.
+    write_error: Option<BackendError>,
 }
 
 fn io_err(step: &str, e: std::io::Error) -> BackendError {

@@ -96,18 +96,44 @@ impl Client {
     /// a reply that claims more than was asked or than it holds is
     /// drained and refused.
     pub(crate) fn mig_data_read_head(&mut self, step: &str, size: usize) -> Result<ReadHead> {
-        let skip = if self.mig_crc {
+        let req = self.send_mig_data_read(step, size, false)?;
+        self.mig_data_read_reply(step, &req, size)
+    }
+
+    /// Sends a MIG_DATA_READ of `size` bytes; `now`: without answering the
+    /// reads in flight first (one more sent ahead).
+    pub(crate) fn send_mig_data_read(&mut self, step: &str, size: usize, now: bool) -> Result<Header> {
+        let head = MigData {
+            argsz: (MigData::SIZE + self.mig_crc_skip() + size) as u32,
+            size: size as u32,
+        };
+        let parts: [&[u8]; 1] = [&head.to_bytes()];
+        if now {
+            self.send_now(step, Command::MigDataRead as u16, &parts, &[])
+        } else {
+            self.send(step, Command::MigDataRead as u16, &parts, &[])
+        }
+    }
+
+    fn mig_crc_skip(&self) -> usize {
+        if self.mig_crc {
             vfio_migrate_vfio_user::ext::MIG_DATA_CRC_SIZE
         } else {
             0
-        };
-        let head = MigData {
-            argsz: (MigData::SIZE + skip + size) as u32,
-            size: size as u32,
-        };
-        let req = self.send(step, Command::MigDataRead as u16, &[&head.to_bytes()], &[])?;
+        }
+    }
+
+    /// Reads the reply to the MIG_DATA_READ `req` of `size` bytes up to
+    /// its data (see [`Client::mig_data_read_head`]).
+    pub(crate) fn mig_data_read_reply(
+        &mut self,
+        step: &str,
+        req: &Header,
+        size: usize,
+    ) -> Result<ReadHead> {
+        let skip = self.mig_crc_skip();
         let mut rf = RecvFds::default();
-        let h = self.recv_header(step, &req, &mut rf)?;
+        let h = self.recv_header(step, req, &mut rf)?;
         if h.is_error() {
             return Err(self.refused(step, &h, &mut rf));
         }

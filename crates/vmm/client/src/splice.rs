@@ -17,6 +17,9 @@ use vfio_migrate_vfio_user::sock::RecvFds;
 use super::Client;
 use vfio_migrate_sys as sys;
 
+/// Spliced MIG_DATA_WRITEs that may be unanswered at once.
+pub const WRITES_IN_FLIGHT: usize = 2;
+
 /// One `splice` call, retried on EINTR; 0 bytes from a socket is its end.
 pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
     loop {
@@ -58,10 +61,21 @@ impl Client {
     /// straight into the pipe `pipe` (which must have room for them).
     /// Returns the count and the data's CRC32C as the server computed it.
     /// Needs [`Client::enable_mig_data_crc`].
+    ///
+    /// `ahead`: how many more reads of the same size to keep in flight
+    /// behind this one, so the server fills the next reply while this one
+    /// is spliced on (the protocol lets a client send before it is
+    /// answered; our server answers in order). The first call answers the
+    /// oldest read in flight instead of sending one. Whoever sends ahead
+    /// must collect: call again (with `ahead` 0 at the end) while
+    /// [`Client::reads_ahead`] is not 0 — every reply may carry stream
+    /// data. Any other command first answers and drops them (an abandoned
+    /// stream: abort and rollback).
     pub fn mig_data_read_spliced(
         &mut self,
         pipe: BorrowedFd<'_>,
         max: usize,
+        ahead: usize,
     ) -> Result<(usize, u32)> {
         let step = "MIG_DATA_READ";
         if !self.mig_crc {
@@ -71,7 +85,25 @@ impl Client {
             ));
         }
         let size = max.min(self.max_recv_chunk());
-        let mut r = self.mig_data_read_head(step, size)?;
+        while self.ahead.len() < 1 + ahead {
+            let req = match self.send_mig_data_read(step, size, true) {
+                Ok(req) => req,
+                Err(e) => {
+                    // Leave the connection as it was for the rollback.
+                    let _ = self.drop_reads_ahead();
+                    return Err(e);
+                }
+            };
+            self.ahead.push_back((req, size));
+        }
+        let (req, size) = self.ahead.pop_front().expect("one at least");
+        let mut r = match self.mig_data_read_reply(step, &req, size) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.drop_reads_ahead();
+                return Err(e);
+            }
+        };
         let io = |e| BackendError::io(step, e);
         let got = r.got;
         let mut left = got;
@@ -81,11 +113,48 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.conn.wait_ready(libc::POLLIN).map_err(io)?
                 }
-                Err(e) => return Err(io(e)),
+                // The rest of the reply is still on the socket: unusable.
+                Err(e) => return Err(io(self.conn.poison(e))),
             }
         }
         self.conn.discard(r.rest - got, &mut r.rf).map_err(io)?;
         Ok((got, r.crc.expect("checksummed replies are on")))
+    }
+
+    /// MIG_DATA_READs sent ahead and not answered yet.
+    pub fn reads_ahead(&self) -> usize {
+        self.ahead.len()
+    }
+
+    /// Answers the reads sent ahead and drops their data (the stream was
+    /// abandoned); says how much was dropped.
+    pub(crate) fn drop_reads_ahead(&mut self) -> Result<()> {
+        let step = "MIG_DATA_READ (sent ahead)";
+        let mut dropped = 0usize;
+        while let Some((req, size)) = self.ahead.pop_front() {
+            match self.mig_data_read_reply(step, &req, size) {
+                Ok(mut r) => {
+                    dropped += r.got;
+                    self.conn
+                        .discard(r.rest, &mut r.rf)
+                        .map_err(|e| BackendError::io(step, e))?;
+                }
+                // A refusal was answered and consumed.
+                Err(BackendError::Refused { .. }) => {}
+                Err(e) => {
+                    self.ahead.clear();
+                    return Err(e);
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                device = %self.name,
+                dropped,
+                "migration data read ahead was dropped (the stream was abandoned)"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -93,9 +162,15 @@ impl Client {
     /// MIG_DATA_WRITE of `len` bytes that go through the pipe `pipe`
     /// (refilled by `fill`, see [`DataSplice::write_data_spliced`]) into
     /// the socket; the server checks them against `crc` before the device
-    /// takes them. Needs [`Client::enable_mig_data_crc`]. A failure once
-    /// the head went leaves the message half sent: the connection is then
-    /// unusable (every later call fails at once).
+    /// takes them. Needs [`Client::enable_mig_data_crc`].
+    ///
+    /// Returns once the data is on the socket, without waiting for the
+    /// answer: up to [`WRITES_IN_FLIGHT`] writes stay unanswered, so the
+    /// next one moves while the server loads this one. A refusal is
+    /// reported by the next write or by [`Client::flush_writes`], which
+    /// whoever relies on the device having taken everything calls first.
+    /// A failure once the head went leaves the message half sent: the
+    /// connection is then unusable (every later call fails at once).
     pub fn mig_data_write_spliced(
         &mut self,
         pipe: BorrowedFd<'_>,
@@ -104,11 +179,20 @@ impl Client {
         fill: &mut dyn FnMut(usize) -> io::Result<usize>,
     ) -> Result<()> {
         let step = "MIG_DATA_WRITE";
+        if !self.ahead.is_empty() {
+            self.drop_reads_ahead()?;
+        }
         if !self.mig_crc || len > self.max_send_chunk() {
             return Err(BackendError::unsupported(
                 step,
                 "checksummed transfers are not on, or the write is too large",
             ));
+        }
+        if let Some(e) = self.write_error.take() {
+            return Err(e);
+        }
+        while self.writes.len() >= WRITES_IN_FLIGHT {
+            self.collect_write()?;
         }
         let h = Header {
             msg_id: self.next_id(),
@@ -129,6 +213,36 @@ impl Client {
             .map_err(io)?;
         self.pump(pipe, len, fill)
             .map_err(|e| io(self.conn.poison(e)))?;
+        self.writes.push_back(h);
+        Ok(())
+    }
+
+    /// Waits for the answers to every spliced write in flight; the first
+    /// refusal among them (or one answered earlier) is returned once all
+    /// are answered.
+    pub fn flush_writes(&mut self) -> Result<()> {
+        let mut first = self.write_error.take();
+        while !self.writes.is_empty() {
+            match self.collect_write() {
+                Ok(()) => {}
+                Err(e @ BackendError::Refused { .. }) => {
+                    first.get_or_insert(e);
+                }
+                Err(e) => {
+                    self.writes.clear();
+                    return Err(first.unwrap_or(e));
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Reads the answer to the oldest spliced write in flight.
+    fn collect_write(&mut self) -> Result<()> {
+        let step = "MIG_DATA_WRITE";
+        let Some(h) = self.writes.pop_front() else {
+            return Ok(());
+        };
         let mut rf = RecvFds::default();
         let r = self.recv_header(step, &h, &mut rf)?;
         if r.is_error() {
@@ -136,7 +250,7 @@ impl Client {
         }
         self.conn
             .discard(r.msg_size as usize - HEADER_SIZE, &mut rf)
-            .map_err(io)
+            .map_err(|e| BackendError::io(step, e))
     }
 
     /// Moves `len` bytes into the socket through the pipe: refilled by
@@ -201,11 +315,16 @@ impl DataSplice for Client {
         &mut self,
         pipe: BorrowedFd<'_>,
         max: usize,
+        ahead: usize,
     ) -> Result<Option<(usize, u32)>> {
         if !self.enable_mig_data_crc()? {
             return Ok(None);
         }
-        self.mig_data_read_spliced(pipe, max).map(Some)
+        self.mig_data_read_spliced(pipe, max, ahead).map(Some)
+    }
+
+    fn reads_ahead(&self) -> usize {
+        self.ahead.len()
     }
 
     fn write_data_spliced(
@@ -220,5 +339,9 @@ impl DataSplice for Client {
         }
         self.mig_data_write_spliced(pipe, len, crc, fill)
             .map(|()| true)
+    }
+
+    fn flush_writes(&mut self) -> Result<()> {
+        Client::flush_writes(self)
     }
 }

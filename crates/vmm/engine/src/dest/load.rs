@@ -73,6 +73,7 @@ impl<D: MigrationDevice> Dest<'_, D> {
                     None
                 }
                 Event::Round { iteration } => {
+                    self.settle_writes(None)?;
                     self.st.check_devices()?;
                     Some(iteration)
                 }
@@ -88,7 +89,9 @@ impl<D: MigrationDevice> Dest<'_, D> {
                 }
                 Event::InitialSent { index, generation } => {
                     // Everything before it was written into the device
-                    // (write_data returns once the device took it).
+                    // (write_data returns once the device took it; spliced
+                    // writes are answered here).
+                    self.settle_writes(Some(index))?;
                     if self.st.switchover_ack {
                         self.reply(&Reply::SwitchoverAck {
                             device: index as u32,
@@ -98,10 +101,12 @@ impl<D: MigrationDevice> Dest<'_, D> {
                     None
                 }
                 Event::DeviceEnd { index, bytes } => {
+                    self.settle_writes(Some(index))?;
                     self.st.device_ended(index, bytes)?;
                     None
                 }
                 Event::End => {
+                    self.settle_writes(None)?;
                     self.st.ended_at = Some(Instant::now());
                     return Ok(());
                 }

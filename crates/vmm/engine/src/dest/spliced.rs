@@ -112,6 +112,26 @@ impl<D: MigrationDevice> Dest<'_, D> {
         Ok(())
     }
 
+    /// Waits until device `only` (or every device) answered its spliced
+    /// writes: before an acknowledgement that says the device took the
+    /// data, and at the end of the stream, so no refusal goes unseen.
+    pub(super) fn settle_writes(&mut self, only: Option<usize>) -> Result<(), EngineError> {
+        if self.st.pipe.is_none() {
+            return Ok(());
+        }
+        let phase = self.st.phase;
+        for (i, d) in self.st.devs.iter_mut().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            if let Some(s) = d.h.data_splice() {
+                s.flush_writes()
+                    .map_err(|e| EngineError::device(phase, d.name.clone(), e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The record's payload read and checked here, then written as usual
     /// (a backend that cannot take it spliced).
     fn read_device(

@@ -133,7 +133,7 @@ impl<W: Write> RecordWriter<W> {
             crc: 0,
         }
         .to_bytes();
-        let crc = crc32c::crc32c_combine(crc32c::crc32c(&h[..12]), data_crc, len);
+        let crc = super::crc::combine(crc32c::crc32c(&h[..12]), data_crc, len);
         h[12..16].copy_from_slice(&crc.to_le_bytes());
         self.w.write_all(&h).map_err(|e| self.io(e))?;
         self.w.flush().map_err(|e| self.io(e))?;
@@ -220,10 +220,10 @@ pub enum Next {
 
 /// The CRC32C that the payload of a record must have, given the record's
 /// checksum and its header: the record's checksum is the header's
-/// combined with the payload's (`crc32c_combine` is linear in the second
+/// combined with the payload's ([`super::crc::combine`] is linear in the second
 /// checksum).
 pub fn payload_crc(hdr12: &[u8], record_crc: u32, len: usize) -> u32 {
-    record_crc ^ crc32c::crc32c_combine(crc32c::crc32c(&hdr12[..12]), 0, len)
+    record_crc ^ super::crc::shift(crc32c::crc32c(&hdr12[..12]), len)
 }
 
 /// Reads and checks records; the payload of the last one stays in an

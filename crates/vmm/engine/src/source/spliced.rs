@@ -16,6 +16,9 @@ use vfio_migrate_backend::MigrationDevice;
 
 /// Devices expected to hand out less are read and written as usual.
 const SPLICE_MIN: u64 = 256 << 10;
+/// Reads kept in flight behind the one being spliced on: the device
+/// server fills the next replies while this process moves one.
+const READ_AHEAD: u64 = 2;
 
 impl<D: MigrationDevice> Source<'_, D> {
     /// [`Source::send_device`] by splice. `Ok(None)`: not possible for
@@ -57,14 +60,29 @@ impl<D: MigrationDevice> Source<'_, D> {
         let cap = self.pipe.as_ref().expect("made").cap;
         let chunk = self.read_size(i, cap);
         let mut sent = 0u64;
-        while sent < budget {
+        // A short reply: the device has nothing more now; stop reading
+        // ahead, collect what is in flight, then read until it says 0.
+        let mut short = false;
+        loop {
+            let in_flight = self.devs[i].h.data_splice().map_or(0, |s| s.reads_ahead());
+            if sent >= budget && in_flight == 0 {
+                break;
+            }
             self.check_cancel()?;
             self.poll_replies()?;
+            // Never more in flight than the budget takes: every reply is
+            // stream data that must go out in this call.
+            let room = budget.saturating_sub(sent) / chunk as u64;
+            let ahead = if short {
+                0
+            } else {
+                room.saturating_sub(1).min(READ_AHEAD) as usize
+            };
             let pipe = self.pipe.as_ref().expect("made");
             let got = {
                 let d = &mut self.devs[i];
                 let s = d.h.data_splice().expect("checked");
-                s.read_data_spliced(pipe.w.as_fd(), chunk)
+                s.read_data_spliced(pipe.w.as_fd(), chunk, ahead)
                     .map_err(|e| EngineError::device(self.phase, d.name.clone(), e))?
             };
             let Some((n, crc)) = got else {
@@ -74,8 +92,14 @@ impl<D: MigrationDevice> Source<'_, D> {
                 return Ok(Some((sent, false)));
             };
             if n == 0 {
-                return Ok(Some((sent, true)));
+                let left = self.devs[i].h.data_splice().map_or(0, |s| s.reads_ahead());
+                if left == 0 {
+                    return Ok(Some((sent, true)));
+                }
+                short = true;
+                continue;
             }
+            short |= n < chunk;
             if let Some(p) = self.pacer.as_mut() {
                 if !p.pace(n as u64 + 16, &self.opts.cancel) {
                     return Err(EngineError::Cancelled { phase: self.phase });
