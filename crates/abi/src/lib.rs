@@ -14,6 +14,7 @@
 //!   and the payloads of the old vfio-user `DIRTY_PAGES` command.
 //! - [`seed`]: the 2018 proposal's migration region, exactly as in the seed
 //!   patch (packed, 76 bytes).
+//! - [`crc`]: CRC32C combining, for checksums of data moved unread.
 //! - [`wire`]: the encoding itself: [`wire_struct!`] (which the engine
 //!   also uses for its stream records), [`Reader`] and [`WireError`].
 //!
@@ -22,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crc;
 pub mod wire;
 
 pub mod kernel;

@@ -58,15 +58,33 @@ pub trait DmaMapping {
     fn dma_unmap(&mut self, iova: u64, size: u64) -> Result<()>;
 }
 
+/// What [`DataSplice::read_data_spliced`] tells its caller as the data
+/// moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spliced {
+    /// `len` data bytes with CRC32C `crc` come; none moved yet.
+    Head {
+        /// Data bytes.
+        len: usize,
+        /// Their CRC32C, as the device side computed it.
+        crc: u32,
+    },
+    /// This many of them are in the pipe now: move them out.
+    Data(usize),
+}
+
 /// Migration data moved without passing through this process: the
 /// device's next data is put straight into a pipe (the kernel moves page
 /// references), and its checksum comes from the other side, so the caller
 /// can frame it into its own checksummed records and splice it on.
 pub trait DataSplice {
     /// Moves up to `max` bytes of migration data — what `read_data` would
-    /// return — into the pipe whose write end is `pipe` (it must have room
-    /// for `max` bytes); returns how many, with their CRC32C. `Ok(None)`:
-    /// not possible on this device now (use `read_data`).
+    /// return — through the pipe whose write end is `pipe`: `each` gets
+    /// [`Spliced::Head`] (length and CRC32C) first, then
+    /// [`Spliced::Data`] whenever bytes are in the pipe, which it moves out
+    /// before returning. Returns the length and CRC. `Ok(None)`: not
+    /// possible on this device now (use `read_data`; `each` was not
+    /// called).
     ///
     /// `ahead`: how many more reads of `max` bytes the backend may start
     /// behind this one, so the device prepares the next data while this
@@ -78,6 +96,7 @@ pub trait DataSplice {
         pipe: std::os::fd::BorrowedFd<'_>,
         max: usize,
         ahead: usize,
+        each: &mut dyn FnMut(Spliced) -> std::io::Result<()>,
     ) -> Result<Option<(usize, u32)>>;
 
     /// Reads started ahead and not returned yet.

@@ -33,7 +33,7 @@ mod types;
 
 pub use capability::{
     dma_log_of, dma_mapping_of, regions_of, DataSplice, DeviceThrottle, DmaDirtyLog, DmaMapping,
-    RegionAccess, MAX_THROTTLE,
+    RegionAccess, Spliced, MAX_THROTTLE,
 };
 pub use descriptor::DeviceDescriptor;
 pub use error::{errno_name, BackendError, Result};

@@ -122,6 +122,35 @@ pub fn splice(
     Ok(n as usize)
 }
 
+/// One `splice` of up to `len` bytes of the file `from` at `offset` (its
+/// position is not used or moved) into the pipe `to`. From a memfd the
+/// pipe takes references to the file's pages: no copy. Returns the count
+/// (0 past the end of the file). `EINTR` is returned, not retried.
+pub fn splice_from_offset(
+    from: BorrowedFd<'_>,
+    offset: u64,
+    to: BorrowedFd<'_>,
+    len: usize,
+    flags: libc::c_uint,
+) -> io::Result<usize> {
+    let mut off = libc::loff_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+    // SAFETY: splice from a file at `*off` (a local the kernel reads and
+    // advances) into a pipe; the kernel moves data between the files
+    // only, never through our memory.
+    let n = cvt(unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            &mut off,
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    })?;
+    Ok(n as usize)
+}
+
 /// One `poll` over `fds` for at most `timeout_ms` (-1: no limit); returns
 /// how many have events in `revents`. `EINTR` is returned, not retried.
 ///

@@ -41,6 +41,9 @@ pub const KIND_PAGES: u32 = 2;
 pub const KIND_STATE: u32 = 3;
 /// End record.
 pub const KIND_END: u32 = 4;
+/// Memory pages record, as one run of consecutive pages (the vgpu's
+/// zero-copy form: the pages are a contiguous range of its memory).
+pub const KIND_PAGE_RUN: u32 = 5;
 
 /// Human name of a record kind, for messages.
 pub fn kind_name(kind: u32) -> String {
@@ -49,6 +52,7 @@ pub fn kind_name(kind: u32) -> String {
         KIND_PAGES => "pages".into(),
         KIND_STATE => "registers".into(),
         KIND_END => "end".into(),
+        KIND_PAGE_RUN => "page run".into(),
         k => format!("unknown kind {k}"),
     }
 }

@@ -625,6 +625,24 @@ impl Device for Vgpu {
         Ok(s.save(&self.shared, self.pci.bytes(), buf))
     }
 
+    fn save_pieces(
+        &mut self,
+        state: MigState,
+        max: usize,
+        out: &mut vfio_migrate_device::SavePieces,
+    ) -> DeviceResult<bool> {
+        // Only stopped: the pages are read when the server sends them.
+        if state != MigState::StopCopy {
+            return Ok(false);
+        }
+        let s = self
+            .save
+            .as_mut()
+            .ok_or_else(|| DeviceError::inval(format!("the vgpu has no save stream in {state}")))?;
+        s.save_pieces(&self.shared, self.pci.bytes(), max, out)?;
+        Ok(true)
+    }
+
     fn precopy_info(&mut self) -> PrecopyInfo {
         match &mut self.save {
             Some(s) => PrecopyInfo {

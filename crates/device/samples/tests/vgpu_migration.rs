@@ -432,3 +432,104 @@ fn pages_written_during_precopy_are_resent() {
     assert_eq!(&got, b"changed");
     assert_eq!(read_reg(&mut a, reg::DIGEST), read_reg(&mut b, reg::DIGEST));
 }
+
+/// The chunk `pieces` describes, read as the server sends it (file ranges
+/// read at their offsets).
+fn materialize(pieces: &vfio_migrate_device::SavePieces) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::with_capacity(pieces.len());
+    for p in pieces.pieces() {
+        match p {
+            vfio_migrate_device::Piece::Bytes(r) => {
+                out.extend_from_slice(&pieces.bytes()[r.clone()])
+            }
+            vfio_migrate_device::Piece::File { fd, offset, len } => {
+                let f = std::fs::File::from(fd.try_clone().unwrap());
+                let mut b = vec![0u8; *len];
+                f.read_exact_at(&mut b, *offset).unwrap();
+                out.extend_from_slice(&b);
+            }
+        }
+    }
+    out
+}
+
+/// A stopped vgpu describes its stop-copy stream as page runs over its
+/// memfd (nothing copied) plus framing; every chunk is as long as asked
+/// until the end, its checksum is that of its bytes, and the stream loads
+/// — split anywhere — into the same device, dirty pages (runs with gaps)
+/// included.
+#[test]
+fn stop_copy_described_as_page_runs_of_the_memfd_loads_to_the_same_device() {
+    let mem = 2 * MIB;
+    let mut a = vgpu("a", mem);
+    fill_bar2(&mut a, mem, 5);
+    write_reg(&mut a, reg::SCRATCH, 77);
+    // Pre-copy first: the initial pass goes, then scattered pages are
+    // dirtied, so the stop-copy part is runs with gaps.
+    a.set_state(MigState::PreCopy).unwrap();
+    let mut stream = Vec::new();
+    drain(&mut a, 256 << 10, |b| stream.extend_from_slice(b));
+    for p in [3u64, 4, 5, 9, 200, 201, 511] {
+        a.regions()
+            .unwrap()
+            .region_write(2, p * 4096 + 17, &[p as u8 ^ 0xa5; 100])
+            .unwrap();
+    }
+    a.set_state(MigState::StopCopy).unwrap();
+    let core = a.core().clone();
+    let mut pieces = vfio_migrate_device::SavePieces::new();
+    let mut files = 0;
+    for max in [5000usize, 1 << 20, 4099, 64 << 10].into_iter().cycle() {
+        let n = core
+            .lock()
+            .unwrap()
+            .read_data_pieces(max, &mut pieces)
+            .unwrap()
+            .expect("a stopped vgpu describes its data");
+        let bytes = materialize(&pieces);
+        assert_eq!(bytes.len(), n);
+        assert_eq!(pieces.crc(), crc32c::crc32c(&bytes), "chunk checksum");
+        files += pieces
+            .pieces()
+            .iter()
+            .filter(|p| matches!(p, vfio_migrate_device::Piece::File { .. }))
+            .count();
+        stream.extend_from_slice(&bytes);
+        if n < max {
+            assert_eq!(
+                core.lock()
+                    .unwrap()
+                    .read_data_pieces(max, &mut pieces)
+                    .unwrap(),
+                Some(0)
+            );
+            break;
+        }
+    }
+    assert!(
+        files >= 4,
+        "dirty pages went as runs of the memfd ({files})"
+    );
+    let digest = read_reg(&mut a, reg::DIGEST);
+    for split in [1usize, 7, 4096, 4105, 1 << 20] {
+        let mut b = vgpu("b", mem);
+        b.set_state(MigState::Resuming).unwrap();
+        for c in stream.chunks(split) {
+            b.write_data(c).unwrap();
+        }
+        b.set_state(MigState::Stop).unwrap();
+        assert_eq!(read_reg(&mut b, reg::DIGEST), digest, "split {split}");
+        assert_eq!(read_reg(&mut b, reg::SCRATCH), 77);
+    }
+    // Not while running: the pages would change after they were hashed.
+    a.set_state(MigState::Running).unwrap();
+    a.set_state(MigState::PreCopy).unwrap();
+    assert_eq!(
+        core.lock()
+            .unwrap()
+            .read_data_pieces(1 << 20, &mut pieces)
+            .unwrap(),
+        None
+    );
+}

@@ -225,6 +225,35 @@ impl<D: Device> DeviceCore<D> {
         Ok(n)
     }
 
+    /// Reads save data as pieces ([`Device::save_pieces`]) in STOP_COPY;
+    /// `Ok(None)` in other states or when the device does not offer them
+    /// (read with [`DeviceCore::read_data`]).
+    pub fn read_data_pieces(
+        &mut self,
+        max: usize,
+        out: &mut crate::pieces::SavePieces,
+    ) -> DeviceResult<Option<usize>> {
+        out.clear();
+        if self.state != MigState::StopCopy {
+            return Ok(None);
+        }
+        if !self.dev.save_pieces(self.state, max, out)? {
+            out.clear();
+            return Ok(None);
+        }
+        let n = out.len();
+        if n > max {
+            return Err(DeviceError::new(
+                libc::EIO,
+                "device described more data than asked",
+            ));
+        }
+        if n == 0 && max > 0 {
+            self.stream_done = true;
+        }
+        Ok(Some(n))
+    }
+
     /// Writes load data (RESUMING).
     pub fn write_data(&mut self, data: &[u8]) -> DeviceResult<()> {
         self.require(&[MigState::Resuming], "writing migration data")?;

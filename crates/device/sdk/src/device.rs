@@ -153,6 +153,23 @@ pub trait Device: Send {
     /// complete.
     fn save(&mut self, state: MigState, buf: &mut [u8]) -> DeviceResult<usize>;
 
+    /// The next chunk of the save stream, up to `max` bytes, described in
+    /// `out` (empty on entry) as bytes and ranges of the device's memfd
+    /// that the server splices into the socket unread (see
+    /// [`crate::pieces`]); the same stream [`Device::save`] would give.
+    /// `Ok(false)`: not offered now, use `save` (the default). Asked only
+    /// in STOP_COPY, when the device is stopped, and only by a server
+    /// whose client takes checksummed data; an empty chunk is the end.
+    fn save_pieces(
+        &mut self,
+        state: MigState,
+        max: usize,
+        out: &mut crate::pieces::SavePieces,
+    ) -> DeviceResult<bool> {
+        let _ = (state, max, out);
+        Ok(false)
+    }
+
     /// Pre-copy estimate (asked in PRE_COPY and PRE_COPY_P2P only). A
     /// device without `MIGRATION_PRE_COPY` keeps the default (nothing).
     fn precopy_info(&mut self) -> PrecopyInfo {

@@ -18,6 +18,8 @@
 //! - [`irq`]: interrupts — the client's requests and [`Interrupts`], the
 //!   eventfds, masks, INTx levels and MSI edges a device raises.
 //! - [`pci`]: a type-0 PCI config space with write masks and BAR sizing.
+//! - [`pieces`]: a save-stream chunk described as bytes and ranges of the
+//!   device's memfd, sent by splice without a copy ([`SavePieces`]).
 //! - [`region`]: the older migration interfaces as device regions over the
 //!   same `DeviceCore`: the Linux 5.8 v1 region and the 2018 seed region.
 //! - [`DeviceError`]: an errno for the wire plus a message for people.
@@ -36,6 +38,7 @@ pub mod fsm;
 pub mod irq;
 pub mod local;
 pub mod pci;
+pub mod pieces;
 pub mod region;
 
 pub use crate::core::DeviceCore;
@@ -44,3 +47,4 @@ pub use dma::DmaSpace;
 pub use error::{DeviceError, DeviceResult};
 pub use irq::{Interrupts, IrqRequest};
 pub use local::LocalDevice;
+pub use pieces::{Piece, SavePieces};

@@ -375,7 +375,7 @@ fn serve_message<D: Device>(
             ),
         );
         tracing::debug!(cmd = hdr.cmd, "{}", reply.message);
-        send_reply(conn, &hdr, reply)?;
+        send_reply(conn, &hdr, &mut *reply)?;
         return Ok(true);
     }
     if hdr.msg_size > cap {
@@ -388,7 +388,7 @@ fn serve_message<D: Device>(
             ),
         );
         tracing::warn!(cmd = hdr.cmd, "{}; closing the connection", reply.message);
-        send_reply(conn, &hdr, reply)?;
+        send_reply(conn, &hdr, &mut *reply)?;
         return Ok(false);
     }
     let plen = hdr.msg_size as usize - HEADER_SIZE;
@@ -403,7 +403,7 @@ fn serve_message<D: Device>(
         }
         return Ok(!reply.close);
     }
-    send_reply(conn, &hdr, reply)?;
+    send_reply(conn, &hdr, &mut *reply)?;
     Ok(!reply.close)
 }
 
@@ -442,7 +442,12 @@ fn log_unanswered_refusal<D: Device>(session: &mut Session<'_, D>, hdr: &Header,
 }
 
 /// Sends the reply to `req` (one sendmsg: header + payload + fds).
-fn send_reply(conn: &Conn, req: &Header, reply: &Reply) -> io::Result<()> {
+fn send_reply(conn: &Conn, req: &Header, reply: &mut Reply) -> io::Result<()> {
+    let spliced = if reply.spliced && reply.errno == 0 {
+        reply.pieces.len()
+    } else {
+        0
+    };
     let payload = reply.payload();
     let mut flags = TYPE_REPLY;
     if reply.errno != 0 {
@@ -451,13 +456,17 @@ fn send_reply(conn: &Conn, req: &Header, reply: &Reply) -> io::Result<()> {
     let h = Header {
         msg_id: req.msg_id,
         cmd: req.cmd,
-        msg_size: (HEADER_SIZE + payload.len()) as u32,
+        msg_size: (HEADER_SIZE + payload.len() + spliced) as u32,
         flags,
         error_no: reply.errno as u32,
     }
     .to_bytes();
     let fds: Vec<RawFd> = reply.fds.iter().map(|f| f.as_raw_fd()).collect();
-    conn.send(&[&h, payload], &fds)
+    conn.send(&[&h, payload], &fds)?;
+    if spliced > 0 {
+        migdata::send_pieces(conn, reply)?;
+    }
+    Ok(())
 }
 
 /// How long a newcomer waits for the current client to finish before it is

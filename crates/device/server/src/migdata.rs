@@ -1,12 +1,17 @@
 //! MIG_DATA_READ and MIG_DATA_WRITE: the migration data stream, read
 //! straight into the reply buffer and written straight from the request;
 //! with `FEATURE_MIG_DATA_CRC` on, a read's reply also carries the data's
-//! CRC32C, and a write carries one that is checked first.
+//! CRC32C, and a write carries one that is checked first. With it on, a
+//! stopped device that describes its data
+//! ([`vfio_migrate_device::Device::save_pieces`]) has it spliced from its
+//! memory into the socket ([`send_pieces`]).
 
-use std::os::fd::OwnedFd;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use vfio_migrate_abi::vfio_user::MigData;
 use vfio_migrate_device::{Device, DeviceError, DeviceResult};
 use vfio_migrate_vfio_user::ext::MIG_DATA_CRC_SIZE;
+use vfio_migrate_vfio_user::sock::Conn;
 
 use super::dispatch::{decode, no_fds};
 use super::session::{Reply, Session};
@@ -42,6 +47,26 @@ pub(crate) fn read<D: Device>(
         )));
     }
     let mut core = s.lock();
+    if crc {
+        // A stopped device may describe its data instead: it is spliced
+        // from its memory into the socket, and its checksum comes from
+        // the device's own (no copy, no pass here).
+        let mut pieces = std::mem::take(&mut reply.pieces);
+        let r = core.read_data_pieces(req.size as usize, &mut pieces);
+        reply.pieces = pieces;
+        if let Some(n) = r? {
+            let head = MigData {
+                argsz: (MigData::SIZE + extra + n) as u32,
+                size: n as u32,
+            };
+            reply.put(&head.to_bytes());
+            let mut block = [0u8; MIG_DATA_CRC_SIZE];
+            block[..4].copy_from_slice(&reply.pieces.crc().to_le_bytes());
+            reply.put(&block);
+            reply.set_spliced();
+            return Ok(());
+        }
+    }
     reply.grow(MigData::SIZE + extra);
     let buf = reply.grow(req.size as usize);
     let mut got = 0usize;
@@ -116,3 +141,65 @@ pub(crate) fn write<D: Device>(
     }
     s.lock().write_data(data)
 }
+
+/// Sends the pieces of a MIG_DATA_READ reply after its head: bytes as
+/// they are, file ranges by splice through the reply's pipe (the socket
+/// takes the file's pages; nothing passes through this process). A failure
+/// leaves the reply half sent: the connection is closed.
+pub(crate) fn send_pieces(conn: &Conn, reply: &mut Reply) -> io::Result<()> {
+    use vfio_migrate_device::Piece;
+    use vfio_migrate_sys::fd;
+    if reply.pipe.is_none() {
+        let (r, w) = fd::pipe(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+        let _ = fd::set_pipe_size(w.as_fd(), PIPE);
+        reply.pipe = Some((r, w));
+    }
+    let (pr, pw) = reply.pipe.as_ref().expect("made");
+    let cap = fd::pipe_size(pw.as_fd()).unwrap_or(64 << 10);
+    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE | libc::SPLICE_F_NONBLOCK;
+    for piece in reply.pieces.pieces() {
+        match piece {
+            Piece::Bytes(r) => conn.send(&[&reply.pieces.bytes()[r.clone()]], &[])?,
+            Piece::File { fd: f, offset, len } => {
+                let (mut at, mut left) = (*offset, *len);
+                while left > 0 {
+                    // The pipe is empty here: fill it, then drain it.
+                    let k = match fd::splice_from_offset(
+                        f.as_fd(),
+                        at,
+                        pw.as_fd(),
+                        left.min(cap),
+                        flags,
+                    ) {
+                        Ok(0) => {
+                            return Err(conn.poison(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "device memory ended inside a MIG_DATA_READ reply",
+                            )))
+                        }
+                        Ok(k) => k,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(conn.poison(e)),
+                    };
+                    at += k as u64;
+                    left -= k;
+                    let mut d = k;
+                    while d > 0 {
+                        match fd::splice(pr.as_fd(), conn.as_fd(), d, flags) {
+                            Ok(n) => d -= n,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                conn.wait_ready(libc::POLLOUT)?
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => return Err(conn.poison(e)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The reply pipe's size: a 1 MiB chunk of device memory in one fill.
+const PIPE: usize = 1 << 20;

@@ -81,6 +81,13 @@ pub struct Reply {
     pub fds: Vec<Arc<OwnedFd>>,
     /// Close the connection after sending (the stream cannot be trusted).
     pub close: bool,
+    /// Data that follows the payload on the wire, sent by splice
+    /// ([`Reply::set_spliced`]): MIG_DATA_READ replies of a stopped device.
+    pub(crate) pieces: vfio_migrate_device::SavePieces,
+    pub(crate) spliced: bool,
+    /// The pipe spliced data goes through (made on first use, kept for the
+    /// connection).
+    pub(crate) pipe: Option<(OwnedFd, OwnedFd)>,
 }
 
 impl Reply {
@@ -96,6 +103,7 @@ impl Reply {
         self.len = 0;
         self.fds.clear();
         self.close = false;
+        self.spliced = false;
     }
 
     /// The payload built so far.
@@ -131,10 +139,16 @@ impl Reply {
         &mut self.data[..self.len]
     }
 
+    /// The data in `self.pieces` follows the payload on the wire.
+    pub(crate) fn set_spliced(&mut self) {
+        self.spliced = true;
+    }
+
     /// Turns the reply into an error reply.
     pub fn fail(&mut self, errno: i32, message: impl Into<String>) {
         self.len = 0;
         self.fds.clear();
+        self.spliced = false;
         self.errno = errno;
         self.message = message.into();
     }

@@ -455,7 +455,6 @@ fn dma_log_reports_split_to_fit_small_transfer_limits() {
 
 #[test]
 fn checksummed_replies_move_data_through_a_pipe_with_its_checksum() {
-    use std::io::Read;
     use vfio_migrate_backend::DataSplice;
     let src_p = Served::start("vgpu", Some(2 << 20));
     let dst_p = Served::start("vgpu", Some(2 << 20));
@@ -475,15 +474,17 @@ fn checksummed_replies_move_data_through_a_pipe_with_its_checksum() {
         // Alternate: spliced with its checksum, and a plain copying read
         // on the same connection (which skips the checksum block).
         if chunks % 2 == 0 {
+            let mut data = Vec::new();
             let (n, crc) = src
-                .read_data_spliced(w.as_fd(), 256 << 10, 0)
+                .read_data_spliced(w.as_fd(), 256 << 10, 0, &mut |ev| {
+                    out_of_pipe(&mut r, ev, &mut data)
+                })
                 .unwrap()
                 .expect("our server checksums its replies");
             if n == 0 {
                 break;
             }
-            let mut data = vec![0u8; n];
-            r.read_exact(&mut data).unwrap();
+            assert_eq!(data.len(), n);
             assert_eq!(crc, crc32c::crc32c(&data), "chunk {chunks}");
             dst.mig_data_write(&data).unwrap();
         } else {
@@ -509,4 +510,208 @@ fn checksummed_replies_move_data_through_a_pipe_with_its_checksum() {
     drop(src);
     let mut plain = Client::connect_with(&src_p.path, cfg).unwrap();
     assert!(!plain.enable_mig_data_crc().unwrap());
+}
+
+/// Takes what a spliced read put into the pipe (read end `r`) into `data`.
+fn out_of_pipe(
+    r: &mut std::fs::File,
+    ev: vfio_migrate_backend::Spliced,
+    data: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    use std::io::Read;
+    match ev {
+        vfio_migrate_backend::Spliced::Head { len, .. } => data.reserve(len),
+        vfio_migrate_backend::Spliced::Data(k) => {
+            let at = data.len();
+            data.resize(at + k, 0);
+            r.read_exact(&mut data[at..])?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` into `w` (an empty pipe with room), for the fill of a
+/// spliced write.
+fn into_pipe(w: std::os::fd::BorrowedFd<'_>, data: &[u8]) -> std::io::Result<usize> {
+    use std::io::Write;
+    let mut f = std::fs::File::from(w.try_clone_to_owned()?);
+    f.write_all(data)?;
+    Ok(data.len())
+}
+
+#[test]
+fn reads_sent_ahead_and_writes_left_unanswered_move_the_whole_state_in_order() {
+    use vfio_migrate_backend::DataSplice;
+    let src_p = Served::start("vgpu", Some(4 << 20));
+    let dst_p = Served::start("vgpu", Some(4 << 20));
+    let (mut src, mut dst) = (src_p.client(), dst_p.client());
+    set_reg(&mut src, vgpu_reg::SEED, 9);
+    set_reg(&mut src, vgpu_reg::RENDER_RATE, 256 << 20);
+    set_reg(&mut src, vgpu_reg::CONTROL, 1);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    src.set_state(MigState::StopCopy).unwrap();
+    dst.set_state(MigState::Resuming).unwrap();
+    assert!(dst.enable_mig_data_crc().unwrap());
+    let (r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
+    vfio_migrate_sys::fd::set_pipe_size(w.as_fd(), 1 << 20).unwrap();
+    let (wr, ww) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
+    vfio_migrate_sys::fd::set_pipe_size(ww.as_fd(), 1 << 20).unwrap();
+    let mut r = std::fs::File::from(r);
+    let (mut moved, mut most_ahead, mut writes) = (0usize, 0usize, 0usize);
+    let mut short = false;
+    loop {
+        // Three reads in flight until the device says it has no more;
+        // then the ones in flight are collected (0 bytes: the end).
+        let ahead = if short { 0 } else { 3 };
+        let mut data = Vec::new();
+        let (n, crc) = src
+            .read_data_spliced(w.as_fd(), 128 << 10, ahead, &mut |ev| {
+                out_of_pipe(&mut r, ev, &mut data)
+            })
+            .unwrap()
+            .expect("our server checksums its replies");
+        most_ahead = most_ahead.max(src.reads_ahead());
+        if n == 0 && src.reads_ahead() == 0 {
+            break;
+        }
+        short |= n < 128 << 10;
+        if n == 0 {
+            continue;
+        }
+        assert_eq!(data.len(), n);
+        assert_eq!(crc, crc32c::crc32c(&data));
+        assert!(dst
+            .write_data_spliced(wr.as_fd(), n, crc, &mut |_| into_pipe(ww.as_fd(), &data))
+            .unwrap());
+        moved += n;
+        writes += 1;
+    }
+    assert_eq!(most_ahead, 3, "reads were kept in flight");
+    assert!(
+        writes > 20 && moved > 4 << 20,
+        "{writes} writes, {moved} bytes"
+    );
+    dst.flush_writes().unwrap();
+    dst.set_state(MigState::Stop).unwrap();
+    assert_eq!(
+        reg(&mut src, vgpu_reg::DIGEST),
+        reg(&mut dst, vgpu_reg::DIGEST)
+    );
+    drop(wr);
+}
+
+#[test]
+fn reads_in_flight_are_dropped_when_the_stream_is_abandoned_and_the_device_rolls_back_intact() {
+    use vfio_migrate_backend::DataSplice;
+    let p = Served::start("vgpu", Some(4 << 20));
+    let mut c = p.client();
+    set_reg(&mut c, vgpu_reg::SEED, 3);
+    set_reg(&mut c, vgpu_reg::RENDER_RATE, 256 << 20);
+    set_reg(&mut c, vgpu_reg::CONTROL, 1);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    set_reg(&mut c, vgpu_reg::CONTROL, 0);
+    let before = reg(&mut c, vgpu_reg::DIGEST);
+    c.set_state(MigState::StopCopy).unwrap();
+    let (_r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
+    vfio_migrate_sys::fd::set_pipe_size(w.as_fd(), 1 << 20).unwrap();
+    let (mut r, mut data) = (std::fs::File::from(_r), Vec::new());
+    let (n, _) = c
+        .read_data_spliced(w.as_fd(), 64 << 10, 4, &mut |ev| {
+            out_of_pipe(&mut r, ev, &mut data)
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 64 << 10);
+    assert_eq!(c.reads_ahead(), 4);
+    // Any other command answers them first (their data is dropped) and
+    // the connection stays in step: the rollback works.
+    assert_eq!(c.state().unwrap(), MigState::StopCopy);
+    assert_eq!(c.reads_ahead(), 0);
+    c.set_state(MigState::Stop).unwrap();
+    c.set_state(MigState::Running).unwrap();
+    assert_eq!(reg(&mut c, vgpu_reg::DIGEST), before, "state intact");
+}
+
+#[test]
+fn a_refused_spliced_write_is_reported_by_a_later_write_or_by_flush_writes() {
+    use vfio_migrate_backend::{BackendError, DataSplice};
+    let p = Served::start("vgpu", Some(1 << 20));
+    let mut c = p.client();
+    c.set_state(MigState::Resuming).unwrap();
+    assert!(c.enable_mig_data_crc().unwrap());
+    let (r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
+    let data = vec![0x5a_u8; 4096];
+    let wrong = crc32c::crc32c(&data) ^ 1;
+    let mut fill = |_: usize| into_pipe(w.as_fd(), &data);
+    // Sent, not answered yet.
+    assert!(c
+        .write_data_spliced(r.as_fd(), 4096, wrong, &mut fill)
+        .unwrap());
+    let refused = |e: BackendError| match e {
+        BackendError::Refused { errno, detail, .. } => {
+            assert_eq!(errno, libc::EILSEQ);
+            assert!(detail.contains("corrupted"), "{detail}");
+        }
+        e => panic!("expected a refusal, got {e}"),
+    };
+    refused(c.flush_writes().unwrap_err());
+    c.flush_writes().unwrap();
+    // With as many in flight as allowed, the next write waits for the
+    // oldest answer and reports its refusal (and is not sent).
+    for _ in 0..vfio_migrate_client::WRITES_IN_FLIGHT {
+        assert!(c
+            .write_data_spliced(r.as_fd(), 4096, wrong, &mut fill)
+            .unwrap());
+    }
+    refused(
+        c.write_data_spliced(r.as_fd(), 4096, wrong, &mut fill)
+            .unwrap_err(),
+    );
+    refused(c.flush_writes().unwrap_err());
+    // A command in between answers it and keeps the refusal for the flush.
+    assert!(c
+        .write_data_spliced(r.as_fd(), 4096, wrong, &mut fill)
+        .unwrap());
+    assert_eq!(c.state().unwrap(), MigState::Resuming);
+    refused(c.flush_writes().unwrap_err());
+    // Nothing was loaded: the device never took a byte.
+    c.reset().unwrap();
+}
+
+#[test]
+fn a_reply_that_needs_more_pipe_slots_than_the_pipe_has_moves_in_several_pipefuls() {
+    use vfio_migrate_backend::{DataSplice, Spliced};
+    let p = Served::start("vgpu", Some(2 << 20));
+    let mut c = p.client();
+    set_reg(&mut c, vgpu_reg::SEED, 4);
+    set_reg(&mut c, vgpu_reg::RENDER_RATE, 256 << 20);
+    set_reg(&mut c, vgpu_reg::CONTROL, 1);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    c.set_state(MigState::StopCopy).unwrap();
+    // A pipe of the default 16 slots, asked for as many bytes as it holds:
+    // the stopped vgpu's reply is its memory's pages (a slot each) plus
+    // record framing (more slots), so it cannot fit in one pipeful.
+    let (r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
+    let cap = vfio_migrate_sys::fd::pipe_size(w.as_fd()).unwrap();
+    let mut r = std::fs::File::from(r);
+    let (mut total, mut most_pipefuls) = (0usize, 0usize);
+    loop {
+        let mut data = Vec::new();
+        let mut pipefuls = 0;
+        let (n, crc) = c
+            .read_data_spliced(w.as_fd(), cap, 0, &mut |ev| {
+                pipefuls += usize::from(matches!(ev, Spliced::Data(_)));
+                out_of_pipe(&mut r, ev, &mut data)
+            })
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        assert_eq!((data.len(), crc), (n, crc32c::crc32c(&data)));
+        most_pipefuls = most_pipefuls.max(pipefuls);
+        total += n;
+    }
+    assert!(total > 2 << 20, "{total}");
+    assert!(most_pipefuls >= 2, "a reply took {most_pipefuls} pipefuls");
 }

@@ -37,7 +37,28 @@ impl Pipe {
     }
 }
 
-use super::splice::splice;
+/// One blocking `splice` call, retried on EINTR; 0 bytes from a socket is
+/// its end.
+fn splice(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    len: usize,
+) -> io::Result<usize> {
+    loop {
+        let n = match sys::fd::splice(from, to, len, libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "socket closed during splice",
+            ));
+        }
+        return Ok(n);
+    }
+}
 
 /// Moves migration data from `src` (PRE_COPY or STOP_COPY) to `dst`
 /// (RESUMING) until `src` has nothing more (a 0-byte read), in chunks of

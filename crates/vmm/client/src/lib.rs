@@ -38,6 +38,7 @@ pub use mig_commands::mig_write_argsz;
 pub use migregion::MigRegion;
 pub use protocol::{open, open_with, Protocol};
 pub use seed::SeedDevice;
+pub use splice::WRITES_IN_FLIGHT;
 pub use v1::V1Device;
 
 use std::collections::HashMap;

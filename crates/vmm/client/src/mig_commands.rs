@@ -102,7 +102,12 @@ impl Client {
 
     /// Sends a MIG_DATA_READ of `size` bytes; `now`: without answering the
     /// reads in flight first (one more sent ahead).
-    pub(crate) fn send_mig_data_read(&mut self, step: &str, size: usize, now: bool) -> Result<Header> {
+    pub(crate) fn send_mig_data_read(
+        &mut self,
+        step: &str,
+        size: usize,
+        now: bool,
+    ) -> Result<Header> {
         let head = MigData {
             argsz: (MigData::SIZE + self.mig_crc_skip() + size) as u32,
             size: size as u32,

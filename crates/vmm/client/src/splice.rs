@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use vfio_migrate_abi::vfio_user::{Command, Header, MigData, HEADER_SIZE, TYPE_COMMAND};
-use vfio_migrate_backend::{BackendError, DataSplice, Result};
+use vfio_migrate_backend::{BackendError, DataSplice, Result, Spliced};
 use vfio_migrate_vfio_user::ext::{FEATURE_MIG_DATA_CRC, MIG_DATA_CRC_SIZE};
 use vfio_migrate_vfio_user::sock::RecvFds;
 
@@ -19,24 +19,6 @@ use vfio_migrate_sys as sys;
 
 /// Spliced MIG_DATA_WRITEs that may be unanswered at once.
 pub const WRITES_IN_FLIGHT: usize = 2;
-
-/// One `splice` call, retried on EINTR; 0 bytes from a socket is its end.
-pub(crate) fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
-    loop {
-        let n = match sys::fd::splice(from, to, len, libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "socket closed during splice",
-            ));
-        }
-        return Ok(n);
-    }
-}
 
 impl Client {
     /// Asks the server for checksummed MIG_DATA_READ replies (once per
@@ -58,9 +40,12 @@ impl Client {
     }
 
     /// MIG_DATA_READ of up to `max` bytes whose data goes from the socket
-    /// straight into the pipe `pipe` (which must have room for them).
-    /// Returns the count and the data's CRC32C as the server computed it.
-    /// Needs [`Client::enable_mig_data_crc`].
+    /// into the pipe `pipe` and on, without passing through this process:
+    /// `each` is told the data's length and CRC32C (as the server computed
+    /// it) first, then — as often as needed — how many bytes are in the
+    /// pipe, which it must move out before returning (the pipe's slots, not
+    /// its bytes, may run out first: a chunk can take several pipefuls).
+    /// Returns the count and the CRC. Needs [`Client::enable_mig_data_crc`].
     ///
     /// `ahead`: how many more reads of the same size to keep in flight
     /// behind this one, so the server fills the next reply while this one
@@ -70,12 +55,15 @@ impl Client {
     /// must collect: call again (with `ahead` 0 at the end) while
     /// [`Client::reads_ahead`] is not 0 — every reply may carry stream
     /// data. Any other command first answers and drops them (an abandoned
-    /// stream: abort and rollback).
+    /// stream: abort and rollback). When `each` fails, the rest of the
+    /// reply is drained and the reads ahead dropped, so the connection
+    /// stays usable for the rollback.
     pub fn mig_data_read_spliced(
         &mut self,
         pipe: BorrowedFd<'_>,
         max: usize,
         ahead: usize,
+        each: &mut dyn FnMut(Spliced) -> io::Result<()>,
     ) -> Result<(usize, u32)> {
         let step = "MIG_DATA_READ";
         if !self.mig_crc {
@@ -105,20 +93,57 @@ impl Client {
             }
         };
         let io = |e| BackendError::io(step, e);
+        let crc = r.crc.expect("checksummed replies are on");
         let got = r.got;
         let mut left = got;
-        while left > 0 {
-            match splice(self.conn.as_fd(), pipe, left) {
-                Ok(k) => left -= k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.conn.wait_ready(libc::POLLIN).map_err(io)?
+        let mut moved = if got > 0 {
+            each(Spliced::Head { len: got, crc })
+        } else {
+            Ok(())
+        };
+        let mut in_pipe = 0usize;
+        while left > 0 && moved.is_ok() {
+            let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE | libc::SPLICE_F_NONBLOCK;
+            match sys::fd::splice(self.conn.as_fd(), pipe, left, flags) {
+                Ok(0) => {
+                    return Err(io(self.conn.poison(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "socket closed during splice",
+                    ))))
                 }
+                Ok(k) => {
+                    left -= k;
+                    in_pipe += k;
+                }
+                // The pipe is full, or the socket has nothing yet: move
+                // what the pipe holds on first; an empty pipe means the
+                // socket is waited for.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if in_pipe > 0 {
+                        moved = each(Spliced::Data(std::mem::take(&mut in_pipe)));
+                    } else {
+                        self.conn.wait_ready(libc::POLLIN).map_err(io)?
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // The rest of the reply is still on the socket: unusable.
                 Err(e) => return Err(io(self.conn.poison(e))),
             }
         }
+        if in_pipe > 0 && moved.is_ok() {
+            moved = each(Spliced::Data(in_pipe));
+        }
+        if let Err(e) = moved {
+            // Keep the connection in step for the rollback: the rest of
+            // this reply and the reads ahead are drained.
+            self.conn
+                .discard(r.rest - (got - left), &mut r.rf)
+                .map_err(io)?;
+            let _ = self.drop_reads_ahead();
+            return Err(io(e));
+        }
         self.conn.discard(r.rest - got, &mut r.rf).map_err(io)?;
-        Ok((got, r.crc.expect("checksummed replies are on")))
+        Ok((got, crc))
     }
 
     /// MIG_DATA_READs sent ahead and not answered yet.
@@ -167,8 +192,10 @@ impl Client {
     /// Returns once the data is on the socket, without waiting for the
     /// answer: up to [`WRITES_IN_FLIGHT`] writes stay unanswered, so the
     /// next one moves while the server loads this one. A refusal is
-    /// reported by the next write or by [`Client::flush_writes`], which
-    /// whoever relies on the device having taken everything calls first.
+    /// reported by a later write (one that waits for the oldest answer to
+    /// make room; it is then not sent) or by [`Client::flush_writes`],
+    /// which whoever relies on the device having taken everything calls
+    /// first.
     /// A failure once the head went leaves the message half sent: the
     /// connection is then unusable (every later call fails at once).
     pub fn mig_data_write_spliced(
@@ -316,11 +343,12 @@ impl DataSplice for Client {
         pipe: BorrowedFd<'_>,
         max: usize,
         ahead: usize,
+        each: &mut dyn FnMut(Spliced) -> io::Result<()>,
     ) -> Result<Option<(usize, u32)>> {
         if !self.enable_mig_data_crc()? {
             return Ok(None);
         }
-        self.mig_data_read_spliced(pipe, max, ahead).map(Some)
+        self.mig_data_read_spliced(pipe, max, ahead, each).map(Some)
     }
 
     fn reads_ahead(&self) -> usize {

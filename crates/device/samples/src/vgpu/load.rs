@@ -6,10 +6,10 @@
 use super::engines::{Shared, PAGE};
 use super::pagehash::{append_page_crc, term_of_crc};
 use super::regs::{decode_state, RegSnapshot, STATE_LEN};
-use super::save::{ENTRY, MAGIC, MAX_BATCH, VERSION};
+use super::save::{ENTRY, MAGIC, MAX_BATCH, RUN_HEAD, VERSION};
 use crate::stream::{
     kind_name, RecordReader, RecordSink, StreamEnd, StreamHeader, KIND_END, KIND_HEADER,
-    KIND_PAGES, KIND_STATE,
+    KIND_PAGES, KIND_PAGE_RUN, KIND_STATE,
 };
 use std::sync::Arc;
 use vfio_migrate_device::error::{DeviceError, DeviceResult};
@@ -46,6 +46,11 @@ struct Sink {
     idx_have: usize,
     page: u64,
     page_off: usize,
+    /// Page-run records: the run's head, its length, and the pages of the
+    /// run still to come after the current one.
+    run_head: [u8; RUN_HEAD],
+    run_len: usize,
+    run_left: u64,
     /// CRC32C of the page being written, fed as its bytes arrive (its
     /// digest term, see [`super::pagehash`]).
     page_crc: u32,
@@ -64,6 +69,38 @@ impl Sink {
                 self.pages
             )));
         }
+        self.page_starts(p);
+        Ok(())
+    }
+
+    /// A run's head arrived: its pages must be the record's and inside
+    /// device memory.
+    fn run_head_done(&mut self) -> DeviceResult<()> {
+        let first = u64::from(u32::from_le_bytes(
+            self.run_head[..4].try_into().expect("4"),
+        ));
+        let count = u64::from(u32::from_le_bytes(
+            self.run_head[4..].try_into().expect("4"),
+        ));
+        let fits = (self.run_len - RUN_HEAD) as u64 / PAGE;
+        if count != fits {
+            return Err(DeviceError::inval(format!(
+                "page run of {count} pages in a record with room for {fits}"
+            )));
+        }
+        if first + count > self.pages {
+            return Err(DeviceError::inval(format!(
+                "page run {first}..{} is outside this vgpu's {} pages",
+                first + count,
+                self.pages
+            )));
+        }
+        self.run_left = count - 1;
+        self.page_starts(first);
+        Ok(())
+    }
+
+    fn page_starts(&mut self, p: u64) {
         self.page = p;
         self.page_off = 0;
         self.page_crc = 0;
@@ -73,7 +110,59 @@ impl Sink {
             self.received[w] |= 1 << b;
             self.received_count += 1;
         }
-        Ok(())
+    }
+
+    /// Page bytes of the current page: into device memory, hashed (one
+    /// pass). Returns how many were taken and the record's CRC so far.
+    fn page_bytes(&mut self, chunk: &[u8], mut crc: u32) -> DeviceResult<(usize, u32)> {
+        let n = (PAGE as usize - self.page_off).min(chunk.len());
+        let piece = &chunk[..n];
+        self.shared
+            .mem
+            .write(self.page * PAGE + self.page_off as u64, piece)?;
+        if n == PAGE as usize {
+            // A whole page in one piece (the usual case): one pass.
+            self.page_crc = crc32c::crc32c(piece);
+            crc = append_page_crc(crc, self.page_crc);
+        } else {
+            self.page_crc = crc32c::crc32c_append(self.page_crc, piece);
+            crc = crc32c::crc32c_append(crc, piece);
+        }
+        self.page_off += n;
+        if self.page_off == PAGE as usize {
+            self.shared
+                .hashes
+                .set(&[(self.page, term_of_crc(self.page, self.page_crc))]);
+        }
+        Ok((n, crc))
+    }
+
+    /// A page-run record's payload: its head, then its pages in order.
+    fn run_bytes(&mut self, mut chunk: &[u8], mut crc: u32) -> DeviceResult<u32> {
+        while !chunk.is_empty() {
+            if self.idx_have < RUN_HEAD {
+                let n = (RUN_HEAD - self.idx_have).min(chunk.len());
+                self.run_head[self.idx_have..self.idx_have + n].copy_from_slice(&chunk[..n]);
+                crc = crc32c::crc32c_append(crc, &chunk[..n]);
+                self.idx_have += n;
+                chunk = &chunk[n..];
+                if self.idx_have == RUN_HEAD {
+                    self.run_head_done()?;
+                }
+                continue;
+            }
+            if self.page_off == PAGE as usize {
+                self.run_left = self
+                    .run_left
+                    .checked_sub(1)
+                    .ok_or_else(|| DeviceError::inval("page run longer than its head says"))?;
+                self.page_starts(self.page + 1);
+            }
+            let (n, c) = self.page_bytes(chunk, crc)?;
+            crc = c;
+            chunk = &chunk[n..];
+        }
+        Ok(crc)
     }
 }
 
@@ -112,6 +201,20 @@ impl RecordSink for Sink {
                 }
                 len
             }
+            KIND_PAGE_RUN => {
+                let pages = len.saturating_sub(RUN_HEAD) / PAGE as usize;
+                if len <= RUN_HEAD
+                    || !(len - RUN_HEAD).is_multiple_of(PAGE as usize)
+                    || pages > MAX_BATCH
+                {
+                    return Err(DeviceError::inval(format!(
+                        "page run record of {len} bytes: must be a {RUN_HEAD}-byte head and 1 \
+                         to {MAX_BATCH} pages of {PAGE} bytes"
+                    )));
+                }
+                self.run_len = len;
+                len
+            }
             k => {
                 return Err(DeviceError::inval(format!(
                     "unknown record kind {k}: the state was written by a newer or different \
@@ -138,6 +241,9 @@ impl RecordSink for Sink {
     /// Page data goes into device memory; each page's CRC32C is its digest
     /// term and, folded in, the record's CRC (one pass over the bytes).
     fn data_crc(&mut self, mut chunk: &[u8], mut crc: u32) -> DeviceResult<u32> {
+        if self.kind == KIND_PAGE_RUN {
+            return self.run_bytes(chunk, crc);
+        }
         if self.kind != KIND_PAGES {
             self.small.extend_from_slice(chunk);
             return Ok(crc32c::crc32c_append(crc, chunk));
@@ -154,26 +260,11 @@ impl RecordSink for Sink {
                 }
                 continue;
             }
-            let n = (PAGE as usize - self.page_off).min(chunk.len());
-            let piece = &chunk[..n];
-            self.shared
-                .mem
-                .write(self.page * PAGE + self.page_off as u64, piece)?;
-            if n == PAGE as usize {
-                // A whole page in one piece (the usual case): one pass.
-                self.page_crc = crc32c::crc32c(piece);
-                crc = append_page_crc(crc, self.page_crc);
-            } else {
-                self.page_crc = crc32c::crc32c_append(self.page_crc, piece);
-                crc = crc32c::crc32c_append(crc, piece);
-            }
-            self.page_off += n;
+            let (n, c) = self.page_bytes(chunk, crc)?;
+            crc = c;
             chunk = &chunk[n..];
             if self.page_off == PAGE as usize {
                 self.idx_have = 0;
-                self.shared
-                    .hashes
-                    .set(&[(self.page, term_of_crc(self.page, self.page_crc))]);
             }
         }
         Ok(crc)
@@ -214,7 +305,7 @@ impl RecordSink for Sink {
                 self.header = Some(h);
             }
             KIND_STATE => self.state = Some(decode_state(&self.small)?),
-            KIND_PAGES => {}
+            KIND_PAGES | KIND_PAGE_RUN => {}
             KIND_END => {
                 let e = StreamEnd::decode(&self.small)?;
                 if e.records != self.records || e.page_entries != self.page_entries {
@@ -261,6 +352,9 @@ impl LoadStream {
                 idx_have: 0,
                 page: 0,
                 page_off: 0,
+                run_head: [0; RUN_HEAD],
+                run_len: 0,
+                run_left: 0,
                 page_crc: 0,
                 received: vec![0u64; pages.div_ceil(64) as usize],
                 received_count: 0,

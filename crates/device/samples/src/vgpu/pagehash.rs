@@ -47,7 +47,7 @@ pub fn append_page_crc(crc: u32, page_crc: u32) -> u32 {
         let mut t = [[0u32; 256]; 4];
         for (k, table) in t.iter_mut().enumerate() {
             for (b, v) in table.iter_mut().enumerate() {
-                *v = crc32c::crc32c_combine((b as u32) << (8 * k), 0, PAGE as usize);
+                *v = vfio_migrate_abi::crc::shift((b as u32) << (8 * k), PAGE as usize);
             }
         }
         t

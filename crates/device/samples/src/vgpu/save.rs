@@ -13,9 +13,11 @@ use super::pagehash::{append_page_crc, term_of_crc};
 use super::regs::{encode_state, STATE_LEN};
 use crate::stream::{
     finish_crc, put_header, Outbox, StreamEnd, StreamHeader, HEADER_LEN, KIND_END, KIND_HEADER,
-    KIND_PAGES, KIND_STATE, OVERHEAD,
+    KIND_PAGES, KIND_PAGE_RUN, KIND_STATE, OVERHEAD,
 };
+use vfio_migrate_device::error::DeviceResult;
 use vfio_migrate_device::pci::CONFIG_SIZE;
+use vfio_migrate_device::SavePieces;
 
 /// Magic of a vgpu stream header.
 pub const MAGIC: [u8; 8] = *b"VGPUSTAT";
@@ -25,6 +27,11 @@ pub const VERSION: u32 = 1;
 pub const ENTRY: usize = 4 + PAGE as usize;
 /// Most pages in one record (≈ 4 MiB).
 pub const MAX_BATCH: usize = 1024;
+/// Head of a page-run record: first page index (u32), page count (u32);
+/// the pages follow in order.
+pub const RUN_HEAD: usize = 8;
+/// Smallest room a page-run record is written into (one page).
+const RUN_MIN: usize = OVERHEAD + RUN_HEAD + PAGE as usize;
 
 /// Size of a whole header record.
 const HEADER_RECORD: u64 = (OVERHEAD + StreamHeader::LEN) as u64;
@@ -65,6 +72,13 @@ pub struct SaveStream {
     terms: Vec<(u64, u64)>,
     /// The initial data restarted and nobody was told yet.
     reinit: bool,
+    /// A page taken (its dirty bit cleared) that did not continue a run:
+    /// it goes next.
+    peeked: Option<u32>,
+    /// Framing and small records for [`SaveStream::save_pieces`].
+    scratch: Vec<u8>,
+    /// One page, hashed before its range is handed out.
+    page: Vec<u8>,
 }
 
 impl SaveStream {
@@ -89,6 +103,9 @@ impl SaveStream {
             batch: Vec::with_capacity(MAX_BATCH),
             terms: Vec::with_capacity(MAX_BATCH),
             reinit: false,
+            peeked: None,
+            scratch: Vec::new(),
+            page: vec![0; PAGE as usize],
         }
     }
 
@@ -101,6 +118,7 @@ impl SaveStream {
         shared.dirty.clear_all();
         self.initial_next = 0;
         self.dirty_cursor = 0;
+        self.peeked = None;
         self.reinit = true;
     }
 
@@ -121,6 +139,9 @@ impl SaveStream {
     }
 
     fn next_page(&mut self, shared: &Shared) -> Option<u32> {
+        if let Some(p) = self.peeked.take() {
+            return Some(p);
+        }
         if self.initial_next < self.pages {
             let p = self.initial_next;
             self.initial_next += 1;
@@ -231,6 +252,114 @@ impl SaveStream {
             break;
         }
         out
+    }
+
+    /// The next chunk of the stream, up to `max` bytes (all of them unless
+    /// the stream ends), described in `out`: runs of consecutive pages as
+    /// [`KIND_PAGE_RUN`] records whose pages are ranges of the memfd (each
+    /// page hashed for the record's CRC and the digest cache, never
+    /// copied), everything else as [`SaveStream::save`] writes it. For a
+    /// stopped device only: the ranges are read when they are sent.
+    pub fn save_pieces(
+        &mut self,
+        shared: &Shared,
+        config: &[u8; CONFIG_SIZE],
+        max: usize,
+        out: &mut SavePieces,
+    ) -> DeviceResult<()> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let r = self.fill_pieces(shared, config, max, out, &mut scratch);
+        self.scratch = scratch;
+        r
+    }
+
+    fn fill_pieces(
+        &mut self,
+        shared: &Shared,
+        config: &[u8; CONFIG_SIZE],
+        max: usize,
+        out: &mut SavePieces,
+        scratch: &mut Vec<u8>,
+    ) -> DeviceResult<()> {
+        loop {
+            let room = max - out.len();
+            if room == 0 {
+                return Ok(());
+            }
+            let framed = self.outbox.pending() == 0 && self.header_done;
+            if framed && room >= RUN_MIN {
+                if let Some(first) = self.next_page(shared) {
+                    let cap = ((room - OVERHEAD - RUN_HEAD) / PAGE as usize).min(MAX_BATCH) as u32;
+                    let mut count = 1u32;
+                    while count < cap {
+                        match self.next_page(shared) {
+                            Some(p) if p == first + count => count += 1,
+                            Some(p) => {
+                                self.peeked = Some(p);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    self.put_run(shared, first, count, out)?;
+                    continue;
+                }
+            }
+            // The header, what is left of a record, the registers and the
+            // end — and page records when the room is too small for a run
+            // — exactly as `save` writes them, copied (small).
+            let k = if !self.header_done {
+                HEADER_RECORD as usize
+            } else if self.outbox.pending() > 0 {
+                self.outbox.pending()
+            } else {
+                64 << 10
+            }
+            .min(room);
+            scratch.resize(k, 0);
+            let n = self.save(shared, config, &mut scratch[..k]);
+            if n == 0 {
+                return Ok(());
+            }
+            out.put(&scratch[..n]);
+        }
+    }
+
+    /// A page-run record of pages `first..first + count`.
+    fn put_run(
+        &mut self,
+        shared: &Shared,
+        first: u32,
+        count: u32,
+        out: &mut SavePieces,
+    ) -> DeviceResult<()> {
+        let len = RUN_HEAD + count as usize * PAGE as usize;
+        let mut head = [0u8; HEADER_LEN + RUN_HEAD];
+        let mut crc = put_header(&mut head, KIND_PAGE_RUN, len as u32);
+        head[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&first.to_le_bytes());
+        head[HEADER_LEN + 4..].copy_from_slice(&count.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &head[HEADER_LEN..]);
+        let mut data_crc = 0u32;
+        self.terms.clear();
+        for p in u64::from(first)..u64::from(first) + u64::from(count) {
+            shared.mem.read(p * PAGE, &mut self.page)?;
+            let page_crc = crc32c::crc32c(&self.page);
+            crc = append_page_crc(crc, page_crc);
+            data_crc = append_page_crc(data_crc, page_crc);
+            self.terms.push((p, term_of_crc(p, page_crc)));
+        }
+        shared.hashes.set(&self.terms);
+        out.put(&head);
+        out.put_file(
+            shared.mem.fd(),
+            u64::from(first) * PAGE,
+            count as usize * PAGE as usize,
+            data_crc,
+        );
+        out.put(&crc.to_le_bytes());
+        self.records += 1;
+        self.page_entries += u64::from(count);
+        Ok(())
     }
 
     /// Bytes of the initial pass not handed out yet.

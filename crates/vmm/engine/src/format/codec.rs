@@ -123,6 +123,23 @@ impl<W: Write> RecordWriter<W> {
         data_crc: u32,
         payload: impl FnOnce(usize) -> io::Result<()>,
     ) -> Result<(), StreamError> {
+        self.begin_spliced(kind, device, len, data_crc)?;
+        payload(len).map_err(|e| self.io(e))?;
+        self.end_spliced(len);
+        Ok(())
+    }
+
+    /// The first half of [`RecordWriter::write_spliced`] for a payload
+    /// moved in parts: writes the record's header (flushed); the caller
+    /// then moves exactly `len` payload bytes into the channel and calls
+    /// [`RecordWriter::end_spliced`].
+    pub fn begin_spliced(
+        &mut self,
+        kind: Kind,
+        device: u32,
+        len: usize,
+        data_crc: u32,
+    ) -> Result<(), StreamError> {
         let (min, max) = kind.length_bounds();
         debug_assert!((min..=max).contains(&len), "{kind} record of {len} bytes");
         let mut h = RecordHeader {
@@ -133,15 +150,22 @@ impl<W: Write> RecordWriter<W> {
             crc: 0,
         }
         .to_bytes();
-        let crc = super::crc::combine(crc32c::crc32c(&h[..12]), data_crc, len);
+        let crc = vfio_migrate_abi::crc::combine(crc32c::crc32c(&h[..12]), data_crc, len);
         h[12..16].copy_from_slice(&crc.to_le_bytes());
         self.w.write_all(&h).map_err(|e| self.io(e))?;
-        self.w.flush().map_err(|e| self.io(e))?;
-        payload(len).map_err(|e| self.io(e))?;
+        self.w.flush().map_err(|e| self.io(e))
+    }
+
+    /// The record begun by [`RecordWriter::begin_spliced`] is complete.
+    pub fn end_spliced(&mut self, len: usize) {
         self.records += 1;
         self.bytes += (RECORD_HEADER_SIZE + len) as u64;
         self.last = std::time::Instant::now();
-        Ok(())
+    }
+
+    /// A channel error as the writer reports it.
+    pub fn channel_error(&self, e: io::Error) -> StreamError {
+        self.io(e)
     }
 
     /// Writes a heartbeat (optional, so readers of minor 0 skip it) and
@@ -220,10 +244,10 @@ pub enum Next {
 
 /// The CRC32C that the payload of a record must have, given the record's
 /// checksum and its header: the record's checksum is the header's
-/// combined with the payload's ([`super::crc::combine`] is linear in the second
+/// combined with the payload's (`vfio_migrate_abi::crc::combine` is linear in the second
 /// checksum).
 pub fn payload_crc(hdr12: &[u8], record_crc: u32, len: usize) -> u32 {
-    record_crc ^ super::crc::shift(crc32c::crc32c(&hdr12[..12]), len)
+    record_crc ^ vfio_migrate_abi::crc::shift(crc32c::crc32c(&hdr12[..12]), len)
 }
 
 /// Reads and checks records; the payload of the last one stays in an

@@ -8,7 +8,6 @@
 //!   [`RecordReader`]);
 //! - [`grammar`]: what may follow what ([`StreamParser`], [`Event`]), used
 //!   by both the destination and the snapshot check;
-//! - [`crc`]: CRC32C combining for payloads this process never reads;
 //! - [`control`]: the live back channel ([`Reply`], [`ReplyReader`]);
 //! - [`error`]: [`StreamError`] and [`RecordProblem`].
 //!
@@ -18,7 +17,6 @@
 
 pub mod codec;
 pub mod control;
-pub mod crc;
 pub mod error;
 pub mod grammar;
 pub mod records;

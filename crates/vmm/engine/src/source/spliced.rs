@@ -12,7 +12,7 @@ use crate::error::EngineError;
 use crate::format::Kind;
 use crate::link::Pipe;
 use std::os::fd::AsFd;
-use vfio_migrate_backend::MigrationDevice;
+use vfio_migrate_backend::{MigrationDevice, Spliced};
 
 /// Devices expected to hand out less are read and written as usual.
 const SPLICE_MIN: u64 = 256 << 10;
@@ -79,13 +79,43 @@ impl<D: MigrationDevice> Source<'_, D> {
                 room.saturating_sub(1).min(READ_AHEAD) as usize
             };
             let pipe = self.pipe.as_ref().expect("made");
+            // The record's header goes when the reply's head is read, its
+            // payload a pipeful at a time (all under the link's lock: no
+            // heartbeat inside a record).
+            let mut link_err = None;
             let got = {
                 let d = &mut self.devs[i];
                 let s = d.h.data_splice().expect("checked");
-                s.read_data_spliced(pipe.w.as_fd(), chunk, ahead)
-                    .map_err(|e| EngineError::device(self.phase, d.name.clone(), e))?
+                let r = self.out.with(|w| {
+                    let mut each = |ev: Spliced| -> std::io::Result<()> {
+                        let r = match ev {
+                            Spliced::Head { len, crc } => w.begin_spliced(kind, i as u32, len, crc),
+                            Spliced::Data(k) => sink
+                                .splice_in(pipe.r.as_fd(), k)
+                                .map_err(|e| w.channel_error(e)),
+                        };
+                        r.map_err(|e| {
+                            let told = std::io::Error::other(e.to_string());
+                            link_err = Some(e);
+                            told
+                        })
+                    };
+                    let r = s.read_data_spliced(pipe.w.as_fd(), chunk, ahead, &mut each);
+                    if let Ok(Some((n, _))) = &r {
+                        if *n > 0 {
+                            w.end_spliced(*n);
+                        }
+                    }
+                    r
+                });
+                if let Some(e) = link_err {
+                    // The pipe may hold part of the record: never reuse it.
+                    self.pipe = None;
+                    return Err(self.stream_err(e));
+                }
+                r.map_err(|e| EngineError::device(self.phase, d.name.clone(), e))?
             };
-            let Some((n, crc)) = got else {
+            let Some((n, _)) = got else {
                 if sent == 0 {
                     return Ok(None);
                 }
@@ -104,16 +134,6 @@ impl<D: MigrationDevice> Source<'_, D> {
                 if !p.pace(n as u64 + 16, &self.opts.cancel) {
                     return Err(EngineError::Cancelled { phase: self.phase });
                 }
-            }
-            let r = self.out.with(|w| {
-                w.write_spliced(kind, i as u32, n, crc, |len| {
-                    sink.splice_in(pipe.r.as_fd(), len)
-                })
-            });
-            if let Err(e) = r {
-                // The pipe may hold the rest of the record: never reuse it.
-                self.pipe = None;
-                return Err(self.stream_err(e));
             }
             sent += n as u64;
             self.devs[i].report.spliced_bytes += n as u64;

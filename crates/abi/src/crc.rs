@@ -1,7 +1,7 @@
-//! CRC32C arithmetic for records whose payload this process never reads
-//! (spliced device data): the record's checksum is the header's CRC
-//! combined with the payload's, and the payload's is the record's with
-//! the header's taken out again.
+//! CRC32C arithmetic for the checksums of the wire formats, for data that
+//! is moved without being read (spliced): a record's checksum is its
+//! header's CRC combined with its payload's; a payload's is the record's
+//! with the header's taken out again; a message's is its pieces' combined.
 //!
 //! `crc32c::crc32c_combine` squares 32×32 bit matrices once per bit of the
 //! length — ~80 µs for a 1 MiB payload, paid twice per record (writer and
@@ -81,7 +81,11 @@ mod tests {
         for split in [0, 1, 3, 4, 15, 16, 4096, 4100, 65_536, 69_999, 70_000] {
             let (a, b) = data.split_at(split);
             let (ca, cb) = (crc32c::crc32c(a), crc32c::crc32c(b));
-            assert_eq!(combine(ca, cb, b.len()), crc32c::crc32c(&data), "split {split}");
+            assert_eq!(
+                combine(ca, cb, b.len()),
+                crc32c::crc32c(&data),
+                "split {split}"
+            );
             assert_eq!(
                 combine(ca, cb, b.len()),
                 crc32c::crc32c_combine(ca, cb, b.len())
