@@ -12,9 +12,12 @@
 //! ```
 //!
 //! Kinds shared by both samples: [`KIND_HEADER`] (first record: device
-//! magic, format version, page size, memory size), [`KIND_PAGES`],
-//! [`KIND_STATE`] (registers), [`KIND_END`] (last record: how many records
-//! and page entries came before it). Everything is little-endian.
+//! magic, format version, page size, memory size), [`KIND_PAGES`] (page
+//! entries: index + page), [`KIND_PAGE_RUN`] (first index and count, then
+//! that many consecutive pages: the vgpu's zero-copy form, added without a
+//! version bump — an older reader refuses it by name), [`KIND_STATE`]
+//! (registers), [`KIND_END`] (last record: how many records and page
+//! entries came before it). Everything is little-endian.
 //!
 //! The writer side is [`put_header`]/[`finish_crc`] for records written in
 //! place and [`Outbox`] for records that do not fit the caller's buffer.

@@ -7,6 +7,12 @@
 //! pages in order, taking each page's dirty bit before copying it; pages
 //! the engines dirty meanwhile are re-sent from the dirty bitmap
 //! afterwards (take first, copy second — see [`vfio_migrate_device::dirty`]).
+//!
+//! Stopped (STOP_COPY), the stream can also be described instead of
+//! copied ([`SaveStream::save_pieces`]): runs of consecutive pages become
+//! page-run records whose pages are ranges of the memfd, which the server
+//! splices into its socket unread; each page is hashed once, for the
+//! record's CRC and the digest cache.
 
 use super::engines::{Shared, PAGE};
 use super::pagehash::{append_page_crc, term_of_crc};
