@@ -146,6 +146,16 @@ impl Conn {
             return Ok(());
         }
         if self.sliced {
+            // A caller whose own call does not wait (a non-blocking
+            // splice) is held here for up to a slice, so it never spins.
+            let mut p = [libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events,
+                revents: 0,
+            }];
+            if matches!(sys::fd::poll(&mut p, SLICE.as_millis() as i32), Ok(n) if n > 0) {
+                return Ok(());
+            }
             return self.between_slices(idle, since);
         }
         loop {
@@ -203,12 +213,13 @@ impl Conn {
     }
 
     /// Waits until the socket is ready for `events` (`POLLIN`, `POLLOUT`),
-    /// under the in-message deadline, for callers that move bytes with
-    /// their own calls (e.g. `splice`) and get `WouldBlock`.
-    pub fn wait_ready(&self, events: libc::c_short) -> io::Result<()> {
+    /// for callers that move bytes with their own calls (e.g. `splice`)
+    /// and get `WouldBlock`. `since`: when bytes last moved — the stall
+    /// deadline counts from it, so a peer that stops mid-message is given
+    /// up on however often the caller retries.
+    pub fn wait_ready(&self, events: libc::c_short, since: Instant) -> io::Result<()> {
         self.check_usable()?;
-        self.wait(events, false, Instant::now())
-            .map_err(|e| self.poison(e))
+        self.wait(events, false, since).map_err(|e| self.poison(e))
     }
 
     /// Changes the deadlines of a client connection (e.g. from the connect

@@ -184,11 +184,15 @@ pub(crate) fn send_pieces(conn: &Conn, reply: &mut Reply) -> io::Result<()> {
                     at += k as u64;
                     left -= k;
                     let mut d = k;
+                    let mut moving = std::time::Instant::now();
                     while d > 0 {
                         match fd::splice(pr.as_fd(), conn.as_fd(), d, flags) {
-                            Ok(n) => d -= n,
+                            Ok(n) => {
+                                d -= n;
+                                moving = std::time::Instant::now();
+                            }
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                                conn.wait_ready(libc::POLLOUT)?
+                                conn.wait_ready(libc::POLLOUT, moving)?
                             }
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                             Err(e) => return Err(conn.poison(e)),

@@ -715,3 +715,40 @@ fn a_reply_that_needs_more_pipe_slots_than_the_pipe_has_moves_in_several_pipeful
     assert!(total > 2 << 20, "{total}");
     assert!(most_pipefuls >= 2, "a reply took {most_pipefuls} pipefuls");
 }
+
+#[test]
+fn a_server_that_stops_mid_reply_is_given_up_on_at_the_stall_deadline() {
+    use vfio_migrate_backend::{DataSplice, Spliced};
+    let mut p = Served::start("vgpu", Some(32 << 20));
+    let cfg = vfio_migrate_client::ClientConfig {
+        timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let mut c = Client::connect_with(&p.path, cfg).unwrap();
+    c.set_state(MigState::StopCopy).unwrap();
+    let (r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
+    let mut r = std::fs::File::from(r);
+    let mut data = Vec::new();
+    let mut stopped_at = None;
+    // An 8 MiB reply does not fit the socket: the server is still sending
+    // it when it is stopped, after the first pipeful arrived.
+    let res = c.read_data_spliced(w.as_fd(), 8 << 20, 0, &mut |ev| {
+        if matches!(ev, Spliced::Data(_)) && stopped_at.is_none() {
+            p.signal(libc::SIGSTOP);
+            stopped_at = Some(std::time::Instant::now());
+        }
+        out_of_pipe(&mut r, ev, &mut data)
+    });
+    let took = stopped_at.expect("data arrived").elapsed();
+    p.signal(libc::SIGCONT);
+    let e = res.expect_err("a reply that stops must fail");
+    assert!(
+        took < std::time::Duration::from_secs(4),
+        "given up after {took:?}: {e}"
+    );
+    assert!(
+        data.len() < 8 << 20,
+        "the reply was cut ({} bytes)",
+        data.len()
+    );
+}

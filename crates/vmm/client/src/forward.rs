@@ -140,6 +140,7 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
             .send(&[&wh.to_bytes(), &whead.to_bytes()], &[])
             .map_err(|e| BackendError::io("MIG_DATA_WRITE", e))?;
         let mut left = n;
+        let mut moving = std::time::Instant::now();
         while left > 0 {
             // The sockets are non-blocking: wait (with their deadlines)
             // whenever a splice would block.
@@ -153,10 +154,13 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
                         ),
                     ))
                 }
-                Ok(k) => k,
+                Ok(k) => {
+                    moving = std::time::Instant::now();
+                    k
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     src.conn
-                        .wait_ready(libc::POLLIN)
+                        .wait_ready(libc::POLLIN, moving)
                         .map_err(|e| BackendError::io(step, e))?;
                     continue;
                 }
@@ -165,10 +169,13 @@ pub fn forward_mig_data(src: &mut Client, dst: &mut Client, chunk: usize) -> Res
             let mut out = k;
             while out > 0 {
                 match splice(pipe.r.as_fd(), dst.conn.as_fd(), out) {
-                    Ok(m) => out -= m,
+                    Ok(m) => {
+                        out -= m;
+                        moving = std::time::Instant::now();
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => dst
                         .conn
-                        .wait_ready(libc::POLLOUT)
+                        .wait_ready(libc::POLLOUT, moving)
                         .map_err(|e| BackendError::io("MIG_DATA_WRITE", e))?,
                     Err(e) => return Err(BackendError::io("MIG_DATA_WRITE", e)),
                 }

@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::time::Instant;
 use vfio_migrate_abi::vfio_user::{Command, Header, MigData, HEADER_SIZE, TYPE_COMMAND};
 use vfio_migrate_backend::{BackendError, DataSplice, Result, Spliced};
 use vfio_migrate_vfio_user::ext::{FEATURE_MIG_DATA_CRC, MIG_DATA_CRC_SIZE};
@@ -102,6 +103,7 @@ impl Client {
             Ok(())
         };
         let mut in_pipe = 0usize;
+        let mut moving = Instant::now();
         while left > 0 && moved.is_ok() {
             let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE | libc::SPLICE_F_NONBLOCK;
             match sys::fd::splice(self.conn.as_fd(), pipe, left, flags) {
@@ -114,6 +116,7 @@ impl Client {
                 Ok(k) => {
                     left -= k;
                     in_pipe += k;
+                    moving = Instant::now();
                 }
                 // The pipe is full, or the socket has nothing yet: move
                 // what the pipe holds on first; an empty pipe means the
@@ -122,7 +125,7 @@ impl Client {
                     if in_pipe > 0 {
                         moved = each(Spliced::Data(std::mem::take(&mut in_pipe)));
                     } else {
-                        self.conn.wait_ready(libc::POLLIN).map_err(io)?
+                        self.conn.wait_ready(libc::POLLIN, moving).map_err(io)?
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -291,6 +294,7 @@ impl Client {
     ) -> io::Result<()> {
         let mut left = len;
         let mut in_pipe = 0usize;
+        let mut moving = Instant::now();
         while left > 0 {
             if in_pipe == 0 {
                 in_pipe = fill(left)?.min(left);
@@ -308,9 +312,10 @@ impl Client {
                 Ok(k) => {
                     in_pipe -= k;
                     left -= k;
+                    moving = Instant::now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.conn.wait_ready(libc::POLLOUT)?
+                    self.conn.wait_ready(libc::POLLOUT, moving)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

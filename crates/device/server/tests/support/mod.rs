@@ -141,6 +141,11 @@ impl Served {
         self.server.uri()
     }
 
+    /// Sends `sig` to the server process.
+    pub fn signal(&mut self, sig: i32) {
+        self.server.signal(sig).expect("signal the server");
+    }
+
     /// A negotiated client.
     pub fn client(&self) -> Client {
         Client::connect(&self.path).expect("connect")
