@@ -72,6 +72,9 @@ pub const BAR0: u32 = 0;
 pub const BAR2: u32 = 2;
 /// Default device memory size.
 pub const DEFAULT_MEM_SIZE: u64 = 256 << 20;
+/// Below this much stop-copy data left, the save stream is copied, not
+/// described as pieces ([`Device::save_pieces`]).
+const PIECES_MIN: u64 = 256 << 10;
 /// Config-space offset of the MSI capability.
 pub const MSI_CAP: u8 = 0x40;
 /// The MSI the vgpu offers: index 1, one vector (the config space's MSI
@@ -639,6 +642,11 @@ impl Device for Vgpu {
             .save
             .as_mut()
             .ok_or_else(|| DeviceError::inval(format!("the vgpu has no save stream in {state}")))?;
+        // A small rest (the few pages dirtied last, inside the downtime)
+        // is copied in one piece: cheaper than splicing it.
+        if s.remaining_bytes(&self.shared) < PIECES_MIN {
+            return Ok(false);
+        }
         s.save_pieces(&self.shared, self.pci.bytes(), max, out)?;
         Ok(true)
     }

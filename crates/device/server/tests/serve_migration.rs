@@ -688,11 +688,12 @@ fn a_reply_that_needs_more_pipe_slots_than_the_pipe_has_moves_in_several_pipeful
     set_reg(&mut c, vgpu_reg::CONTROL, 1);
     std::thread::sleep(std::time::Duration::from_millis(30));
     c.set_state(MigState::StopCopy).unwrap();
-    // A pipe of the default 16 slots, asked for as many bytes as it holds:
-    // the stopped vgpu's reply is its memory's pages (a slot each) plus
+    // A pipe of 32 slots, asked for as many bytes as it holds: the stopped
+    // vgpu's reply is a run of its memory's pages (a slot each) plus
     // record framing (more slots), so it cannot fit in one pipeful.
     let (r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
-    let cap = vfio_migrate_sys::fd::pipe_size(w.as_fd()).unwrap();
+    let cap = vfio_migrate_sys::fd::set_pipe_size(w.as_fd(), 128 << 10).unwrap();
+    assert_eq!(cap, 128 << 10);
     let mut r = std::fs::File::from(r);
     let (mut total, mut most_pipefuls) = (0usize, 0usize);
     loop {

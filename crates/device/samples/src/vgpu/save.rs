@@ -38,6 +38,8 @@ pub const MAX_BATCH: usize = 1024;
 pub const RUN_HEAD: usize = 8;
 /// Smallest room a page-run record is written into (one page).
 const RUN_MIN: usize = OVERHEAD + RUN_HEAD + PAGE as usize;
+/// Shorter runs of consecutive pages go copied, as a pages record.
+const MIN_RUN: u32 = 16;
 
 /// Size of a whole header record.
 const HEADER_RECORD: u64 = (OVERHEAD + StreamHeader::LEN) as u64;
@@ -295,7 +297,10 @@ impl SaveStream {
             let framed = self.outbox.pending() == 0 && self.header_done;
             if framed && room >= RUN_MIN {
                 if let Some(first) = self.next_page(shared) {
-                    let cap = ((room - OVERHEAD - RUN_HEAD) / PAGE as usize).min(MAX_BATCH) as u32;
+                    // (as many pages as either record form fits in the room)
+                    let cap = ((room - OVERHEAD - RUN_HEAD) / PAGE as usize)
+                        .min((room - OVERHEAD) / ENTRY)
+                        .min(MAX_BATCH) as u32;
                     let mut count = 1u32;
                     while count < cap {
                         match self.next_page(shared) {
@@ -307,7 +312,21 @@ impl SaveStream {
                             None => break,
                         }
                     }
-                    self.put_run(shared, first, count, out)?;
+                    if count < MIN_RUN {
+                        // Scattered pages (a few dirty ones): one copy each
+                        // in an ordinary pages record costs less than a
+                        // splice per page.
+                        self.batch.clear();
+                        self.batch.extend(first..first + count);
+                        self.records += 1;
+                        self.page_entries += u64::from(count);
+                        let size = OVERHEAD + count as usize * ENTRY;
+                        scratch.resize(size, 0);
+                        self.write_pages(shared, &mut scratch[..size]);
+                        out.put(&scratch[..size]);
+                    } else {
+                        self.put_run(shared, first, count, out)?;
+                    }
                     continue;
                 }
             }
