@@ -150,13 +150,17 @@ pub(crate) fn send_pieces(conn: &Conn, reply: &mut Reply) -> io::Result<()> {
     use vfio_migrate_device::Piece;
     use vfio_migrate_sys::fd;
     if reply.pipe.is_none() {
-        let (r, w) = fd::pipe(libc::O_CLOEXEC | libc::O_NONBLOCK)?;
+        let (r, w) = fd::pipe(libc::O_CLOEXEC)?;
         let _ = fd::set_pipe_size(w.as_fd(), PIPE);
         reply.pipe = Some((r, w));
     }
     let (pr, pw) = reply.pipe.as_ref().expect("made");
     let cap = fd::pipe_size(pw.as_fd()).unwrap_or(64 << 10);
-    let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE | libc::SPLICE_F_NONBLOCK;
+    // Into the pipe: it is empty at every fill, so this never waits for
+    // the pipe (a swapped-out page is read in). Out of it: the socket is
+    // non-blocking and waited for with the deadlines.
+    let fill = libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE;
+    let flags = fill | libc::SPLICE_F_NONBLOCK;
     for piece in reply.pieces.pieces() {
         match piece {
             Piece::Bytes(r) => conn.send(&[&reply.pieces.bytes()[r.clone()]], &[])?,
@@ -169,7 +173,7 @@ pub(crate) fn send_pieces(conn: &Conn, reply: &mut Reply) -> io::Result<()> {
                         at,
                         pw.as_fd(),
                         left.min(cap),
-                        flags,
+                        fill,
                     ) {
                         Ok(0) => {
                             return Err(conn.poison(io::Error::new(
