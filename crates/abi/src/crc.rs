@@ -6,7 +6,7 @@
 //! `crc32c::crc32c_combine` squares 32×32 bit matrices once per bit of the
 //! length — ~80 µs for a 1 MiB payload, paid twice per record (writer and
 //! reader), a tenth of a second per GiB moved. Here the shift by `n` zero
-//! bytes is a product of precomputed powers `x^(2^k) mod P` in GF(2)[x]:
+//! bytes is a product of precomputed powers `x^(2^k) mod P` in `GF(2)[x]`:
 //! one multiplication per set bit of `8·n`, well under a microsecond.
 //!
 //! Polynomials are bit-reflected, as CRC32C computes them: bit 31 is the

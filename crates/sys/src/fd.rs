@@ -106,20 +106,7 @@ pub fn splice(
     len: usize,
     flags: libc::c_uint,
 ) -> io::Result<usize> {
-    // SAFETY: splice between two fds with null offset pointers (current
-    // positions); the kernel moves data between the files only, never
-    // through our memory.
-    let n = cvt(unsafe {
-        libc::splice(
-            from.as_raw_fd(),
-            std::ptr::null_mut(),
-            to.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            flags,
-        )
-    })?;
-    Ok(n as usize)
+    splice_at(from, None, to, len, flags)
 }
 
 /// One `splice` of up to `len` bytes of the file `from` at `offset` (its
@@ -133,15 +120,31 @@ pub fn splice_from_offset(
     len: usize,
     flags: libc::c_uint,
 ) -> io::Result<usize> {
-    let mut off = libc::loff_t::try_from(offset)
+    let off = libc::loff_t::try_from(offset)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-    // SAFETY: splice from a file at `*off` (a local the kernel reads and
-    // advances) into a pipe; the kernel moves data between the files
-    // only, never through our memory.
+    splice_at(from, Some(off), to, len, flags)
+}
+
+fn splice_at(
+    from: BorrowedFd<'_>,
+    offset: Option<libc::loff_t>,
+    to: BorrowedFd<'_>,
+    len: usize,
+    flags: libc::c_uint,
+) -> io::Result<usize> {
+    let mut off = offset.unwrap_or(0);
+    let off_in: *mut libc::loff_t = match offset {
+        Some(_) => &mut off,
+        None => std::ptr::null_mut(),
+    };
+    // SAFETY: splice between two fds; `off_in` is null (the current
+    // position) or points to `off`, a local that lives for the call and
+    // that the kernel reads and advances. The kernel moves data between
+    // the files only, never through our memory.
     let n = cvt(unsafe {
         libc::splice(
             from.as_raw_fd(),
-            &mut off,
+            off_in,
             to.as_raw_fd(),
             std::ptr::null_mut(),
             len,

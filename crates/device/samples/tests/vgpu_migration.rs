@@ -221,6 +221,21 @@ fn stop_copy_without_precopy_sends_everything_and_estimate_is_exact() {
     assert_eq!(x, y);
 }
 
+/// `stream` loads into a fresh vgpu of `mem` bytes written in pieces of
+/// each of `splits` bytes, to `digest` with SCRATCH = `scratch`.
+fn loads_split_anywhere(stream: &[u8], mem: u64, digest: u64, scratch: u64, splits: &[usize]) {
+    for &split in splits {
+        let mut b = vgpu("b", mem);
+        b.set_state(MigState::Resuming).unwrap();
+        for c in stream.chunks(split) {
+            b.write_data(c).unwrap();
+        }
+        b.set_state(MigState::Stop).unwrap();
+        assert_eq!(read_reg(&mut b, reg::DIGEST), digest, "split {split}");
+        assert_eq!(read_reg(&mut b, reg::SCRATCH), scratch);
+    }
+}
+
 /// Records may be split at any byte boundary, on both sides.
 #[test]
 fn odd_chunk_sizes_on_both_sides() {
@@ -243,16 +258,7 @@ fn odd_chunk_sizes_on_both_sides() {
         stream.extend_from_slice(&buf[..n]);
     }
     let digest = read_reg(&mut a, reg::DIGEST);
-    for split in [1usize, 3, 11, 4095, 4100, 12289] {
-        let mut b = vgpu("b", mem);
-        b.set_state(MigState::Resuming).unwrap();
-        for c in stream.chunks(split) {
-            b.write_data(c).unwrap();
-        }
-        b.set_state(MigState::Stop).unwrap();
-        assert_eq!(read_reg(&mut b, reg::DIGEST), digest, "split {split}");
-        assert_eq!(read_reg(&mut b, reg::SCRATCH), 42);
-    }
+    loads_split_anywhere(&stream, mem, digest, 42, &[1, 3, 11, 4095, 4100, 12289]);
     // The same state saved with big reads (records of other sizes) loads
     // to the same device.
     a.set_state(MigState::Stop).unwrap();
@@ -518,16 +524,7 @@ fn stop_copy_described_as_page_runs_of_the_memfd_loads_to_the_same_device() {
     assert!(files >= 1, "the dirty run went as ranges of the memfd");
     assert!(copied > 0 && copied < 256 << 10, "{copied} bytes copied");
     let digest = read_reg(&mut a, reg::DIGEST);
-    for split in [1usize, 7, 4096, 4105, 1 << 20] {
-        let mut b = vgpu("b", mem);
-        b.set_state(MigState::Resuming).unwrap();
-        for c in stream.chunks(split) {
-            b.write_data(c).unwrap();
-        }
-        b.set_state(MigState::Stop).unwrap();
-        assert_eq!(read_reg(&mut b, reg::DIGEST), digest, "split {split}");
-        assert_eq!(read_reg(&mut b, reg::SCRATCH), 77);
-    }
+    loads_split_anywhere(&stream, mem, digest, 77, &[1, 7, 4096, 4105, 1 << 20]);
     // Not while running: the pages would change after they were hashed.
     a.set_state(MigState::Running).unwrap();
     a.set_state(MigState::PreCopy).unwrap();

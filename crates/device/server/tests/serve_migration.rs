@@ -459,10 +459,7 @@ fn checksummed_replies_move_data_through_a_pipe_with_its_checksum() {
     let src_p = Served::start("vgpu", Some(2 << 20));
     let dst_p = Served::start("vgpu", Some(2 << 20));
     let (mut src, mut dst) = (src_p.client(), dst_p.client());
-    set_reg(&mut src, vgpu_reg::SEED, 5);
-    set_reg(&mut src, vgpu_reg::RENDER_RATE, 256 << 20);
-    set_reg(&mut src, vgpu_reg::CONTROL, 1);
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    render(&mut src, 5);
     src.set_state(MigState::StopCopy).unwrap();
     dst.set_state(MigState::Resuming).unwrap();
     let (r, w) = vfio_migrate_sys::fd::pipe(libc::O_CLOEXEC).unwrap();
@@ -512,6 +509,15 @@ fn checksummed_replies_move_data_through_a_pipe_with_its_checksum() {
     assert!(!plain.enable_mig_data_crc().unwrap());
 }
 
+/// Lets the vgpu's render engine (seeded with `seed`) write its memory for
+/// 30 ms.
+fn render(c: &mut Client, seed: u64) {
+    set_reg(c, vgpu_reg::SEED, seed);
+    set_reg(c, vgpu_reg::RENDER_RATE, 256 << 20);
+    set_reg(c, vgpu_reg::CONTROL, 1);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+}
+
 /// Takes what a spliced read put into the pipe (read end `r`) into `data`.
 fn out_of_pipe(
     r: &mut std::fs::File,
@@ -545,10 +551,7 @@ fn reads_sent_ahead_and_writes_left_unanswered_move_the_whole_state_in_order() {
     let src_p = Served::start("vgpu", Some(4 << 20));
     let dst_p = Served::start("vgpu", Some(4 << 20));
     let (mut src, mut dst) = (src_p.client(), dst_p.client());
-    set_reg(&mut src, vgpu_reg::SEED, 9);
-    set_reg(&mut src, vgpu_reg::RENDER_RATE, 256 << 20);
-    set_reg(&mut src, vgpu_reg::CONTROL, 1);
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    render(&mut src, 9);
     src.set_state(MigState::StopCopy).unwrap();
     dst.set_state(MigState::Resuming).unwrap();
     assert!(dst.enable_mig_data_crc().unwrap());
@@ -605,10 +608,7 @@ fn reads_in_flight_are_dropped_when_the_stream_is_abandoned_and_the_device_rolls
     use vfio_migrate_backend::DataSplice;
     let p = Served::start("vgpu", Some(4 << 20));
     let mut c = p.client();
-    set_reg(&mut c, vgpu_reg::SEED, 3);
-    set_reg(&mut c, vgpu_reg::RENDER_RATE, 256 << 20);
-    set_reg(&mut c, vgpu_reg::CONTROL, 1);
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    render(&mut c, 3);
     set_reg(&mut c, vgpu_reg::CONTROL, 0);
     let before = reg(&mut c, vgpu_reg::DIGEST);
     c.set_state(MigState::StopCopy).unwrap();
@@ -683,10 +683,7 @@ fn a_reply_that_needs_more_pipe_slots_than_the_pipe_has_moves_in_several_pipeful
     use vfio_migrate_backend::{DataSplice, Spliced};
     let p = Served::start("vgpu", Some(2 << 20));
     let mut c = p.client();
-    set_reg(&mut c, vgpu_reg::SEED, 4);
-    set_reg(&mut c, vgpu_reg::RENDER_RATE, 256 << 20);
-    set_reg(&mut c, vgpu_reg::CONTROL, 1);
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    render(&mut c, 4);
     c.set_state(MigState::StopCopy).unwrap();
     // A pipe of 32 slots, asked for as many bytes as it holds: the stopped
     // vgpu's reply is a run of its memory's pages (a slot each) plus

@@ -4,7 +4,7 @@
 //! parallel) and queues it, and the migration thread taking the queued
 //! items epoch by epoch.
 //!
-//! Memory stays bounded: each channel's queue holds at most [`QUEUE`]
+//! Memory stays bounded: each channel's queue holds at most `QUEUE`
 //! records, and once the chunks waiting behind a gap reach
 //! [`super::REORDER_CAP`] the migration thread takes only from channels
 //! that can still fill the gap (a channel's chunks of one device come in

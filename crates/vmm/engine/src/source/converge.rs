@@ -37,7 +37,7 @@ const TINY_MS: f64 = 0.1;
 /// The switchover rule. A switch needs the estimate within the limit and
 /// the destination's acknowledgement of every device's initial data;
 /// then it comes as soon as more rounds stop paying off — the remainder no
-/// longer shrinks by a fifth, or takes under [`TINY_MS`] to send at the
+/// longer shrinks by a fifth, or takes under `TINY_MS` (0.1 ms) to send at the
 /// measured bandwidth, or is empty. (A small final transfer does not reach
 /// the bulk bandwidth the estimate uses: with the spliced data path a
 /// remainder of "1 ms" cost the demo 0.4–0.6 ms more downtime than one
