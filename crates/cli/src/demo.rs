@@ -29,14 +29,7 @@ use vfio_migrate_harness::{Options, ServerProcess, SimGuest, TempDir, VcpuConfig
 
 /// vgpu BAR0 registers the demo programs.
 mod reg {
-    pub const CONTROL: u64 = 0x08;
-    pub const RENDER_RATE: u64 = 0x10;
-    pub const DMA_RATE: u64 = 0x18;
-    pub const DMA_IOVA: u64 = 0x20;
-    pub const DMA_SIZE: u64 = 0x28;
-    pub const SEED: u64 = 0x30;
-    pub const FRAME: u64 = 0x40;
-    pub const DMA_COUNT: u64 = 0x48;
+    pub use vfio_migrate_samples::vgpu::regs::reg::*;
     /// CONTROL: render engine | DMA engine.
     pub const ENGINES_ON: u64 = 0b11;
 }

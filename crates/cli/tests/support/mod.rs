@@ -15,25 +15,13 @@ use vfio_migrate_harness::{ServerProcess, TempDir};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vfio-migrate");
 
-/// vgpu registers.
-pub mod vgpu {
-    pub const CONTROL: u64 = 0x08;
-    pub const RENDER_RATE: u64 = 0x10;
-    pub const DMA_RATE: u64 = 0x18;
-    pub const DMA_IOVA: u64 = 0x20;
-    pub const DMA_SIZE: u64 = 0x28;
-    pub const SEED: u64 = 0x30;
-    pub const DIGEST: u64 = 0x38;
-    pub const FRAME: u64 = 0x40;
-    pub const SCRATCH: u64 = 0x60;
-}
+/// vgpu registers (not every test binary uses them).
+#[allow(unused_imports)]
+pub use vfio_migrate_samples::vgpu::regs::reg as vgpu;
 
 /// serial registers.
-pub mod serial {
-    pub const DATA: u64 = 0x00;
-    pub const SCR: u64 = 0x07;
-    pub const DIGEST: u64 = 0x10;
-}
+#[allow(unused_imports)]
+pub use vfio_migrate_samples::serial::reg as serial;
 
 /// A private directory, removed on drop.
 pub struct Dir(TempDir);

@@ -11,53 +11,22 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
-use vfio_migrate_backend::{MigState, MigrationDevice, RegionAccess};
-use vfio_migrate_device::{DeviceCore, DmaSpace, LocalDevice};
+use vfio_migrate_backend::{MigState, MigrationDevice};
 use vfio_migrate_engine::error::SourceState;
 use vfio_migrate_engine::format::{
     ChunkHead, Kind, RecordWriter, StreamHeader, FLAG_OPTIONAL, NO_DEVICE,
 };
 use vfio_migrate_engine::{
     migrate_in, migrate_out, snapshot, Acceptor, ChannelsOut, Connector, Deadlines, DestLink,
-    DestOptions, EngineError, GuestRam, Link, MemfdRam, SourceOptions, Verifier,
+    DestOptions, EngineError, GuestRam, Link, MemfdRam, SourceOptions,
 };
 use vfio_migrate_harness::{SimGuest, VcpuConfig};
-use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
 
-const MIB: u64 = 1 << 20;
-const CONTROL: u64 = 0x08;
-const RENDER_RATE: u64 = 0x10;
-const SEED: u64 = 0x30;
-const DIGEST: u64 = 0x38;
-
-type Dev = LocalDevice<Vgpu>;
-
-#[allow(clippy::needless_update)]
-fn vgpu(name: &str, mem: u64, ram: Option<&MemfdRam>) -> Dev {
-    let dma = Arc::new(DmaSpace::new());
-    if let Some(r) = ram {
-        let fd = r.fd().try_clone_to_owned().unwrap();
-        dma.map(0, r.len(), Some(fd), 0, true, true).unwrap();
-    }
-    let dev = Vgpu::new(
-        VgpuConfig {
-            mem_size: mem,
-            ..Default::default()
-        },
-        dma.clone(),
-    )
-    .unwrap();
-    LocalDevice::new(name, Arc::new(Mutex::new(DeviceCore::new(dev, dma))))
-}
-
-fn wr(d: &mut Dev, off: u64, v: u64) {
-    d.region_write(0, off, &v.to_le_bytes()).unwrap();
-}
+mod common;
+use common::{rd, verifier, vgpu, wr, Dev, CONTROL, DIGEST, MIB, RENDER_RATE, SEED};
 
 fn digest(d: &mut Dev) -> u64 {
-    let mut b = [0u8; 8];
-    d.region_read(0, DIGEST, &mut b).unwrap();
-    u64::from_le_bytes(b)
+    rd(d, DIGEST)
 }
 
 /// Fills device memory with the render engine, then stops it (the digest
@@ -68,18 +37,6 @@ fn render(d: &mut Dev) {
     wr(d, CONTROL, 1);
     std::thread::sleep(Duration::from_millis(60));
     wr(d, CONTROL, 0);
-}
-
-fn verifier() -> Verifier {
-    Arc::new(|_desc, dev: &mut dyn MigrationDevice| {
-        let mut b = [0u8; 8];
-        Some(
-            dev.regions()
-                .expect("region access")
-                .region_read(0, DIGEST, &mut b)
-                .map(|()| u64::from_le_bytes(b)),
-        )
-    })
 }
 
 /// How the test's channel `i` behaves at the source.

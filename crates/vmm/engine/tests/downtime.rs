@@ -11,9 +11,6 @@ use std::time::Duration;
 use vfio_migrate_backend::{MigState, MigrationDevice};
 use vfio_migrate_engine::SourceOptions;
 
-const DIGEST_FULL: u64 = 0x68;
-const MODESET: u64 = 0x78;
-
 #[test]
 fn incremental_digests_equal_a_full_rehash_and_the_downtime_adds_up() {
     let World {

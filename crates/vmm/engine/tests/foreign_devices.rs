@@ -11,18 +11,15 @@ use vfio_migrate_backend::{
     BackendError, DeviceDescriptor, DeviceStatus, MigState, MigrationDevice, PrecopyInfo,
     RegionAccess, Result,
 };
-use vfio_migrate_device::{DeviceCore, DmaSpace, LocalDevice};
+use vfio_migrate_device::LocalDevice;
 use vfio_migrate_engine::error::SourceState;
 use vfio_migrate_engine::{
-    migrate_in, migrate_out, Deadlines, DestLink, DestOptions, Link, SourceOptions, Verifier,
+    migrate_in, migrate_out, Deadlines, DestLink, DestOptions, Link, SourceOptions,
 };
-use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
+use vfio_migrate_samples::vgpu::Vgpu;
 
-const MIB: u64 = 1 << 20;
-const CONTROL: u64 = 0x08;
-const RENDER_RATE: u64 = 0x10;
-const SEED: u64 = 0x30;
-const DIGEST: u64 = 0x38;
+mod common;
+use common::{verifier, CONTROL, MIB, RENDER_RATE, SEED};
 
 /// A vgpu seen as a foreign server: no status, no pre-copy info, and a
 /// record of every time it left STOP_COPY with its stream unread.
@@ -33,19 +30,9 @@ struct Foreign {
     left_early: Arc<Mutex<u32>>,
 }
 
-#[allow(clippy::needless_update)]
 fn foreign(name: &str, mem: u64) -> Foreign {
-    let dma = Arc::new(DmaSpace::new());
-    let dev = Vgpu::new(
-        VgpuConfig {
-            mem_size: mem,
-            ..Default::default()
-        },
-        dma.clone(),
-    )
-    .unwrap();
     Foreign {
-        inner: LocalDevice::new(name, Arc::new(Mutex::new(DeviceCore::new(dev, dma)))),
+        inner: common::vgpu(name, mem, None),
         state: MigState::Running,
         stream_ended: false,
         left_early: Arc::default(),
@@ -108,18 +95,6 @@ impl MigrationDevice for Foreign {
 
 fn wr(d: &mut Foreign, off: u64, v: u64) {
     d.inner.region_write(0, off, &v.to_le_bytes()).unwrap();
-}
-
-fn verifier() -> Verifier {
-    Arc::new(|_desc, dev: &mut dyn MigrationDevice| {
-        let mut b = [0u8; 8];
-        Some(
-            dev.regions()
-                .expect("region access")
-                .region_read(0, DIGEST, &mut b)
-                .map(|()| u64::from_le_bytes(b)),
-        )
-    })
 }
 
 #[test]

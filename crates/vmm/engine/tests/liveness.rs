@@ -18,8 +18,7 @@ use vfio_migrate_engine::{
 };
 use vfio_migrate_samples::vgpu::{Latency, Vgpu, VgpuConfig};
 
-const SEED: u64 = 0x30;
-const DIGEST: u64 = 0x38;
+use vfio_migrate_samples::vgpu::regs::reg::{DIGEST, SEED};
 
 fn vgpu(name: &str, latency: Latency) -> LocalDevice<Vgpu> {
     let dma = Arc::new(DmaSpace::new());

@@ -7,65 +7,20 @@
 //! or a dirty log not reset) fails a later hop.
 
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex};
-use vfio_migrate_backend::{MigState, MigrationDevice, RegionAccess};
-use vfio_migrate_device::{DeviceCore, DmaSpace, LocalDevice};
+use vfio_migrate_backend::{MigState, MigrationDevice};
 use vfio_migrate_engine::{
     migrate_in, migrate_out, Deadlines, DestLink, DestOptions, GuestRam, Link, SourceOptions,
-    Verifier,
 };
 use vfio_migrate_harness::{SimGuest, VcpuConfig};
-use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
 
-const MIB: u64 = 1 << 20;
-const CONTROL: u64 = 0x08;
-const RENDER_RATE: u64 = 0x10;
-const DMA_RATE: u64 = 0x18;
-const DMA_IOVA: u64 = 0x20;
-const DMA_SIZE: u64 = 0x28;
-const SEED: u64 = 0x30;
-const DIGEST: u64 = 0x38;
-const SCRATCH: u64 = 0x60;
+mod common;
+use common::{
+    rd, verifier, wr, Dev, CONTROL, DMA_IOVA, DMA_RATE, DMA_SIZE, MIB, RENDER_RATE, SCRATCH, SEED,
+};
 
-type Dev = LocalDevice<Vgpu>;
-
-#[allow(clippy::needless_update)]
+/// A 2 MiB vgpu whose DMA window is `guest`'s RAM.
 fn vgpu(name: &str, guest: &SimGuest) -> Dev {
-    let dma = Arc::new(DmaSpace::new());
-    let r = guest.ram();
-    let fd = r.fd().try_clone_to_owned().unwrap();
-    dma.map(0, r.len(), Some(fd), 0, true, true).unwrap();
-    let dev = Vgpu::new(
-        VgpuConfig {
-            mem_size: 2 * MIB,
-            ..Default::default()
-        },
-        dma.clone(),
-    )
-    .unwrap();
-    LocalDevice::new(name, Arc::new(Mutex::new(DeviceCore::new(dev, dma))))
-}
-
-fn wr(d: &mut Dev, off: u64, v: u64) {
-    d.region_write(0, off, &v.to_le_bytes()).unwrap();
-}
-
-fn rd(d: &mut Dev, off: u64) -> u64 {
-    let mut b = [0u8; 8];
-    d.region_read(0, off, &mut b).unwrap();
-    u64::from_le_bytes(b)
-}
-
-fn verifier() -> Verifier {
-    Arc::new(|_desc, dev: &mut dyn MigrationDevice| {
-        let mut b = [0u8; 8];
-        Some(
-            dev.regions()
-                .expect("region access")
-                .region_read(0, DIGEST, &mut b)
-                .map(|()| u64::from_le_bytes(b)),
-        )
-    })
+    common::vgpu(name, 2 * MIB, Some(guest.ram()))
 }
 
 #[test]

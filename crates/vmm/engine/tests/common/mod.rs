@@ -15,14 +15,7 @@ use vfio_migrate_harness::{SimGuest, VcpuConfig};
 use vfio_migrate_samples::vgpu::{Vgpu, VgpuConfig};
 
 pub const MIB: u64 = 1 << 20;
-pub const CONTROL: u64 = 0x08;
-pub const RENDER_RATE: u64 = 0x10;
-pub const DMA_RATE: u64 = 0x18;
-pub const DMA_IOVA: u64 = 0x20;
-pub const DMA_SIZE: u64 = 0x28;
-pub const SEED: u64 = 0x30;
-pub const DIGEST: u64 = 0x38;
-pub const FRAME: u64 = 0x40;
+pub use vfio_migrate_samples::vgpu::regs::reg::*;
 
 pub type Dev = LocalDevice<Vgpu>;
 
