@@ -57,6 +57,12 @@ impl SavePieces {
     /// Appends bytes (copied here; meant for record framing and small
     /// records).
     pub fn put(&mut self, b: &[u8]) {
+        self.put_crc(b, crc32c::crc32c(b));
+    }
+
+    /// [`SavePieces::put`] of bytes whose CRC32C the caller already has
+    /// (e.g. a record it just checksummed): no second pass over them.
+    pub fn put_crc(&mut self, b: &[u8], crc: u32) {
         if b.is_empty() {
             return;
         }
@@ -66,7 +72,7 @@ impl SavePieces {
             Some(Piece::Bytes(r)) if r.end == start => r.end = self.bytes.len(),
             _ => self.pieces.push(Piece::Bytes(start..self.bytes.len())),
         }
-        self.crc = crc32c::crc32c_append(self.crc, b);
+        self.crc = vfio_migrate_abi::crc::combine(self.crc, crc, b.len());
         self.len += b.len();
     }
 
@@ -122,7 +128,7 @@ mod tests {
         let fd: Arc<OwnedFd> = Arc::new(f.into());
         let mut p = SavePieces::new();
         p.put(b"head");
-        p.put(b"er");
+        p.put_crc(b"er", crc32c::crc32c(b"er"));
         p.put_file(&fd, 100, 8192, crc32c::crc32c(&[7u8; 8192]));
         p.put(b"tail");
         let mut all = b"header".to_vec();

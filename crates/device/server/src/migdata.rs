@@ -51,10 +51,7 @@ pub(crate) fn read<D: Device>(
         // A stopped device may describe its data instead: it is spliced
         // from its memory into the socket, and its checksum comes from
         // the device's own (no copy, no pass here).
-        let mut pieces = std::mem::take(&mut reply.pieces);
-        let r = core.read_data_pieces(req.size as usize, &mut pieces);
-        reply.pieces = pieces;
-        if let Some(n) = r? {
+        if let Some(n) = core.read_data_pieces(req.size as usize, &mut reply.pieces)? {
             let head = MigData {
                 argsz: (MigData::SIZE + extra + n) as u32,
                 size: n as u32,

@@ -323,7 +323,12 @@ impl SaveStream {
                         let size = OVERHEAD + count as usize * ENTRY;
                         scratch.resize(size, 0);
                         self.write_pages(shared, &mut scratch[..size]);
-                        out.put(&scratch[..size]);
+                        // The record's checksum covers all but its
+                        // trailer: the chunk's CRC needs no second pass.
+                        let trailer = &scratch[size - 4..size];
+                        let rec = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
+                        let all = vfio_migrate_abi::crc::combine(rec, crc32c::crc32c(trailer), 4);
+                        out.put_crc(&scratch[..size], all);
                     } else {
                         self.put_run(shared, first, count, out)?;
                     }
